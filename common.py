@@ -1,0 +1,116 @@
+"""Small helpers shared by the scripts: atomic file writes, config overrides, DDP setup, rank-0 printing.
+
+Kept deliberately small; every script imports only what it uses.
+"""
+import json
+import os
+import sys
+import tempfile
+
+
+# ----------------------------------------------------------------------------- atomic writes
+# An interrupted run must never leave a half-written file that looks complete: write to a temp
+# file in the same folder (same filesystem, so os.replace is atomic), fsync, then rename.
+
+def atomic_write(path, data):
+    """Write str or bytes to `path` atomically."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path, obj):
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_jsonl(path, records):
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_jsonl(path):
+    """Read a JSONL file; a malformed line is an error naming file and line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return records
+
+
+# ----------------------------------------------------------------------------- config overrides
+def apply_overrides(config, argv):
+    """nanoGPT-style configurator: `config` is a dict of defaults (usually the script's globals).
+
+    argv items: a config file (`config/foo.py`, executed, may set any known key), `--key value` or
+    `--key=value`. Values are cast to the default's type; unknown keys are an error."""
+    i, known = 0, {k for k, v in config.items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
+
+    def set_key(key, raw):
+        if key not in known:
+            raise SystemExit(f"unknown config key --{key}; known keys: {', '.join(sorted(known))}")
+        default = config[key]
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise SystemExit(f"--{key} expects true/false, got {raw!r}")
+            value = raw.lower() in ("1", "true", "yes")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                value = type(default)(raw) if not (isinstance(default, int) and "." in raw) else float(raw)
+            except ValueError:
+                raise SystemExit(f"--{key} expects a {type(default).__name__}, got {raw!r}") from None
+        else:
+            value = None if raw.lower() == "none" and default is None else raw
+        config[key] = value
+
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            if "=" in arg:
+                key, raw = arg[2:].split("=", 1)
+            else:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"{arg} needs a value")
+                key, raw = arg[2:], argv[i + 1]
+                i += 1
+            set_key(key, raw)
+        else:
+            if not os.path.exists(arg):
+                raise SystemExit(f"config file {arg} not found")
+            file_cfg = {}
+            exec(open(arg).read(), {}, file_cfg)
+            for key, value in file_cfg.items():
+                if not key.startswith("_"):
+                    set_key(key, str(value))
+        i += 1
+    return {k: config[k] for k in sorted(known)}
+
+
+# ----------------------------------------------------------------------------- distributed
+def setup_distributed():
+    """Reads torchrun's environment. Returns (ddp, rank, local_rank, world_size, device)."""
+    import torch
+    import torch.distributed as dist
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 0, 1, "cuda" if torch.cuda.is_available() else "cpu"
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        return True, rank, local_rank, world, f"cuda:{local_rank}"
+    dist.init_process_group("gloo")
+    return True, rank, local_rank, world, "cpu"

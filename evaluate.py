@@ -1,0 +1,169 @@
+"""Evaluate a fine-tuned (or untuned) VLM on prepared test data.
+
+    python evaluate.py --ckpt out/run                      # data and model from the run's config.json
+    python evaluate.py --ckpt out/run --data data/distortion --split test
+    python evaluate.py --model tiny                        # untuned baseline: options list appended (paper protocol)
+    python evaluate.py --model llava-hf/llava-1.5-7b-hf --data data/distortion --out out/llava_untuned
+
+Distortion task: closed-set argmax over the class tokens at the answer position (teacher-forced
+prefix "The image has some"), plus free generation parsed for the class word. Writes
+OUT/eval_distortion.json (accuracy, per_class, confusion, labels, n, ...) and OUT/confusion.png,
+OUT being --out, else the checkpoint folder.
+"""
+import argparse
+import os
+import re
+import sys
+import time
+
+import torch
+
+from common import atomic_write, atomic_write_json
+from data import DISTORTION_PREFIX, OPTIONS_SUFFIX, closed_set_token_ids, encode_prompts, load_records
+from kernels import level_cross_entropy
+from model import LABELS, load_checkpoint, load_model
+
+# words a free-form answer may use for each class (first match in the answer wins)
+SYNONYMS = {"blur": ["blur", "blurry", "blurred", "blurriness", "out of focus"],
+            "noise": ["noise", "noisy", "grain", "grainy"],
+            "brightness": ["brightness", "bright", "dark", "overexposed", "underexposed", "exposure"],
+            "compression": ["compression", "compressed", "jpeg", "blocky", "blocking"],
+            "contrast": ["contrast"],
+            "colorfulness": ["colorfulness", "colourfulness", "saturation", "saturated", "color", "colour"],
+            "jitter": ["jitter", "jittered", "jittery"],
+            "clean": ["clean", "no distortion", "none", "pristine"]}
+
+
+def parse_label(text):
+    """First class word in a free answer, or None. 'Has some blur' -> 'blur'."""
+    text = text.lower()
+    best = None
+    for label, words in SYNONYMS.items():
+        for w in words:
+            m = re.search(r"\b" + re.escape(w) + r"\b", text)
+            if m and (best is None or m.start() < best[0]):
+                best = (m.start(), label)
+    return best[1] if best else None
+
+
+def last_token_logits(model, enc, last):
+    """Next-token logits at each row's `last` position (LM head on those rows only)."""
+    hidden = model.model(**enc).last_hidden_state
+    return model.lm_head(hidden[torch.arange(hidden.shape[0]), last.to(hidden.device)])
+
+
+def confusion_png(path, confusion, labels, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    cm = np.array(confusion, dtype=float)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+@torch.no_grad()
+def eval_distortion(model, processor, records, batch_size=32, options=False, generate=True, max_new_tokens=12, device="cpu"):
+    label_ids = closed_set_token_ids(processor, LABELS, DISTORTION_PREFIX)
+    level_ids = torch.tensor(label_ids, device=device)
+    suffix = OPTIONS_SUFFIX if options else None
+    n = len(records)
+    confusion = [[0] * len(LABELS) for _ in LABELS]
+    gen_correct, unparsed, examples, gen_confusion = 0, 0, [], [[0] * (len(LABELS) + 1) for _ in LABELS]
+    nll_sum, t0 = 0.0, time.time()
+    for start in range(0, n, batch_size):
+        recs = records[start:start + batch_size]
+        truth = [LABELS.index(r["label"]) for r in recs]
+        enc, last = encode_prompts(processor, recs, answer_prefix=DISTORTION_PREFIX, suffix=suffix)
+        logits = last_token_logits(model, {k: v.to(device) for k, v in enc.items()}, last)
+        target = level_ids[torch.tensor(truth, device=device)]
+        loss, probs = level_cross_entropy(logits.float(), target, level_ids)
+        nll_sum += float(loss.sum())
+        for t, p in zip(truth, probs.argmax(1).tolist()):
+            confusion[t][p] += 1
+        if generate:
+            enc, _ = encode_prompts(processor, recs, suffix=suffix, padding_side="left")
+            enc = {k: v.to(device) for k, v in enc.items()}
+            new = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)[:, enc["input_ids"].shape[1]:]
+            for t, r, text in zip(truth, recs, processor.tokenizer.batch_decode(new, skip_special_tokens=True)):
+                pred = parse_label(text)
+                gen_correct += pred == LABELS[t]
+                unparsed += pred is None
+                gen_confusion[t][LABELS.index(pred) if pred else len(LABELS)] += 1
+                if len(examples) < 10:
+                    examples.append({"id": r.get("id"), "label": LABELS[t], "answer": text.strip(), "parsed": pred})
+        done = min(start + batch_size, n)
+        print(f"\reval: {done}/{n} ({done / (time.time() - t0):.0f} samples/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    correct = sum(confusion[i][i] for i in range(len(LABELS)))
+    per_class = {l: (confusion[i][i] / sum(confusion[i]) if sum(confusion[i]) else None) for i, l in enumerate(LABELS)}
+    result = {"task": "distortion", "n": n, "labels": LABELS, "accuracy": correct / max(n, 1), "per_class": per_class,
+              "confusion": confusion, "confusion_axes": "rows = true label, columns = predicted (closed-set argmax)",
+              "closed_set_nll": nll_sum / max(n, 1), "label_token_ids": label_ids, "options_appended": options}
+    if generate:
+        result.update({"generation_accuracy": gen_correct / max(n, 1), "generation_unparsed": unparsed,
+                       "generation_confusion": gen_confusion, "generation_examples": examples})
+    return result
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", default=None, help="a train.py output folder")
+    ap.add_argument("--model", default=None, help="untuned model to evaluate (without --ckpt): tiny, HF id or path")
+    ap.add_argument("--data", default=None, help="prepared folder(s); default: the checkpoint's training data, else data/demo")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--task", default="distortion", choices=["distortion"])
+    ap.add_argument("--out", default=None, help="where to write results (default: the checkpoint folder)")
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
+    ap.add_argument("--no_generate", action="store_true", help="skip free generation (closed-set only)")
+    ap.add_argument("--options", default="auto", choices=["auto", "yes", "no"],
+                    help="append the options list to the question (auto: only for untuned models)")
+    args = ap.parse_args(argv)
+    if not args.ckpt and not args.model:
+        ap.error("give --ckpt DIR (fine-tuned) or --model NAME (untuned)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if args.ckpt:
+        model, processor, cfg = load_checkpoint(args.ckpt, dtype=dtype, device=device)
+        data_dirs, out, name = args.data or cfg["data"], args.out or args.ckpt, f"{cfg['model']} [{cfg['trainable']}]"
+    else:
+        model, processor = load_model(args.model, dtype=dtype, device=device)
+        data_dirs, out, name = args.data or "data/demo", args.out or os.path.join("out", "untuned_" + os.path.basename(args.model.rstrip("/"))), f"{args.model} untuned"
+    model.eval()
+    records = [r for r in load_records(data_dirs, args.split) if r.get("task", "distortion") == "distortion"]
+    if args.limit:
+        records = records[:args.limit]
+    if not records:
+        raise SystemExit(f"no distortion records in {data_dirs} ({args.split})")
+    options = args.options == "yes" or (args.options == "auto" and not args.ckpt)
+    result = eval_distortion(model, processor, records, args.batch_size, options, not args.no_generate, device=device)
+    result.update({"model": name, "data": data_dirs, "split": args.split})
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, "eval_distortion.json"), result)
+    confusion_png(os.path.join(out, "confusion.png"), result["confusion"], LABELS,
+                  f"{name}: accuracy {100 * result['accuracy']:.1f}% (n={result['n']})")
+    print("per class: " + ", ".join(f"{l} {100 * a:.0f}%" for l, a in result["per_class"].items() if a is not None))
+    if "generation_accuracy" in result:
+        print(f"free generation: accuracy {100 * result['generation_accuracy']:.1f}%, unparsed {result['generation_unparsed']}/{result['n']}")
+    print(f"test accuracy (closed-set, {result['n']} samples): {100 * result['accuracy']:.1f}%  -> {out}/eval_distortion.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()

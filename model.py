@@ -1,0 +1,249 @@
+"""Load a vision-language model, name its parts, choose which parts train.
+
+    from model import load_model, set_trainable
+    model, processor = load_model("tiny")                   # built-in, no download
+    model, processor = load_model("llava-hf/llava-1.5-7b-hf", dtype=torch.bfloat16)
+    set_trainable(model, "encoder,projector")               # everything else frozen
+
+Parts (see DESIGN.md): encoder (vision tower), projector (vision -> LM embedding space), llm (decoder
+layers + final norm; `llm:A-B` = layers A..B only), head (lm_head and the token embeddings).
+"""
+import re
+
+import torch
+
+# ----------------------------------------------------------------------------- parts per family
+# Attribute paths (transformers 5.x) of each part, per model family. `llm_layers` is the ModuleList
+# that `llm:A-B` indexes into; `llm` is everything of the language model except the embeddings,
+# which belong to `head` (they are tied to lm_head in many models, so they must move together).
+FAMILIES = {
+    "llava": dict(
+        model_types=("llava", "llava_next", "llava_onevision", "llava_next_video"),
+        encoder=["model.vision_tower"],
+        projector=["model.multi_modal_projector"],
+        llm=["model.language_model"],
+        llm_layers="model.language_model.layers",
+        head=["lm_head", "model.language_model.embed_tokens"],
+    ),
+}
+PART_NAMES = ("encoder", "projector", "llm", "head")
+
+
+def family_of(model):
+    model_type = getattr(model.config, "model_type", None)
+    for name, fam in FAMILIES.items():
+        if model_type in fam["model_types"]:
+            return name
+    top = [n for n, _ in model.named_children()] + [f"model.{n}" for n, _ in getattr(model, "model", torch.nn.Module()).named_children()]
+    known = sorted(t for fam in FAMILIES.values() for t in fam["model_types"])
+    raise ValueError(f"unknown model family: config.model_type={model_type!r}. Known model types: {known}. "
+                     f"Top-level modules found: {top}. Add an entry to FAMILIES in model.py.")
+
+
+def get_module(model, path):
+    mod = model
+    for attr in path.split("."):
+        if not hasattr(mod, attr):
+            raise AttributeError(f"{type(model).__name__} has no module {path!r} (missing {attr!r})")
+        mod = getattr(mod, attr)
+    return mod
+
+
+def parse_trainable(spec):
+    """'encoder,llm:0-3' -> [('encoder', None), ('llm', (0, 3))]. Raises on unknown parts."""
+    parts = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        m = re.fullmatch(r"(\w+)(?::(\d+)-(\d+))?", item)
+        if not m or m.group(1) not in PART_NAMES:
+            raise ValueError(f"--trainable: unknown part {item!r}; expected a comma list of "
+                             f"{', '.join(PART_NAMES)} or llm:A-B (e.g. 'encoder,projector', 'llm:20-31')")
+        name, a, b = m.group(1), m.group(2), m.group(3)
+        if a is not None and name != "llm":
+            raise ValueError(f"--trainable: a layer range is only allowed on llm, got {item!r}")
+        rng = (int(a), int(b)) if a is not None else None
+        if rng and rng[0] > rng[1]:
+            raise ValueError(f"--trainable: empty layer range in {item!r} (A must be <= B)")
+        parts.append((name, rng))
+    if not parts:
+        raise ValueError("--trainable is empty; name at least one part")
+    return parts
+
+
+def part_params(model):
+    """{part: {param_name: param}} for the four parts; the llm part excludes the head's tensors."""
+    fam = FAMILIES[family_of(model)]
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for part in PART_NAMES:
+        out[part] = {}
+        for path in fam[part]:
+            for p in get_module(model, path).parameters():
+                out[part][name_of[id(p)]] = p
+    head_ids = {id(p) for p in out["head"].values()}
+    out["llm"] = {n: p for n, p in out["llm"].items() if id(p) not in head_ids}
+    return out
+
+
+def layer_params(model, a, b):
+    fam = FAMILIES[family_of(model)]
+    layers = get_module(model, fam["llm_layers"])
+    if b >= len(layers):
+        raise ValueError(f"--trainable llm:{a}-{b}: the language model has {len(layers)} layers (0..{len(layers) - 1})")
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return {name_of[id(p)]: p for i in range(a, b + 1) for p in layers[i].parameters()}
+
+
+def set_trainable(model, spec, verbose=True):
+    """Freeze everything, then unfreeze the named parts. Returns {part_label: {name: param}}."""
+    chosen = {}
+    all_parts = part_params(model)
+    for name, rng in parse_trainable(spec):
+        label = name if rng is None else f"llm:{rng[0]}-{rng[1]}"
+        chosen[label] = layer_params(model, *rng) if rng else all_parts[name]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for params in chosen.values():
+        for p in params.values():
+            p.requires_grad_(True)
+    if verbose:
+        print(trainable_summary(model, all_parts))
+    return chosen
+
+
+def trainable_summary(model, all_parts=None):
+    all_parts = all_parts or part_params(model)
+    lines = [f"{'part':<10}{'tensors':>9}{'params':>14}{'trainable':>14}"]
+    for part, params in all_parts.items():
+        n = sum(p.numel() for p in params.values())
+        t = sum(p.numel() for p in params.values() if p.requires_grad)
+        lines.append(f"{part:<10}{len(params):>9}{n:>14,}{t:>14,}")
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lines.append(f"{'total':<10}{sum(1 for _ in model.parameters()):>9}{total:>14,}{train:>14,}  ({100 * train / total:.1f}% trainable)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the tiny built-in model
+# Everything runs on a CPU with no download: transformers' own LLaVA class (CLIP vision + Llama text),
+# random init from a fixed seed, and a word-level tokenizer over the project's own vocabulary.
+TINY = dict(image_size=64, patch_size=8, hidden=64, layers=2, heads=4, seed=0)
+
+LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]
+LEVELS = ["bad", "poor", "fair", "good", "excellent"]
+# Words of the prompts and answers the scripts write (templates, options, descriptions, numbers).
+TINY_WORDS = """
+user assistant system looking at the image above what is synthetic distortion in select from following
+options has some a an of this how would you rate quality it its assume are evaluator describe low level
+and or but with very slightly quite highly heavily strongly severely mildly moderately no not visible
+noticeable clear clearly sharp sharpness blurry blurred noisy grain grainy bright brighter dark darker
+darkened brightened exposure overexposed underexposed compressed compression artifacts blocky blocking
+ringing low high contrast faded washed out saturated saturation colors color colorful colorfulness dull
+vivid jitter jittered jittery displaced pixels edges details texture textures fine overall therefore so
+thus which score from to between first second third fourth better worse same rank ranking images image
+compare two four lowest highest reference distorted please answer only number think step by let us
+these there be can see look looks seems overall quality rating is are was were for on as
+""".split()
+
+
+def tiny_vocab():
+    words = []
+    for w in TINY_WORDS + LABELS + LEVELS + [str(i) for i in range(101)] + list(".,:;?!()/%-'\"#"):
+        if w not in words:
+            words.append(w)
+    return words
+
+
+# "role: content" lines; an assistant turn ends with </s> so the model learns where to stop.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>{{ '\\n' }}"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}</s>{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def build_tiny_processor():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast, LlavaProcessor, CLIPImageProcessorPil
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+    vocab = {w: i for i, w in enumerate(specials + tiny_vocab())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # words and runs of punctuation
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins with spaces, tidies " ."
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="<pad>",
+                                        extra_special_tokens={"image_token": "<image>"})
+    # CLIPImageProcessorPil: there is no CPU torchvision here. Resize to the tiny input, not 224.
+    s = TINY["image_size"]
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY["patch_size"],
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=TINY_CHAT_TEMPLATE)
+
+
+def build_tiny_model(processor):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tok = processor.tokenizer
+    h, n_layers, n_heads = TINY["hidden"], TINY["layers"], TINY["heads"]
+    vision = CLIPVisionConfig(image_size=TINY["image_size"], patch_size=TINY["patch_size"], hidden_size=h,
+                              intermediate_size=4 * h, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                              projection_dim=h)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=h, intermediate_size=4 * h, num_hidden_layers=n_layers,
+                       num_attention_heads=n_heads, num_key_value_heads=n_heads, max_position_embeddings=512,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-1,  # the default -2 would leave the last vision layer without gradient
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    with torch.random.fork_rng():  # same weights in every process, whatever the caller's RNG state
+        torch.manual_seed(TINY["seed"])
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model
+
+
+# ----------------------------------------------------------------------------- loading
+def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code=False):
+    """Returns (model, processor). `name` is 'tiny', a Hugging Face id or a local path."""
+    if name == "tiny":
+        processor = build_tiny_processor()
+        model = build_tiny_model(processor)
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+    family_of(model)  # fail early, with the list of modules found, on an unknown family
+    return model.to(device=device, dtype=dtype), processor
+
+
+def load_checkpoint(ckpt_dir, dtype=torch.float32, device="cpu"):
+    """A train.py output folder -> (model with the trained tensors loaded, processor, its config)."""
+    import json
+    import os
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(ckpt_dir, "config.json")
+    weights = os.path.join(ckpt_dir, "trainable.safetensors")
+    for path in (cfg_path, weights):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--ckpt {ckpt_dir}: {os.path.basename(path)} not found (expected a train.py output folder)")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    model, processor = load_model(cfg["model"], dtype=dtype, device=device)
+    state = load_file(weights, device=str(device))
+    own = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise KeyError(f"{weights}: {len(unknown)} tensors not in {cfg['model']}, e.g. {unknown[:3]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            if own[k].shape != v.shape:
+                raise ValueError(f"{weights}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+            own[k].copy_(v)
+    return model, processor, cfg

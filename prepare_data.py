@@ -1,0 +1,219 @@
+"""Raw IQA datasets -> unified JSONL (DESIGN.md, "Data format"); with no arguments, the embedded demo set.
+
+    python prepare_data.py                                   # demo set -> data/demo (no download, < 1 min)
+    python prepare_data.py --out data/demo --seed 1          # another draw of the demo set
+    python prepare_data.py --task distortion --kadid /data/kadid10k --tid2013 /data/tid2013 \\
+        --live /data/databaserelease2 --csiq /data/CSIQ --out data/distortion   # any subset of the four
+    python prepare_data.py --task distortion --kadid /data/kadid10k --split random --out data/kadid_random
+
+Each dataset is read from its official release layout or from the layout IQA-PyTorch (pyiqa) ships
+(meta_info_*.csv); see iqa_datasets.py. Writes OUT/train.jsonl, OUT/test.jsonl, OUT/meta.json, atomically.
+"""
+import argparse
+import io
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+
+from common import atomic_write, atomic_write_json, atomic_write_jsonl
+from data import DISTORTION_PREFIX, DISTORTION_QUESTION
+
+LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]
+
+
+def distortion_record(rid, image, label, source, ref, **extra):
+    return {"id": rid, "image": image,
+            "conversations": [{"from": "human", "value": "<image>\n" + DISTORTION_QUESTION},
+                              {"from": "gpt", "value": f"{DISTORTION_PREFIX} {label}."}],
+            "task": "distortion", "label": label, "source": source, "ref": ref, **extra}
+
+
+def split_meta(train, test, **extra):
+    counts = {}
+    for name, recs in (("train", train), ("test", test)):
+        counts[name] = {"n": len(recs), "by_label": dict(sorted(Counter(r["label"] for r in recs).items())),
+                        "by_source": dict(sorted(Counter(r["source"] for r in recs).items())),
+                        "by_source_label": {f"{s}/{l}": n for (s, l), n in sorted(Counter((r["source"], r["label"]) for r in recs).items())}}
+    return {"labels": LABELS, "counts": counts, **extra}
+
+
+# ----------------------------------------------------------------------------- the demo set
+# Photos that scikit-image ships (no download). Gray ones are used as RGB; they get no
+# colorfulness sample (saturation changes do nothing to a gray image), which meta.json counts.
+DEMO_PHOTOS = ["astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket",
+               "stereo_motorcycle", "brick", "camera", "cell", "clock", "coins", "grass", "gravel", "moon", "page", "text"]
+
+
+def demo_photo(name):
+    import skimage.data
+    img = getattr(skimage.data, name)()
+    img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle -> (left, right, disparity)
+    img = np.asarray(img)
+    is_gray = img.ndim == 2
+    return (np.stack([img] * 3, -1) if is_gray else img[..., :3]).astype(np.uint8), is_gray
+
+
+def gaussian_blur(x, sigma):
+    from scipy.ndimage import gaussian_filter
+    return gaussian_filter(x, sigma=(sigma, sigma, 0), mode="reflect")
+
+
+def distort(x, label, severity, rng):
+    """x float32 HxWx3 in [0,1] -> distorted copy. Severity 1..5; strengths chosen so that each is
+    visible at 64x64 (KADID-10k's types as the model: gaussian blur, white noise, brighten/darken,
+    JPEG, contrast change, saturation change, pixel jitter)."""
+    s = severity - 1
+    if label == "clean":
+        return x
+    if label == "blur":
+        return gaussian_blur(x, [0.9, 1.3, 1.8, 2.4, 3.2][s])
+    if label == "noise":
+        return x + rng.normal(0, [0.04, 0.06, 0.09, 0.13, 0.18][s], x.shape)
+    if label == "brightness":
+        gamma = [0.6, 0.5, 0.4, 0.3, 0.22][s] if rng.random() < 0.5 else [1.7, 2.1, 2.6, 3.2, 4.0][s]
+        return np.clip(x, 0, 1) ** gamma
+    if label == "compression":
+        buf = io.BytesIO()
+        Image.fromarray(to_uint8(x)).save(buf, "JPEG", quality=[18, 12, 9, 6, 3][s])
+        return np.asarray(Image.open(buf), dtype=np.float32) / 255
+    if label == "contrast":
+        c = [0.5, 0.4, 0.3, 0.22, 0.15][s]
+        return x.mean() + (x - x.mean()) * c
+    if label == "colorfulness":
+        gray = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        f = [0.35, 0.25, 0.15, 0.05, 0.0][s] if rng.random() < 0.5 else [2.0, 2.5, 3.0, 3.6, 4.2][s]
+        return gray + (x - gray) * f
+    if label == "jitter":  # every pixel taken from a random neighbour within +-a pixels
+        a = [1, 1, 2, 2, 3][s]
+        h, w = x.shape[:2]
+        yy = np.clip(np.arange(h)[:, None] + rng.integers(-a, a + 1, (h, w)), 0, h - 1)
+        xx = np.clip(np.arange(w)[None, :] + rng.integers(-a, a + 1, (h, w)), 0, w - 1)
+        return x[yy, xx]
+    raise ValueError(label)
+
+
+def to_uint8(x):
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def random_crop(photo, size, rng):
+    h, w = photo.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.25, 0.6))
+    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.LANCZOS)
+    return np.asarray(crop, dtype=np.float32) / 255
+
+
+def synthetic_mos(label, severity, rng):
+    """1..5, higher = better: clean near the top, then down ~0.75 per severity step, with rater noise."""
+    base = rng.uniform(4.3, 5.0) if label == "clean" else 4.9 - 0.75 * severity + rng.normal(0, 0.25)
+    return round(float(np.clip(base, 1.0, 5.0)), 3)
+
+
+def make_demo(out, seed=0, size=64, crops_per_class=32, n_test_photos=4):
+    t0 = time.time()
+    rng = np.random.default_rng(seed)
+    photos = list(DEMO_PHOTOS)
+    color = [p for p in photos if not demo_photo(p)[1]]
+    # held-out photos: half colour (so colorfulness is tested), half gray, drawn by the seed
+    test_photos = set(rng.choice(color, n_test_photos // 2, replace=False)) | \
+        set(rng.choice([p for p in photos if p not in color], n_test_photos - n_test_photos // 2, replace=False))
+    tmp = out.rstrip("/") + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "images"))
+    train, test, skipped = [], [], Counter()
+    for pi, name in enumerate(photos):
+        photo, is_gray = demo_photo(name)
+        split = test if name in test_photos else train
+        n_crops = crops_per_class // 4 if split is test else crops_per_class
+        for label in LABELS:
+            if label == "colorfulness" and is_gray:
+                skipped["colorfulness on a gray photo"] += n_crops
+                continue
+            for k in range(n_crops):
+                severity = 0 if label == "clean" else int(rng.integers(1, 6))
+                x = distort(random_crop(photo, size, rng), label, severity, rng)
+                fname = f"{name}_{label}_{k:03d}.png"
+                Image.fromarray(to_uint8(x)).save(os.path.join(tmp, "images", fname))
+                mos = synthetic_mos(label, severity, rng)
+                split.append(distortion_record(f"demo/{fname}", f"images/{fname}", label, "demo", name,
+                                               severity=severity, mos=mos, mos_norm=round((mos - 1) / 4, 4)))
+        print(f"\rdemo: photo {pi + 1}/{len(photos)} ({name})      ", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    meta = split_meta(train, test, source="demo (scikit-image photos)", seed=seed, image_size=size,
+                      split_policy="by source photo", test_photos=sorted(test_photos),
+                      train_photos=sorted(set(photos) - test_photos), skipped=dict(skipped),
+                      score_direction={"demo": "higher_better"}, score_range={"demo": [1.0, 5.0]})
+    atomic_write_jsonl(os.path.join(tmp, "train.jsonl"), train)
+    atomic_write_jsonl(os.path.join(tmp, "test.jsonl"), test)
+    atomic_write_json(os.path.join(tmp, "meta.json"), meta)
+    # the folder appears complete or not at all
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    print(f"demo: {len(train)} train / {len(test)} test images ({len(test_photos)} held-out photos: "
+          f"{', '.join(sorted(test_photos))}) -> {out} in {time.time() - t0:.1f}s")
+    return meta
+
+
+# ----------------------------------------------------------------------------- real datasets
+def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_images=True):
+    import iqa_datasets as D
+    train, test, infos = [], [], {}
+    for source, root in datasets.items():
+        t0 = time.time()
+        items, info = D.READERS[source](root, check_images=check_images)
+        kept = [it for it in items if it["label"] is not None]
+        tr, te = D.split_items(kept, test_frac=test_frac, by=split, seed=seed)
+        for dst, part in ((train, tr), (test, te)):
+            for it in part:
+                extra = {k: it[k] for k in ("mos", "mos_norm", "level", "dist") if it.get(k) is not None}
+                dst.append(distortion_record(it["id"], it["image"], it["label"], it["source"], it["ref"], **extra))
+        info["n_kept"], info["n_excluded_types"] = len(kept), len(items) - len(kept)
+        infos[source] = info
+        print(f"{source}: {len(items)} images read ({info.get('layout')} layout), {len(kept)} kept, "
+              f"{len(items) - len(kept)} of excluded types {info.get('excluded', {})}, {time.time() - t0:.1f}s")
+    meta = split_meta(train, test, seed=seed, split_policy=f"by reference content, {1 - test_frac:.0%}/{test_frac:.0%}"
+                      if split == "ref" else f"random, {1 - test_frac:.0%}/{test_frac:.0%}", datasets=infos,
+                      score_direction={s: i.get("direction") for s, i in infos.items()},
+                      score_range={s: i.get("score_range") for s, i in infos.items()})
+    os.makedirs(out, exist_ok=True)
+    # meta last: a folder with meta.json is complete
+    if os.path.exists(os.path.join(out, "meta.json")):
+        os.unlink(os.path.join(out, "meta.json"))
+    atomic_write_jsonl(os.path.join(out, "train.jsonl"), train)
+    atomic_write_jsonl(os.path.join(out, "test.jsonl"), test)
+    atomic_write_json(os.path.join(out, "meta.json"), meta)
+    print(f"wrote {len(train)} train / {len(test)} test records -> {out}")
+    return meta
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default=None, choices=["distortion"], help="what to build from real datasets")
+    ap.add_argument("--out", default=None, help="output folder (default data/demo for the demo)")
+    ap.add_argument("--seed", type=int, default=0)
+    for name, what in (("live", "LIVE IQA (release 2)"), ("csiq", "CSIQ"), ("kadid", "KADID-10k"), ("tid2013", "TID2013")):
+        ap.add_argument(f"--{name}", default=None, help=f"{what} folder (official or pyiqa layout)")
+    ap.add_argument("--split", default="ref", choices=["ref", "random"], help="8:2 by reference content, or random")
+    ap.add_argument("--test_frac", type=float, default=0.2)
+    ap.add_argument("--no_image_check", action="store_true", help="skip opening every image (faster, less safe)")
+    ap.add_argument("--image_size", type=int, default=64, help="demo only: side of the crops")
+    ap.add_argument("--crops_per_class", type=int, default=32, help="demo only: crops per class per training photo")
+    args = ap.parse_args(argv)
+    datasets = {k: v for k, v in (("live", args.live), ("csiq", args.csiq), ("kadid10k", args.kadid), ("tid2013", args.tid2013)) if v}
+    if not datasets:
+        if args.task:
+            ap.error(f"--task {args.task} needs at least one of --live --csiq --kadid --tid2013")
+        return make_demo(args.out or "data/demo", args.seed, args.image_size, args.crops_per_class)
+    if not args.out:
+        ap.error("--out is required with real datasets")
+    return make_distortion(datasets, args.out, args.split, args.seed, args.test_frac, not args.no_image_check)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Fine-tune chosen parts of a VLM on prepared JSONL data (loss on answer tokens only).
+
+    python train.py                                              # tiny model, demo data, encoder+projector
+    python train.py --trainable projector --max_minutes 5 --out out/projector
+    torchrun --standalone --nproc_per_node=2 train.py --trainable encoder,projector --max_steps 20
+    python train.py config/my_experiment.py --lr 3e-4            # a config file, then overrides
+
+Writes OUT/trainable.safetensors (only the trainable tensors), OUT/config.json, OUT/log.jsonl and
+OUT/resume.pt (optimizer + data position for --resume true), each atomically. Rank 0 alone prints and saves.
+"""
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from common import apply_overrides, atomic_write, atomic_write_json, atomic_write_jsonl, setup_distributed
+from data import IGNORE, encode_batch, load_records
+from model import LABELS, load_model, set_trainable
+
+# ----------------------------------------------------------------------------- config (defaults)
+model = "tiny"                 # 'tiny', a Hugging Face id, or a local path
+data = "data/demo"             # prepared folder(s), comma-separated
+out = "out/run"                # output folder
+trainable = "encoder,projector"  # parts: encoder, projector, llm, llm:A-B, head (comma list)
+batch_size = 32                # per process, per micro-step
+grad_accum = 1                 # micro-steps per optimizer step
+max_steps = 0                  # optimizer steps; 0 = run until max_minutes or epochs
+max_minutes = 0.0              # wall-clock budget; the cosine schedule follows time when set
+epochs = 10                    # used when neither max_steps nor max_minutes is set
+lr = 2e-3                      # peak learning rate
+lr_encoder = 0.0               # peak lr of the vision encoder; 0 = same as lr
+min_lr_frac = 0.05             # cosine decays to lr * min_lr_frac
+warmup_steps = 50
+weight_decay = 0.0
+grad_clip = 1.0
+label_smoothing = 0.1          # over the vocabulary (F.cross_entropy semantics)
+hflip = True                   # random horizontal flips (no distortion class depends on left/right)
+dtype = "auto"                 # auto = bf16 autocast on GPU, fp32 on CPU; or float32 / bfloat16
+grad_ckpt = False              # gradient checkpointing (non-reentrant: gradients flow with frozen inputs)
+log_every = 20
+ckpt_every = 0                 # save every N steps (0 = only at the end)
+resume = False                 # continue from OUT's last checkpoint (optimizer and data position too)
+seed = 1337
+num_threads = 0                # torch CPU threads; 0 = torch's default
+# -----------------------------------------------------------------------------
+config = apply_overrides(globals(), sys.argv[1:])
+
+ddp, rank, local_rank, world_size, device = setup_distributed()
+master = rank == 0
+print0 = print if master else (lambda *a, **k: None)
+if num_threads:
+    torch.set_num_threads(num_threads)
+torch.manual_seed(seed + rank)
+random.seed(seed + rank)
+on_gpu = device.startswith("cuda")
+amp_dtype = {"auto": torch.bfloat16 if on_gpu else None, "float32": None, "bfloat16": torch.bfloat16}[dtype]
+
+# ----------------------------------------------------------------------------- model and data
+vlm, processor = load_model(model, device=device)
+parts = set_trainable(vlm, trainable, verbose=master)
+if grad_ckpt:
+    vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+train_records = load_records(data, "train")
+print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size} x {grad_accum} accum")
+
+
+class SupervisedLogits(torch.nn.Module):
+    """The VLM, returning logits only where a label is (the LM head on a few rows, not the whole sequence).
+
+    One module so that DDP sees a single forward (it syncs the gradients of what that forward used)."""
+
+    def __init__(self, vlm):
+        super().__init__()
+        self.vlm = vlm
+
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None):
+        hidden = self.vlm.model(input_ids=input_ids, attention_mask=attention_mask,
+                                pixel_values=pixel_values).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE  # position t predicts token t+1
+        return self.vlm.lm_head(hidden[:, :-1][keep]), targets[keep]
+
+
+net = SupervisedLogits(vlm)
+if ddp:
+    from torch.nn.parallel import DistributedDataParallel
+    net = DistributedDataParallel(net, device_ids=[local_rank] if on_gpu else None)
+
+lr_of = {label: (lr_encoder if label == "encoder" and lr_encoder > 0 else lr) for label in parts}
+groups = [{"params": [p for p in params.values()], "lr": lr_of[label], "peak_lr": lr_of[label], "name": label}
+          for label, params in parts.items() if params]
+optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6, weight_decay=weight_decay)
+
+# each rank walks its own slice of one seeded permutation per epoch; all slices have equal length,
+# so every rank takes the same number of steps
+per_rank = len(train_records) // world_size
+steps_per_epoch = per_rank // (batch_size * grad_accum)
+if steps_per_epoch == 0:
+    raise SystemExit(f"{len(train_records)} records are too few for {world_size} x {batch_size} x {grad_accum} per step")
+
+
+def epoch_order(epoch):
+    g = torch.Generator().manual_seed(seed + epoch)
+    perm = torch.randperm(len(train_records), generator=g).tolist()
+    return perm[rank::world_size][:per_rank]
+
+
+def flip(img):
+    return img.transpose(0) if random.random() < 0.5 else img  # PIL Image.FLIP_LEFT_RIGHT == 0
+
+
+total_steps = max_steps or (0 if max_minutes else epochs * steps_per_epoch)
+
+
+def lr_factor(step, elapsed_min):
+    """Linear warmup, then cosine to min_lr_frac over steps, or over wall-clock time with max_minutes."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, max(step / total_steps if total_steps else 0.0, elapsed_min / max_minutes if max_minutes else 0.0))
+    return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- resume
+os.makedirs(out, exist_ok=True) if master else None
+step, epoch, batch_in_epoch, elapsed_before, log = 0, 0, 0, 0.0, []
+if resume:
+    state_path = os.path.join(out, "resume.pt")
+    if not os.path.exists(state_path):
+        raise SystemExit(f"--resume: {state_path} not found")
+    from safetensors.torch import load_file
+    state = torch.load(state_path, map_location=device, weights_only=False)
+    tensors = load_file(os.path.join(out, "trainable.safetensors"), device=str(device))
+    own = dict(vlm.named_parameters())
+    with torch.no_grad():
+        for k, v in tensors.items():
+            own[k].copy_(v)
+    optimizer.load_state_dict(state["optimizer"])
+    step, epoch, batch_in_epoch, elapsed_before = state["step"], state["epoch"], state["batch_in_epoch"], state["elapsed_min"]
+    log = state["log"]
+    print0(f"resumed from {out} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
+
+
+def save(final=False):
+    if not master:
+        return
+    from safetensors.torch import save
+    tensors = {n: p.detach().contiguous().cpu() for n, p in vlm.named_parameters() if p.requires_grad}
+    buf = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                "elapsed_min": elapsed_min, "log": log}, buf)
+    atomic_write(os.path.join(out, "trainable.safetensors"), save(tensors))
+    atomic_write(os.path.join(out, "resume.pt"), buf.getvalue())
+    atomic_write_jsonl(os.path.join(out, "log.jsonl"), log)
+    atomic_write_json(os.path.join(out, "config.json"), {
+        **config, "base_model": model, "parts": list(parts), "labels": LABELS, "world_size": world_size,
+        "steps_done": step, "finished": final,
+        "trainable_params": sum(p.numel() for p in vlm.parameters() if p.requires_grad)})
+
+
+# ----------------------------------------------------------------------------- training loop
+vlm.train()
+t_start = time.time()
+t_log, samples_since_log, elapsed_min = time.time(), 0, elapsed_before
+order = epoch_order(epoch)
+while True:
+    elapsed_min = elapsed_before + (time.time() - t_start) / 60
+    stop = (max_steps and step >= max_steps) or (max_minutes and elapsed_min >= max_minutes) or \
+           (not max_steps and not max_minutes and epoch >= epochs)
+    if ddp:  # rank 0's clock decides, so all ranks stop at the same step and share the lr
+        flag = torch.tensor([float(stop), elapsed_min], device=device)
+        torch.distributed.broadcast(flag, 0)
+        stop, elapsed_min = bool(flag[0]), float(flag[1])
+    if stop:
+        break
+    factor = lr_factor(step, elapsed_min)
+    for g in optimizer.param_groups:
+        g["lr"] = g["peak_lr"] * factor
+    loss_sum, n_tokens = 0.0, 0
+    for micro in range(grad_accum):
+        if batch_in_epoch >= steps_per_epoch * grad_accum:
+            epoch, batch_in_epoch = epoch + 1, 0
+            order = epoch_order(epoch)
+        idx = order[batch_in_epoch * batch_size:(batch_in_epoch + 1) * batch_size]
+        batch_in_epoch += 1
+        batch = encode_batch(processor, [train_records[i] for i in idx], transform=flip if hflip else None)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        sync = (not ddp) or micro == grad_accum - 1
+        ctx = net.no_sync() if not sync else torch.enable_grad()
+        with ctx, torch.autocast(device_type="cuda" if on_gpu else "cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits, targets = net(**batch)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        (loss / grad_accum).backward()
+        loss_sum += loss.item() / grad_accum
+        samples_since_log += len(idx)
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    step += 1
+    if step % log_every == 0 or step == 1:
+        dt = time.time() - t_log
+        mem = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else \
+            __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss / 2**20
+        rec = {"step": step, "epoch": epoch, "loss": round(loss_sum, 5), "lr": optimizer.param_groups[0]["lr"],
+               "grad_norm": round(float(grad_norm), 4), "samples_per_s": round(samples_since_log * world_size / dt, 1),
+               "mem_gb": round(mem, 3), "minutes": round(elapsed_min, 2)}
+        log.append(rec)
+        print0(f"step {step:5d} | epoch {epoch} | loss {loss_sum:.4f} | lr {rec['lr']:.2e} | "
+               f"{rec['samples_per_s']:.0f} samples/s | {rec['minutes']:.1f} min")
+        t_log, samples_since_log = time.time(), 0
+    if ckpt_every and step % ckpt_every == 0:
+        save()
+save(final=True)
+print0(f"done: {step} steps in {elapsed_min:.1f} min -> {out}")
+if ddp:
+    torch.distributed.destroy_process_group()
