@@ -15,6 +15,8 @@ from PIL import Image
 from common import read_jsonl
 
 IGNORE = -100
+LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]  # 8 classes
+LEVELS = ["bad", "poor", "fair", "good", "excellent"]  # quality levels, worst to best
 DISTORTION_QUESTION = "Looking at the image above, what is the synthetic distortion in the image?"
 DISTORTION_PREFIX = "The image has some"  # the answer is "The image has some {label}."
 OPTIONS_SUFFIX = ("Select from the following options: 1. Blur; 2. Noise; 3. Brightness; 4. Compression; "

@@ -19,9 +19,9 @@ import time
 import torch
 
 from common import atomic_write, atomic_write_json
-from data import DISTORTION_PREFIX, OPTIONS_SUFFIX, closed_set_token_ids, encode_prompts, load_records
+from data import DISTORTION_PREFIX, LABELS, OPTIONS_SUFFIX, closed_set_token_ids, encode_prompts, load_records
 from kernels import level_cross_entropy
-from model import LABELS, load_checkpoint, load_model
+from model import load_checkpoint, load_model
 
 # words a free-form answer may use for each class (first match in the answer wins)
 SYNONYMS = {"blur": ["blur", "blurry", "blurred", "blurriness", "out of focus"],

@@ -21,9 +21,7 @@ import numpy as np
 from PIL import Image
 
 from common import atomic_write, atomic_write_json, atomic_write_jsonl
-from data import DISTORTION_PREFIX, DISTORTION_QUESTION
-
-LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]
+from data import DISTORTION_PREFIX, DISTORTION_QUESTION, LABELS
 
 
 def distortion_record(rid, image, label, source, ref, **extra):
@@ -47,6 +45,11 @@ def split_meta(train, test, **extra):
 # colorfulness sample (saturation changes do nothing to a gray image), which meta.json counts.
 DEMO_PHOTOS = ["astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket",
                "stereo_motorcycle", "brick", "camera", "cell", "clock", "coins", "grass", "gravel", "moon", "page", "text"]
+# Held-out photos are drawn from the natural scenes only, like the content of IQA datasets; the
+# scientific images (deep sky, stained tissue, fundus, microscopy, lunar surface) and the scanned
+# page/text only ever train, adding variety there.
+DEMO_TEST_POOL = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "brick", "camera", "clock", "coins",
+                  "grass", "gravel"]
 
 
 def demo_photo(name):
@@ -78,9 +81,14 @@ def distort(x, label, severity, rng):
         gamma = [0.6, 0.5, 0.4, 0.3, 0.22][s] if rng.random() < 0.5 else [1.7, 2.1, 2.6, 3.2, 4.0][s]
         return np.clip(x, 0, 1) ** gamma
     if label == "compression":
+        # JPEG's 8x8 block grid at a random offset: in a real image it has no relation to the model's
+        # patch grid, and here (patch 8 on a 64x64 crop) an aligned grid would hide every block edge
+        dy, dx = rng.integers(0, 8, 2)
+        padded = np.pad(x, ((dy, 8 - dy), (dx, 8 - dx), (0, 0)), mode="reflect")
         buf = io.BytesIO()
-        Image.fromarray(to_uint8(x)).save(buf, "JPEG", quality=[18, 12, 9, 6, 3][s])
-        return np.asarray(Image.open(buf), dtype=np.float32) / 255
+        Image.fromarray(to_uint8(padded)).save(buf, "JPEG", quality=[18, 12, 9, 6, 3][s])
+        h, w = x.shape[:2]
+        return (np.asarray(Image.open(buf), dtype=np.float32) / 255)[dy:dy + h, dx:dx + w]
     if label == "contrast":
         c = [0.5, 0.4, 0.3, 0.22, 0.15][s]
         return x.mean() + (x - x.mean()) * c
@@ -101,12 +109,17 @@ def to_uint8(x):
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def random_crop(photo, size, rng):
+def random_crop(photo, size, rng, min_std=0.06):
+    """A random square crop resized to size x size. Nearly flat crops (black sky, empty page) are
+    redrawn: blur, jitter or compression leave no trace on them, so their label would be noise."""
     h, w = photo.shape[:2]
-    side = int(min(h, w) * rng.uniform(0.25, 0.6))
-    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.LANCZOS)
-    return np.asarray(crop, dtype=np.float32) / 255
+    for _ in range(50):
+        side = int(min(h, w) * rng.uniform(0.25, 0.6))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.LANCZOS), dtype=np.float32) / 255
+        if crop.std() >= min_std:
+            break
+    return crop
 
 
 def synthetic_mos(label, severity, rng):
@@ -115,18 +128,21 @@ def synthetic_mos(label, severity, rng):
     return round(float(np.clip(base, 1.0, 5.0)), 3)
 
 
-def make_demo(out, seed=0, size=64, crops_per_class=32, n_test_photos=4):
+def make_demo(out, seed=0, size=64, crops_per_class=96, n_test_photos=4):
     t0 = time.time()
     rng = np.random.default_rng(seed)
     photos = list(DEMO_PHOTOS)
     color = [p for p in photos if not demo_photo(p)[1]]
     # held-out photos: half colour (so colorfulness is tested), half gray, drawn by the seed
-    test_photos = set(rng.choice(color, n_test_photos // 2, replace=False)) | \
-        set(rng.choice([p for p in photos if p not in color], n_test_photos - n_test_photos // 2, replace=False))
+    pool = [p for p in DEMO_TEST_POOL if p in photos]
+    test_photos = set(rng.choice([p for p in pool if p in color], n_test_photos // 2, replace=False)) | \
+        set(rng.choice([p for p in pool if p not in color], n_test_photos - n_test_photos // 2, replace=False))
     tmp = out.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "images"))
     train, test, skipped = [], [], Counter()
+    colour_boost = {held_out: sum((p in test_photos) == held_out for p in photos) /
+                    sum((p in test_photos) == held_out for p in color) for held_out in (False, True)}
     for pi, name in enumerate(photos):
         photo, is_gray = demo_photo(name)
         split = test if name in test_photos else train
@@ -135,7 +151,9 @@ def make_demo(out, seed=0, size=64, crops_per_class=32, n_test_photos=4):
             if label == "colorfulness" and is_gray:
                 skipped["colorfulness on a gray photo"] += n_crops
                 continue
-            for k in range(n_crops):
+            # colour photos make up for the gray ones' missing colorfulness crops, keeping classes balanced
+            n = round(n_crops * colour_boost[name in test_photos]) if label == "colorfulness" else n_crops
+            for k in range(n):
                 severity = 0 if label == "clean" else int(rng.integers(1, 6))
                 x = distort(random_crop(photo, size, rng), label, severity, rng)
                 fname = f"{name}_{label}_{k:03d}.png"
@@ -146,7 +164,7 @@ def make_demo(out, seed=0, size=64, crops_per_class=32, n_test_photos=4):
         print(f"\rdemo: photo {pi + 1}/{len(photos)} ({name})      ", end="", file=sys.stderr)
     print(file=sys.stderr)
     meta = split_meta(train, test, source="demo (scikit-image photos)", seed=seed, image_size=size,
-                      split_policy="by source photo", test_photos=sorted(test_photos),
+                      split_policy="by source photo; held-out photos drawn from the natural scenes", test_photos=sorted(test_photos),
                       train_photos=sorted(set(photos) - test_photos), skipped=dict(skipped),
                       score_direction={"demo": "higher_better"}, score_range={"demo": [1.0, 5.0]})
     atomic_write_jsonl(os.path.join(tmp, "train.jsonl"), train)
@@ -167,6 +185,7 @@ def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_ima
     for source, root in datasets.items():
         t0 = time.time()
         items, info = D.READERS[source](root, check_images=check_images)
+        D.norm_scores(items, info)  # mos_norm in [0, 1] (higher = better) and the 5-level label
         kept = [it for it in items if it["label"] is not None]
         tr, te = D.split_items(kept, test_frac=test_frac, by=split, seed=seed)
         for dst, part in ((train, tr), (test, te)):
@@ -203,7 +222,7 @@ def main(argv=None):
     ap.add_argument("--test_frac", type=float, default=0.2)
     ap.add_argument("--no_image_check", action="store_true", help="skip opening every image (faster, less safe)")
     ap.add_argument("--image_size", type=int, default=64, help="demo only: side of the crops")
-    ap.add_argument("--crops_per_class", type=int, default=32, help="demo only: crops per class per training photo")
+    ap.add_argument("--crops_per_class", type=int, default=96, help="demo only: crops per class per training photo")
     args = ap.parse_args(argv)
     datasets = {k: v for k, v in (("live", args.live), ("csiq", args.csiq), ("kadid10k", args.kadid), ("tid2013", args.tid2013)) if v}
     if not datasets:
@@ -216,4 +235,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:  # DatasetError and friends: the message names file and line
+        raise SystemExit(f"prepare_data.py: error: {e}")

@@ -17,11 +17,11 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from common import apply_overrides, atomic_write, atomic_write_json, atomic_write_jsonl, setup_distributed
-from data import IGNORE, encode_batch, load_records
-from model import LABELS, load_model, set_trainable
+from data import IGNORE, LABELS, encode_batch, load_records
+from kernels import backend, level_cross_entropy
+from model import load_model, set_trainable
 
 # ----------------------------------------------------------------------------- config (defaults)
 model = "tiny"                 # 'tiny', a Hugging Face id, or a local path
@@ -40,7 +40,7 @@ warmup_steps = 50
 weight_decay = 0.0
 grad_clip = 1.0
 label_smoothing = 0.1          # over the vocabulary (F.cross_entropy semantics)
-hflip = True                   # random horizontal flips (no distortion class depends on left/right)
+augment = "flip"               # none | flip | flip_rot (flips and 90-degree turns: no distortion class depends on them)
 dtype = "auto"                 # auto = bf16 autocast on GPU, fp32 on CPU; or float32 / bfloat16
 grad_ckpt = False              # gradient checkpointing (non-reentrant: gradients flow with frozen inputs)
 log_every = 20
@@ -48,12 +48,15 @@ ckpt_every = 0                 # save every N steps (0 = only at the end)
 resume = False                 # continue from OUT's last checkpoint (optimizer and data position too)
 seed = 1337
 num_threads = 0                # torch CPU threads; 0 = torch's default
+check_ddp_sync = False         # at the end, compare a hash of the trained tensors across ranks
 # -----------------------------------------------------------------------------
 config = apply_overrides(globals(), sys.argv[1:])
 
 ddp, rank, local_rank, world_size, device = setup_distributed()
 master = rank == 0
 print0 = print if master else (lambda *a, **k: None)
+if augment not in ("none", "flip", "flip_rot"):
+    raise SystemExit(f"--augment must be none, flip or flip_rot, got {augment!r}")
 if num_threads:
     torch.set_num_threads(num_threads)
 torch.manual_seed(seed + rank)
@@ -67,7 +70,8 @@ parts = set_trainable(vlm, trainable, verbose=master)
 if grad_ckpt:
     vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 train_records = load_records(data, "train")
-print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size} x {grad_accum} accum")
+print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size} x {grad_accum} accum; "
+       f"loss kernel: {backend(device)}")
 
 
 class SupervisedLogits(torch.nn.Module):
@@ -111,8 +115,12 @@ def epoch_order(epoch):
     return perm[rank::world_size][:per_rank]
 
 
-def flip(img):
-    return img.transpose(0) if random.random() < 0.5 else img  # PIL Image.FLIP_LEFT_RIGHT == 0
+def augment_image(img):
+    # PIL transpose codes: 0 = left-right flip, 2/3/4 = rotate 90/180/270, 5/6 = transpose/transverse
+    if augment == "flip":
+        return img.transpose(0) if random.random() < 0.5 else img
+    code = random.randrange(8)
+    return img if code == 7 else img.transpose(code)
 
 
 total_steps = max_steps or (0 if max_minutes else epochs * steps_per_epoch)
@@ -188,13 +196,14 @@ while True:
             order = epoch_order(epoch)
         idx = order[batch_in_epoch * batch_size:(batch_in_epoch + 1) * batch_size]
         batch_in_epoch += 1
-        batch = encode_batch(processor, [train_records[i] for i in idx], transform=flip if hflip else None)
+        batch = encode_batch(processor, [train_records[i] for i in idx], transform=augment_image if augment != "none" else None)
         batch = {k: v.to(device) for k, v in batch.items()}
         sync = (not ddp) or micro == grad_accum - 1
         ctx = net.no_sync() if not sync else torch.enable_grad()
         with ctx, torch.autocast(device_type="cuda" if on_gpu else "cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits, targets = net(**batch)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+            # fused op: one pass over each [V] row for the loss, one more for the gradient (kernels.py)
+            loss = level_cross_entropy(logits, targets, label_smoothing=label_smoothing)[0].mean()
         (loss / grad_accum).backward()
         loss_sum += loss.item() / grad_accum
         samples_since_log += len(idx)
@@ -217,5 +226,11 @@ while True:
         save()
 save(final=True)
 print0(f"done: {step} steps in {elapsed_min:.1f} min -> {out}")
+if ddp and check_ddp_sync:  # DDP keeps replicas equal by construction; this proves it, bit for bit
+    import hashlib
+    digest = hashlib.sha256(b"".join(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() for p in vlm.parameters() if p.requires_grad)).hexdigest()
+    digests = [None] * world_size
+    torch.distributed.all_gather_object(digests, digest)
+    print0(f"trained tensors per rank: {[d[:12] for d in digests]}; ranks identical: {len(set(digests)) == 1}")
 if ddp:
     torch.distributed.destroy_process_group()

@@ -1,0 +1,60 @@
+"""Builds the `iqa_vlm_ext` extension (the fused level cross-entropy op, see kernels.py).
+
+    python setup.py build_ext --inplace          # CPU kernels, plus CUDA when torch and a toolkit have it
+    USE_CUDA=0 python setup.py build_ext --inplace   # CPU only, even on a CUDA machine
+
+It is built as a CUDAExtension (with -DWITH_CUDA and csrc/level_ce.cu) when torch is a CUDA build
+(torch.version.cuda is set) AND a CUDA toolkit is found (CUDA_HOME / nvcc), unless USE_CUDA=0;
+otherwise as a CppExtension. GPU architectures: TORCH_CUDA_ARCH_LIST if set, else "8.0;8.6;9.0"
+(A100, A6000/RTX 30xx, H100). On an A6000 box (sm_86) build just that one, which is faster:
+
+    TORCH_CUDA_ARCH_LIST=8.6 python setup.py build_ext --inplace
+
+The CPU kernels are compiled three times (portable, AVX2, AVX-512 on x86-64) and the best one the
+CPU supports is chosen at run time, so a build runs on any x86-64 machine. Ninja is used when
+installed (pip install ninja). Result: ./iqa_vlm_ext*.so in the repo root.
+"""
+import os
+import platform
+import sys
+
+from setuptools import setup
+from torch.utils import cpp_extension
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+csrc = lambda name: os.path.join("csrc", name)  # setuptools wants paths relative to setup.py
+
+import torch  # noqa: E402
+
+want_cuda = os.environ.get("USE_CUDA", "1") != "0"
+with_cuda = want_cuda and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+sources = [csrc("level_ce.cpp"), csrc("level_ce_cpu_default.cpp")]
+macros = []
+if platform.machine().lower() in ("x86_64", "amd64"):
+    sources += [csrc("level_ce_cpu_avx2.cpp"), csrc("level_ce_cpu_avx512.cpp")]
+    macros += [("IQA_HAVE_AVX2", None), ("IQA_HAVE_AVX512", None)]
+
+# OpenMP as torch's own CPU build uses it (at::parallel_for is header-inlined with `omp parallel`).
+omp = [] if sys.platform == "darwin" else ["-fopenmp"]
+cxx_flags = ["-O3", "-std=c++20", "-Wno-psabi", "-Wno-unknown-pragmas"] + omp
+extra = dict(extra_compile_args={"cxx": cxx_flags}, extra_link_args=omp)
+
+if with_cuda:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0")
+    sources.append(csrc("level_ce.cu"))
+    macros.append(("WITH_CUDA", None))
+    extra["extra_compile_args"]["nvcc"] = ["-O3", "-lineinfo"]  # torch adds -std and the arch flags
+    ext = CUDAExtension("iqa_vlm_ext", sources, define_macros=macros, **extra)
+else:
+    ext = CppExtension("iqa_vlm_ext", sources, define_macros=macros, **extra)
+
+print(f"[setup.py] building iqa_vlm_ext with {'CUDA (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if with_cuda else 'CPU only'}"
+      f"{'' if want_cuda else ' (USE_CUDA=0)'}", flush=True)
+
+setup(
+    name="iqa_vlm_ext",
+    version="0.1",
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

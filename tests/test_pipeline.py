@@ -1,0 +1,114 @@
+"""End to end on a tiny demo set: prepare -> train -> evaluate, resume, and DDP on CPU."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sh(*args, env=None):
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    sh("prepare_data.py", "--out", str(out), "--crops_per_class", "4")
+    return out
+
+
+def test_demo_set_is_deterministic_and_split_by_photo(demo, tmp_path):
+    sh("prepare_data.py", "--out", str(tmp_path / "again"), "--crops_per_class", "4")
+    a = open(demo / "train.jsonl").read()
+    assert a == open(tmp_path / "again" / "train.jsonl").read()
+    meta = json.load(open(demo / "meta.json"))
+    assert len(meta["test_photos"]) >= 4
+    train = [json.loads(l) for l in open(demo / "train.jsonl")]
+    test = [json.loads(l) for l in open(demo / "test.jsonl")]
+    assert not {r["ref"] for r in train} & {r["ref"] for r in test}
+    assert {r["label"] for r in test} == set(meta["labels"])
+    for r in train[:50]:
+        assert (r["severity"] == 0) == (r["label"] == "clean") and 1 <= r["mos"] <= 5
+        assert os.path.exists(demo / r["image"])
+
+
+def test_train_evaluate_resume(demo, tmp_path):
+    out = tmp_path / "run"
+    log = sh("train.py", "--data", str(demo), "--out", str(out), "--max_steps", "3", "--batch_size", "4", "--log_every", "1")
+    assert "samples/s" in log and "loss" in log
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["finished"] and cfg["steps_done"] == 3 and cfg["trainable"] == "encoder,projector"
+    tensors = load_file(out / "trainable.safetensors")
+    assert tensors and all(k.startswith(("model.vision_tower", "model.multi_modal_projector")) for k in tensors)
+    sh("evaluate.py", "--ckpt", str(out), "--limit", "16", "--batch_size", "8")
+    res = json.load(open(out / "eval_distortion.json"))
+    assert res["n"] == 16 and 0 <= res["accuracy"] <= 1 and len(res["confusion"]) == 8
+    assert sum(map(sum, res["confusion"])) == 16 and os.path.getsize(out / "confusion.png") > 1000
+    # resume continues from step 3, with the optimizer and data position
+    log = sh("train.py", "--data", str(demo), "--out", str(out), "--max_steps", "5", "--batch_size", "4", "--resume", "true")
+    assert "resumed from" in log and "at step 3" in log
+    assert json.load(open(out / "config.json"))["steps_done"] == 5
+    assert [r["step"] for r in map(json.loads, open(out / "log.jsonl"))][-1] == 5
+
+
+def test_unknown_config_key_is_an_error(demo):
+    r = subprocess.run([sys.executable, "train.py", "--lrr", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown config key --lrr" in r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_end_identical(demo, tmp_path):
+    outs = []
+    for tag in ("a",):
+        out = tmp_path / tag
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            "train.py", "--data", str(demo), "--out", str(out), "--max_steps", "20", "--batch_size", "4",
+                            "--log_every", "5", "--check_ddp_sync", "true"],
+                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr[-4000:]
+        assert "ranks identical: True" in r.stdout, r.stdout[-2000:]
+        outs.append(out)
+    assert json.load(open(outs[0] / "config.json"))["world_size"] == 2
+
+
+def test_prepare_distortion_on_real_pyiqa_metadata(tmp_path):
+    """prepare_data.py --task distortion on placeholder images named after IQA-PyTorch's KADID-10k and LIVE files."""
+    from test_datasets import META, build_pyiqa
+    if not META.exists():
+        pytest.skip(f"{META} not found (../shared is not beside the repo)")
+    kadid, live = tmp_path / "kadid10k", tmp_path / "live"
+    _, kadid_meta = build_pyiqa("kadid10k", kadid)
+    shutil.copy(kadid_meta, kadid / "meta_info_KADID10kDataset.csv")  # found next to the images
+    build_pyiqa("live", live)
+    out = tmp_path / "out"
+    sh("prepare_data.py", "--task", "distortion", "--kadid", str(kadid), "--live", str(live), "--out", str(out), "--no_image_check")
+    meta = json.load(open(out / "meta.json"))
+    counts = {}
+    for split in ("train", "test"):
+        for key, n in meta["counts"][split]["by_source_label"].items():
+            counts[key] = counts.get(key, 0) + n
+    assert counts == {"kadid10k/blur": 1215, "kadid10k/noise": 1620, "kadid10k/brightness": 1215, "kadid10k/compression": 810,
+                      "kadid10k/contrast": 405, "kadid10k/colorfulness": 810, "kadid10k/jitter": 405, "kadid10k/clean": 81,
+                      "live/blur": 145, "live/noise": 145, "live/compression": 344, "live/clean": 29}
+    assert meta["datasets"]["kadid10k"]["n_excluded_types"] == 3645 and meta["datasets"]["live"]["n_excluded_types"] == 145
+    train = [json.loads(l) for l in open(out / "train.jsonl")]
+    test = [json.loads(l) for l in open(out / "test.jsonl")]
+    assert 0.15 < len(test) / (len(train) + len(test)) < 0.25
+    assert not {(r["source"], r["ref"]) for r in train} & {(r["source"], r["ref"]) for r in test}
+    r = next(r for r in train if r["source"] == "live" and r["label"] != "clean")
+    assert 0 <= r["mos_norm"] <= 1 and r["level"] in ("bad", "poor", "fair", "good", "excellent")
+    # an image listed but absent: the error names it and the metadata line, and nothing is written
+    os.unlink(kadid / "images" / "I01_01_03.png")
+    r = subprocess.run([sys.executable, "prepare_data.py", "--task", "distortion", "--kadid", str(kadid), "--out", str(tmp_path / "o2")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "I01_01_03.png" in r.stderr and "meta_info_KADID10kDataset.csv" in r.stderr
+    assert not (tmp_path / "o2" / "meta.json").exists()
