@@ -40,7 +40,7 @@ warmup_steps = 50
 weight_decay = 0.0
 grad_clip = 1.0
 label_smoothing = 0.1          # over the vocabulary (F.cross_entropy semantics)
-augment = "flip"               # none | flip | flip_rot (flips and 90-degree turns: no distortion class depends on them)
+augment = "flip_rot"           # none | flip | flip_rot (flips and 90-degree turns: no distortion class depends on them)
 dtype = "auto"                 # auto = bf16 autocast on GPU, fp32 on CPU; or float32 / bfloat16
 grad_ckpt = False              # gradient checkpointing (non-reentrant: gradients flow with frozen inputs)
 log_every = 20
