@@ -94,7 +94,9 @@ class SupervisedLogits(torch.nn.Module):
 net = SupervisedLogits(vlm)
 if ddp:
     from torch.nn.parallel import DistributedDataParallel
-    net = DistributedDataParallel(net, device_ids=[local_rank] if on_gpu else None)
+    # find_unused_parameters: some chosen tensors get no gradient by design (CLIP's post_layernorm
+    # serves only the pooled output LLaVA ignores; the whole encoder on text-only batches)
+    net = DistributedDataParallel(net, device_ids=[local_rank] if on_gpu else None, find_unused_parameters=True)
 
 lr_of = {label: (lr_encoder if label == "encoder" and lr_encoder > 0 else lr) for label in parts}
 groups = [{"params": [p for p in params.values()], "lr": lr_of[label], "peak_lr": lr_of[label], "name": label}
