@@ -5,6 +5,12 @@
     python prepare_data.py --task distortion --kadid /data/kadid10k --tid2013 /data/tid2013 \\
         --live /data/databaserelease2 --csiq /data/CSIQ --out data/distortion   # any subset of the four
     python prepare_data.py --task distortion --kadid /data/kadid10k --split random --out data/kadid_random
+    python prepare_data.py --task score --koniq /data/koniq10k --spaq /data/SPAQ --livec /data/ChallengeDB_release \\
+        --agiqa /data/AGIQA-3K --kadid /data/kadid10k --out data/score      # also --live --csiq --tid2013 (MOS view)
+    python prepare_data.py --task score --demo data/demo --out data/demo_score          # scoring view of the demo
+    python prepare_data.py --task interpret --demo data/demo --out data/demo_interpret  # templated descriptions
+    python prepare_data.py --task interpret --llava_json q-instruct.json --image_root /data/q-instruct-images --out data/qinstruct
+    python prepare_data.py --task general --llava_json llava_instruct_150k.json --image_root /data/coco/train2017 --out data/llava
 
 Each dataset is read from its official release layout or from the layout IQA-PyTorch (pyiqa) ships
 (meta_info_*.csv); see iqa_datasets.py. Writes OUT/train.jsonl, OUT/test.jsonl, OUT/meta.json, atomically.
@@ -211,19 +217,241 @@ def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_ima
     return meta
 
 
+# ----------------------------------------------------------------------------- scoring and instruction data
+SCORE_DATASETS = {"koniq10k": "koniq", "spaq": "spaq", "livec": "livec", "agiqa3k": "agiqa", "kadid10k": "kadid",
+                  "live": "live", "csiq": "csiq", "tid2013": "tid2013"}  # source -> command-line flag
+
+
+def write_splits(out, splits, meta):
+    """OUT/{train,val,test}.jsonl then OUT/meta.json last (a folder with meta.json is complete)."""
+    os.makedirs(out, exist_ok=True)
+    if os.path.exists(os.path.join(out, "meta.json")):
+        os.unlink(os.path.join(out, "meta.json"))
+    for name, recs in splits.items():
+        atomic_write_jsonl(os.path.join(out, f"{name}.jsonl"), recs)
+    meta["counts"] = {name: {"n": len(recs), "by_source": dict(sorted(Counter(r["source"] for r in recs).items())),
+                             "by_level": dict(Counter(r["level"] for r in recs if r.get("level")))}
+                      for name, recs in splits.items()}
+    atomic_write_json(os.path.join(out, "meta.json"), meta)
+    print(f"wrote {', '.join(f'{len(r)} {n}' for n, r in splits.items())} records -> {out}")
+    return meta
+
+
+def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05, check_images=True):
+    """Scoring records (Q-Align form) from IQA datasets: MOS -> level by equal intervals between the dataset's
+    min and max (iqa_datasets.norm_scores). KonIQ-10k keeps its official training/validation/test split when the
+    metadata has it; the others are split test_frac by reference content (or randomly), then val_frac of all
+    items is held out of train for validation. LIVE Challenge's t1..t7 stay in train. Reference images without a
+    score are left out. Train questions are seeded paraphrases; val/test use the canonical question."""
+    import random
+    import iqa_datasets as D
+    from scoring import score_record
+    splits, infos = {"train": [], "val": [], "test": []}, {}
+    for source, root in datasets.items():
+        t0 = time.time()
+        items, info = D.READERS[source](root, check_images=check_images)
+        D.norm_scores(items, info)
+        scored = [it for it in items if it["mos"] is not None]
+        if any(it.get("split") for it in scored):
+            official = {"training": "train", "validation": "val", "test": "test"}
+            parts = {k: [it for it in scored if official.get(it.get("split"), "train") == k] for k in splits}
+            info["split_policy"] = "official split (training/validation/test)"
+        else:
+            train, test = D.split_items(scored, test_frac=test_frac, by=split, seed=seed)
+            train, val = D.split_items(train, test_frac=val_frac / (1 - test_frac), by=split, seed=seed + 1) \
+                if val_frac > 0 else (train, [])
+            parts = {"train": train, "val": val, "test": test}
+            info["split_policy"] = f"{'by reference content' if split == 'ref' else 'random'}, test {test_frac:.0%}, val {val_frac:.0%}"
+        rng = random.Random(f"{seed}:{source}")
+        for name, part in parts.items():
+            for it in part:
+                extra = {k: it[k] for k in ("mos", "mos_norm", "std", "label", "dist", "level_idx", "is_train_only")
+                         if it.get(k) is not None and it.get(k) is not False}
+                splits[name].append(score_record(it["id"], it["image"], it["level"], source, it["ref"],
+                                                 rng if name == "train" else None, **extra))
+        info.update(n_scored=len(scored), n_unscored_refs=len(items) - len(scored),
+                    levels=dict(Counter(it["level"] for it in scored)), split_counts={k: len(v) for k, v in parts.items()})
+        infos[source] = info
+        print(f"{source}: {len(scored)} scored images ({info['layout']} layout, range {info['score_range']}, "
+              f"{info['direction']}), split {info['split_counts']}, {time.time() - t0:.1f}s")
+    meta = {"task": "score", "seed": seed, "datasets": infos,
+            "score_direction": {s: i.get("direction") for s, i in infos.items()},
+            "score_range": {s: i.get("score_range") for s, i in infos.items()}}
+    return write_splits(out, splits, meta)
+
+
+INTERPRET_QUESTION = "Describe the low level quality of this image."
+DEMO_SEVERITY = ["", "slightly", "mildly", "moderately", "heavily", "severely"]
+DEMO_DESCRIPTIONS = {  # only words of the tiny model's vocabulary (model.TINY_WORDS)
+    "blur": "the image is {adv} blurry, and fine details are not clear",
+    "noise": "the image is {adv} noisy, with visible grain",
+    "brightness": "the image is {adv} darkened or brightened",
+    "compression": "the image has {adv} visible compression artifacts and blocky edges",
+    "contrast": "the image has {adv} low contrast, and the colors look washed out",
+    "colorfulness": "the colors are {adv} saturated or dull",
+    "jitter": "the image is {adv} jittered, with displaced pixels",
+    "clean": "the image is sharp and clear, with no visible distortion"}
+
+
+def demo_description(label, severity, level):
+    text = DEMO_DESCRIPTIONS[label].format(adv=DEMO_SEVERITY[severity]).replace("  ", " ")
+    return f"{text[0].upper()}{text[1:]}. Overall, the quality of the image is {level}."
+
+
+def make_demo_view(demo, out, task="score", seed=0, val_frac=0.05):
+    """A scoring (task score) or interpreting (task describe: templated descriptions from label + severity)
+    view of the demo set: same images (paths relative to OUT), same split by photo, val_frac of train held out."""
+    import json
+    import random
+    import iqa_datasets as D
+    from common import read_jsonl
+    from scoring import score_record
+    with open(os.path.join(demo, "meta.json")) as f:
+        meta_in = json.load(f)
+    info = {"source": "demo", "direction": "higher_better", "score_range": meta_in.get("score_range", {}).get("demo", [1.0, 5.0])}
+    rng, splits = random.Random(f"{seed}:demo:{task}"), {"train": [], "val": [], "test": []}
+    for split in ("train", "test"):
+        recs = read_jsonl(os.path.join(demo, f"{split}.jsonl"))
+        items = [{"source": "demo", "mos": r["mos"]} for r in recs]
+        D.norm_scores(items, info)
+        for r, it in zip(recs, items):
+            image = os.path.relpath(os.path.join(demo, r["image"]), out) if not os.path.isabs(r["image"]) else r["image"]
+            extra = dict(mos=r["mos"], mos_norm=round(it["mos_norm"], 4), label=r["label"], severity=r["severity"])
+            if task == "score":
+                rec = score_record(r["id"], image, it["level"], "demo", r["ref"], rng if split == "train" else None, **extra)
+            else:
+                rec = {"id": r["id"], "image": image,
+                       "conversations": [{"from": "human", "value": "<image>\n" + INTERPRET_QUESTION},
+                                         {"from": "gpt", "value": demo_description(r["label"], r["severity"], it["level"])}],
+                       "task": "describe", "source": "demo", "ref": r["ref"], "level": it["level"], **extra}
+            to = "val" if split == "train" and rng.random() < val_frac else split
+            splits[to].append(rec)
+    meta = {"task": task, "view_of": os.path.abspath(demo), "seed": seed, "val_frac": val_frac,
+            "split_policy": "as the demo set (by photo); val: a seeded share of train",
+            "score_direction": {"demo": "higher_better"}, "score_range": {"demo": info["score_range"]}}
+    return write_splits(out, splits, meta)
+
+
+def read_instruction(path, image_root=None, task="describe", source=None):
+    """Instruction data in LLaVA JSON form (a list of {id, image, conversations}; also JSONL) -> records in the
+    project's JSONL form, every turn of multi-turn conversations kept. Image paths are resolved against
+    image_root (default: the JSON's folder) and made absolute. Records whose image is missing are dropped and
+    counted (an error if all images are missing: a wrong --image_root). Returns (records, report)."""
+    import json
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError:
+        entries = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{no}: neither a JSON list nor JSON lines ({e.msg})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of {{id, image, conversations}}, found {type(entries).__name__}")
+    image_root = os.path.abspath(image_root or os.path.dirname(os.path.abspath(path)))
+    source = source or os.path.splitext(os.path.basename(path))[0]
+    roles = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
+    records, missing, skipped, turns, found = [], [], Counter(), Counter(), 0
+    for i, e in enumerate(entries, 1):
+        where = f"{path} entry {i}"
+        conv = e.get("conversations") if isinstance(e, dict) else None
+        if not isinstance(conv, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv):
+            raise ValueError(f"{where}: expected 'conversations', a list of {{from, value}} turns")
+        bad = [t.get("from") for t in conv if t.get("from") not in roles]
+        if bad:
+            raise ValueError(f"{where}: unknown role(s) {bad}; expected human/gpt (or user/assistant, system)")
+        conv = [{"from": roles[t["from"]], "value": t["value"]} for t in conv]
+        if not any(t["from"] == "gpt" for t in conv):
+            skipped["no answer turn"] += 1
+            continue
+        image = e.get("image")
+        if isinstance(image, list):
+            if len(image) != 1:
+                skipped["several images"] += 1
+                continue
+            image = image[0]
+        n_tags = sum(t["value"].count("<image>") for t in conv)
+        if image:
+            image = image if os.path.isabs(image) else os.path.join(image_root, image)
+            if not os.path.isfile(image):
+                missing.append(image)
+                continue
+            found += 1
+            if n_tags > 1:
+                skipped["several <image> tags"] += 1
+                continue
+            if n_tags == 0:  # LLaVA puts the tag in the first human turn; add it where it is absent
+                k = next(j for j, t in enumerate(conv) if t["from"] == "human")
+                conv[k] = {"from": "human", "value": "<image>\n" + conv[k]["value"]}
+        elif n_tags:
+            skipped["<image> tag without an image"] += 1
+            continue
+        turns[sum(t["from"] == "gpt" for t in conv)] += 1
+        records.append({"id": f"{source}/{e.get('id', i)}", **({"image": image} if image else {}),
+                        "conversations": conv, "task": task, "source": source})
+    if missing and not found:
+        raise ValueError(f"{path}: none of the {len(missing)} images was found below {image_root} "
+                         f"(e.g. {missing[0]}); pass --image_root DIR")
+    report = {"entries": len(entries), "kept": len(records), "missing_images": len(missing),
+              "missing_examples": missing[:5], "skipped": dict(skipped), "image_root": image_root,
+              "answer_turns": {str(k): v for k, v in sorted(turns.items())}}
+    return records, report
+
+
+def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=0.05):
+    """LLaVA-form instruction data -> OUT/train.jsonl, val.jsonl (val_frac, seeded), an empty test.jsonl."""
+    import random
+    records, report = read_instruction(path, image_root, task)
+    rng, splits = random.Random(f"{seed}:{path}"), {"train": [], "val": [], "test": []}
+    for r in records:
+        splits["val" if rng.random() < val_frac else "train"].append(r)
+    print(f"{path}: {report['kept']} of {report['entries']} conversations kept, {report['missing_images']} with a "
+          f"missing image dropped{' (e.g. ' + report['missing_examples'][0] + ')' if report['missing_examples'] else ''}, "
+          f"skipped {report['skipped'] or 'none'}; answer turns per conversation {report['answer_turns']}")
+    return write_splits(out, splits, {"task": task, "source_file": os.path.abspath(path), "seed": seed, "report": report})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default=None, choices=["distortion"], help="what to build from real datasets")
+    ap.add_argument("--task", default=None, choices=["distortion", "score", "interpret", "general"],
+                    help="what to build: distortion/score from IQA datasets (or score/interpret from --demo), "
+                         "interpret/general from --llava_json instruction data")
     ap.add_argument("--out", default=None, help="output folder (default data/demo for the demo)")
     ap.add_argument("--seed", type=int, default=0)
-    for name, what in (("live", "LIVE IQA (release 2)"), ("csiq", "CSIQ"), ("kadid", "KADID-10k"), ("tid2013", "TID2013")):
+    for name, what in (("live", "LIVE IQA (release 2)"), ("csiq", "CSIQ"), ("kadid", "KADID-10k"), ("tid2013", "TID2013"),
+                       ("koniq", "KonIQ-10k (--task score)"), ("spaq", "SPAQ (--task score)"),
+                       ("livec", "LIVE Challenge (--task score)"), ("agiqa", "AGIQA-3K (--task score)")):
         ap.add_argument(f"--{name}", default=None, help=f"{what} folder (official or pyiqa layout)")
+    ap.add_argument("--demo", default=None, help="a demo folder: --task score|interpret writes a view of it to --out")
+    ap.add_argument("--llava_json", default=None, help="--task interpret|general: instruction data in LLaVA JSON form")
+    ap.add_argument("--image_root", default=None, help="folder the --llava_json image paths are relative to (default: its folder)")
+    ap.add_argument("--val_frac", type=float, default=0.05, help="score/interpret/general: share held out as val.jsonl")
     ap.add_argument("--split", default="ref", choices=["ref", "random"], help="8:2 by reference content, or random")
     ap.add_argument("--test_frac", type=float, default=0.2)
     ap.add_argument("--no_image_check", action="store_true", help="skip opening every image (faster, less safe)")
     ap.add_argument("--image_size", type=int, default=64, help="demo only: side of the crops")
     ap.add_argument("--crops_per_class", type=int, default=96, help="demo only: crops per class per training photo")
     args = ap.parse_args(argv)
+    if args.task in ("interpret", "general") and args.llava_json:
+        if not args.out:
+            ap.error("--out is required with --llava_json")
+        return make_instruct(args.llava_json, args.out, args.image_root, {"interpret": "describe", "general": "vqa"}[args.task],
+                             args.seed, args.val_frac)
+    if args.demo:
+        if args.task not in ("score", "interpret") or not args.out:
+            ap.error("--demo DIR takes --task score or --task interpret, and --out")
+        return make_demo_view(args.demo, args.out, args.task, args.seed, args.val_frac)
+    if args.task == "score":
+        datasets = {s: getattr(args, flag) for s, flag in SCORE_DATASETS.items() if getattr(args, flag)}
+        if not datasets or not args.out:
+            ap.error("--task score needs --out and at least one of " + " ".join(f"--{f}" for f in SCORE_DATASETS.values()))
+        return make_score(datasets, args.out, args.split, args.seed, args.test_frac, args.val_frac, not args.no_image_check)
+    if args.task in ("interpret", "general"):
+        ap.error(f"--task {args.task} needs --llava_json FILE (or --demo DIR for interpret)")
     datasets = {k: v for k, v in (("live", args.live), ("csiq", args.csiq), ("kadid10k", args.kadid), ("tid2013", args.tid2013)) if v}
     if not datasets:
         if args.task:

@@ -204,8 +204,9 @@ while True:
         ctx = net.no_sync() if not sync else torch.enable_grad()
         with ctx, torch.autocast(device_type="cuda" if on_gpu else "cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits, targets = net(**batch)
-            # fused op: one pass over each [V] row for the loss, one more for the gradient (kernels.py)
-            loss = level_cross_entropy(logits, targets, label_smoothing=label_smoothing)[0].mean()
+            # fused op: one pass over each [V] row for the loss, one more for the gradient (kernels.py);
+            # the gradient overwrites the logits, a fresh lm_head output nothing else reads (saves N x V)
+            loss = level_cross_entropy(logits, targets, label_smoothing=label_smoothing, inplace_backward=True)[0].mean()
         (loss / grad_accum).backward()
         loss_sum += loss.item() / grad_accum
         samples_since_log += len(idx)
