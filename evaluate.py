@@ -121,9 +121,86 @@ def eval_distortion(model, processor, records, batch_size=32, options=False, gen
     return result
 
 
+@torch.no_grad()
+def eval_score(model, processor, records, batch_size=32, device="cpu", system=None):
+    """Scoring: closed-set softmax over the 5 level tokens after the teacher-forced "The quality of the image is"
+    (through the op, scoring.closed_set_scores) -> score = probs @ [1..5]; one prediction dict per record."""
+    from data import LEVELS
+    from scoring import SCORE_PREFIX, closed_set_scores, with_system
+    level_ids = closed_set_token_ids(processor, LEVELS, SCORE_PREFIX)
+    preds, t0 = [], time.time()
+    for start in range(0, len(records), batch_size):
+        recs = records[start:start + batch_size]
+        enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=SCORE_PREFIX)
+        logits = last_token_logits(model, {k: v.to(device) for k, v in enc.items()}, last)
+        target = [LEVELS.index(r["level"]) if r.get("level") in LEVELS else -1 for r in recs]
+        probs, score, nll = closed_set_scores(logits, level_ids, target)
+        for r, p, s, l in zip(recs, probs.tolist(), score.tolist(), nll.tolist()):
+            preds.append({"id": r.get("id"), "source": r.get("source"), "mos": r.get("mos"), "mos_norm": r.get("mos_norm"),
+                          "level": r.get("level"), "probs": [round(x, 5) for x in p], "score": round(s, 5),
+                          "score01": round((s - 1) / 4, 5), "nll": round(l, 5) if r.get("level") in LEVELS else None})
+        done = min(start + batch_size, len(records))
+        print(f"\reval score: {done}/{len(records)} ({done / (time.time() - t0):.0f} samples/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return preds
+
+
+def main_score(args, ap):
+    """--task score: one row per --ckpt/--model (trained on), one column per test source; JSON + printed table."""
+    from common import atomic_write_jsonl
+    from scoring import SYSTEM_PREFIX, score_metrics, uses_system_prefix
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    runs = [("ckpt", c) for c in args.ckpt or []] + ([("model", args.model)] if args.model else [])
+    if not runs:
+        ap.error("give --ckpt DIR (one or more) or --model NAME")
+    table, columns = {}, []
+    for kind, name in runs:
+        if kind == "ckpt":
+            model, processor, cfg = load_checkpoint(name, dtype=dtype, device=device)
+            data_dirs, row, trained_on = args.data or cfg["data"], os.path.basename(os.path.normpath(name)), cfg["data"]
+            out = os.path.join(args.out, row) if args.out and len(runs) > 1 else (args.out or name)
+            system = SYSTEM_PREFIX if args.system == "yes" or (args.system == "auto" and uses_system_prefix(cfg.get("mix"))) else None
+        else:
+            model, processor = load_model(name, dtype=dtype, device=device)
+            data_dirs, row, trained_on = args.data or "data/demo_score", f"untuned {name}", None
+            out = args.out or os.path.join("out", "untuned_" + os.path.basename(name.rstrip("/")))
+            out = os.path.join(out, "untuned") if args.out and len(runs) > 1 else out
+            system = SYSTEM_PREFIX if args.system == "yes" else None
+        model.eval()
+        records = [r for r in load_records(data_dirs, args.split) if r.get("task") == "score"]
+        records = records[:args.limit] if args.limit else records
+        if not records:
+            raise SystemExit(f"no score records in {data_dirs} ({args.split}); make them with prepare_data.py --task score")
+        preds = eval_score(model, processor, records, args.batch_size, device, system)
+        for p in preds:  # correlations against mos_norm: higher = better for every source (DMOS flipped)
+            p["target"] = p["mos_norm"] if p["mos_norm"] is not None else p["mos"]
+        metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=args.logistic)
+        result = {"task": "score", "model": name, "trained_on": trained_on, "data": data_dirs, "split": args.split,
+                  "system_prefix": system, "logistic": args.logistic, "per_source": metrics}
+        os.makedirs(out, exist_ok=True)
+        atomic_write_json(os.path.join(out, "eval_score.json"), result)
+        atomic_write_jsonl(os.path.join(out, "predictions_score.jsonl"), preds)
+        table[row] = {"trained_on": trained_on, "results": metrics}
+        columns += [s for s in metrics if s not in columns]
+        print(f"{row}: " + ", ".join(f"{s} SRCC {m['srcc'] if m['srcc'] is None else round(m['srcc'], 4)} "
+                                     f"PLCC {m['plcc'] if m['plcc'] is None else round(m['plcc'], 4)}" for s, m in metrics.items())
+              + f"  -> {out}/eval_score.json, predictions_score.jsonl")
+    key = "plcc_logistic" if args.logistic else "plcc"
+    fmt = lambda v: "  -  " if v is None else f"{v:.3f}"
+    lines = [f"{'trained on \\ tested on':28s}" + "".join(f"{c:>18s}" for c in columns)]
+    for row, entry in table.items():
+        lines.append(f"{row[:28]:28s}" + "".join(f"{fmt(entry['results'].get(c, {}).get('srcc')) + '/' + fmt(entry['results'].get(c, {}).get(key)):>18s}" for c in columns))
+    print(f"SRCC/{'PLCC (logistic)' if args.logistic else 'PLCC'}, split {args.split}:\n" + "\n".join(lines))
+    table_path = args.table or os.path.join(args.out or (args.ckpt[0] if args.ckpt and len(runs) == 1 else "out"), "score_table.json")
+    atomic_write_json(table_path, {"rows": list(table), "columns": columns, "metric": ["srcc", key], "split": args.split, "table": table})
+    print(f"table -> {table_path}")
+    return table
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", default=None, help="a train.py output folder")
+    ap.add_argument("--ckpt", default=None, action="append", help="a train.py output folder (repeat for the score table)")
     ap.add_argument("--model", default=None, help="untuned model to evaluate (without --ckpt): tiny, HF id or path")
     ap.add_argument("--data", default=None, help="prepared folder(s); default: the checkpoint's training data, else data/demo")
     ap.add_argument("--split", default="test")
