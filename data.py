@@ -137,10 +137,11 @@ def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_
     are read)."""
     texts, images = [], []
     for r in records:
-        convs = [c for c in r["conversations"] if c["from"] not in ("gpt", "assistant")][:1]
+        system = [c for c in r["conversations"] if c["from"] == "system"][:1]  # kept ahead of the first user turn
+        convs = [c for c in r["conversations"] if c["from"] not in ("gpt", "assistant", "system")][:1]
         if suffix:
             convs = [{"from": convs[0]["from"], "value": convs[0]["value"] + "\n" + suffix}]
-        msgs = to_messages(convs, bool(r.get("image")))
+        msgs = to_messages(system + convs, bool(r.get("image")))
         if r.get("image"):
             images.append(load_image(r["image"]))
         texts.append(answer_prefix_text(processor, msgs, answer_prefix) if answer_prefix

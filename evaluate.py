@@ -9,6 +9,14 @@ Distortion task: closed-set argmax over the class tokens at the answer position 
 prefix "The image has some"), plus free generation parsed for the class word. Writes
 OUT/eval_distortion.json (accuracy, per_class, confusion, labels, n, ...) and OUT/confusion.png,
 OUT being --out, else the checkpoint folder.
+
+    python evaluate.py --task score --ckpt out/score --data data/demo_score          # SRCC/PLCC per source
+    python evaluate.py --task score --ckpt out/A --ckpt out/B --data data/score --logistic --out out/table
+
+Score task: closed-set softmax over the five level tokens after "The quality of the image is" -> score =
+probs @ [1..5] (score01 on [0, 1]); SRCC and PLCC (--logistic: after the 4-parameter logistic fit) per source
+against mos_norm; writes OUT/eval_score.json, OUT/predictions_score.jsonl (per image) and the cross-dataset
+table (rows: trained on, columns: tested on) to OUT/score_table.json, also printed.
 """
 import argparse
 import os
@@ -187,10 +195,11 @@ def main_score(args, ap):
                                      f"PLCC {m['plcc'] if m['plcc'] is None else round(m['plcc'], 4)}" for s, m in metrics.items())
               + f"  -> {out}/eval_score.json, predictions_score.jsonl")
     key = "plcc_logistic" if args.logistic else "plcc"
-    fmt = lambda v: "  -  " if v is None else f"{v:.3f}"
-    lines = [f"{'trained on \\ tested on':28s}" + "".join(f"{c:>18s}" for c in columns)]
+    def cell(m):
+        return "/".join("  -  " if m.get(k) is None else f"{m[k]:.3f}" for k in ("srcc", key))
+    lines = ["trained on \\ tested on".ljust(28) + "".join(c.rjust(14) for c in columns)]
     for row, entry in table.items():
-        lines.append(f"{row[:28]:28s}" + "".join(f"{fmt(entry['results'].get(c, {}).get('srcc')) + '/' + fmt(entry['results'].get(c, {}).get(key)):>18s}" for c in columns))
+        lines.append(row[:28].ljust(28) + "".join(cell(entry["results"].get(c, {})).rjust(14) for c in columns))
     print(f"SRCC/{'PLCC (logistic)' if args.logistic else 'PLCC'}, split {args.split}:\n" + "\n".join(lines))
     table_path = args.table or os.path.join(args.out or (args.ckpt[0] if args.ckpt and len(runs) == 1 else "out"), "score_table.json")
     atomic_write_json(table_path, {"rows": list(table), "columns": columns, "metric": ["srcc", key], "split": args.split, "table": table})
@@ -204,14 +213,23 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="untuned model to evaluate (without --ckpt): tiny, HF id or path")
     ap.add_argument("--data", default=None, help="prepared folder(s); default: the checkpoint's training data, else data/demo")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--task", default="distortion", choices=["distortion"])
+    ap.add_argument("--task", default="distortion", choices=["distortion", "score"])
     ap.add_argument("--out", default=None, help="where to write results (default: the checkpoint folder)")
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
     ap.add_argument("--no_generate", action="store_true", help="skip free generation (closed-set only)")
     ap.add_argument("--options", default="auto", choices=["auto", "yes", "no"],
                     help="append the options list to the question (auto: only for untuned models)")
+    ap.add_argument("--logistic", action="store_true", help="score: PLCC after the 4-parameter logistic fit")
+    ap.add_argument("--system", default="auto", choices=["auto", "yes", "no"],
+                    help="score: system turn 'Assume you are an image quality evaluator.' (auto: if the run used a --mix)")
+    ap.add_argument("--table", default=None, help="score: where the cross-dataset table JSON goes (default OUT/score_table.json)")
     args = ap.parse_args(argv)
+    if args.task == "score":
+        return main_score(args, ap)
+    if args.ckpt and len(args.ckpt) > 1:
+        ap.error("several --ckpt are for --task score (the cross-dataset table)")
+    args.ckpt = args.ckpt[0] if args.ckpt else None
     if not args.ckpt and not args.model:
         ap.error("give --ckpt DIR (fine-tuned) or --model NAME (untuned)")
     device = "cuda" if torch.cuda.is_available() else "cpu"

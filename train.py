@@ -4,6 +4,12 @@
     python train.py --trainable projector --max_minutes 5 --out out/projector
     torchrun --standalone --nproc_per_node=2 train.py --trainable encoder,projector --max_steps 20
     python train.py config/my_experiment.py --lr 3e-4            # a config file, then overrides
+    python train.py --data data/demo_score,data/demo_interpret --mix score:1.0,interpret:2.5 --balance true
+
+--mix samples each named source by weight per epoch (a name is a --data folder's base name or a task group:
+score; interpret = describe/reason; general = vqa); with several sources, scoring records get the system turn
+"Assume you are an image quality evaluator.". --balance evaluates the validation loss per source every
+--eval_every steps and shifts the mix (from the next epoch) toward the task whose loss ratio falls behind λ.
 
 Writes OUT/trainable.safetensors (only the trainable tensors), OUT/config.json, OUT/log.jsonl and
 OUT/resume.pt (optimizer + data position for --resume true), each atomically. Rank 0 alone prints and saves.
@@ -49,6 +55,13 @@ resume = False                 # continue from OUT's last checkpoint (optimizer 
 seed = 1337
 num_threads = 0                # torch CPU threads; 0 = torch's default
 check_ddp_sync = False         # at the end, compare a hash of the trained tensors across ranks
+mix = ""                       # sample the --data sources per epoch by weight, e.g. score:1.0,interpret:2.5,general:1.04
+                               # (names: a folder's base name or a task group; scoring.py); "" = every record once
+balance = False                # with --mix: after each evaluation, shift the mix from the val-loss ratio (Q-SiT Alg. 1)
+balance_lambda = 0.0           # reference ratio λ of val loss score/interpret; 0 = the ratio at the first evaluation
+balance_step = 0.1             # a balance step multiplies one weight by (1 + step) and divides the other by it
+eval_every = 0                 # with --mix: steps between validation-loss evaluations; 0 = 100 with --balance, else none
+val_frac = 0.05                # with --mix: share of a source's train records held out when it has no val.jsonl
 # -----------------------------------------------------------------------------
 config = apply_overrides(globals(), sys.argv[1:])
 
@@ -69,7 +82,15 @@ vlm, processor = load_model(model, device=device)
 parts = set_trainable(vlm, trainable, verbose=master)
 if grad_ckpt:
     vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-train_records = load_records(data, "train")
+mixer = None
+if mix:  # named sources sampled by weight per epoch, validation sets, --balance (scoring.Mixer)
+    from scoring import Mixer
+    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac)
+    eval_every = eval_every or (100 if balance else 0)
+    print0(mixer.describe())
+elif balance:
+    raise SystemExit("--balance needs --mix (e.g. --mix score:1.0,interpret:1.0)")
+train_records = mixer.records if mixer else load_records(data, "train")
 print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size} x {grad_accum} accum; "
        f"loss kernel: {backend(device)}")
 
@@ -105,13 +126,16 @@ optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6, weight_decay=
 
 # each rank walks its own slice of one seeded permutation per epoch; all slices have equal length,
 # so every rank takes the same number of steps
-per_rank = len(train_records) // world_size
+per_rank = (mixer.epoch_size() if mixer else len(train_records)) // world_size
 steps_per_epoch = per_rank // (batch_size * grad_accum)
 if steps_per_epoch == 0:
     raise SystemExit(f"{len(train_records)} records are too few for {world_size} x {batch_size} x {grad_accum} per step")
 
 
 def epoch_order(epoch):
+    if mixer:  # the epoch's sample under the current mix (its length follows the mix)
+        perm = mixer.order(epoch)
+        return perm[rank::world_size][:len(perm) // world_size]
     g = torch.Generator().manual_seed(seed + epoch)
     perm = torch.randperm(len(train_records), generator=g).tolist()
     return perm[rank::world_size][:per_rank]
@@ -153,6 +177,8 @@ if resume:
     optimizer.load_state_dict(state["optimizer"])
     step, epoch, batch_in_epoch, elapsed_before = state["step"], state["epoch"], state["batch_in_epoch"], state["elapsed_min"]
     log = state["log"]
+    if mixer:
+        mixer.restore(log)  # the balanced mix and its reference λ, from the last balance record
     print0(f"resumed from {out} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
 
 
@@ -193,7 +219,7 @@ while True:
         g["lr"] = g["peak_lr"] * factor
     loss_sum, n_tokens = 0.0, 0
     for micro in range(grad_accum):
-        if batch_in_epoch >= steps_per_epoch * grad_accum:
+        if batch_in_epoch >= len(order) // (batch_size * grad_accum) * grad_accum:  # = steps_per_epoch * grad_accum without --mix
             epoch, batch_in_epoch = epoch + 1, 0
             order = epoch_order(epoch)
         idx = order[batch_in_epoch * batch_size:(batch_in_epoch + 1) * batch_size]
@@ -225,6 +251,14 @@ while True:
         print0(f"step {step:5d} | epoch {epoch} | loss {loss_sum:.4f} | lr {rec['lr']:.2e} | "
                f"{rec['samples_per_s']:.0f} samples/s | {rec['minutes']:.1f} min")
         t_log, samples_since_log = time.time(), 0
+    if mixer and eval_every and step % eval_every == 0:  # validation loss per source; --balance shifts the mix
+        val_loss = mixer.val_losses(net, processor, batch_size, device, amp_dtype)
+        rec = {"step": step, "val_loss": {k: round(v, 5) for k, v in val_loss.items()}, "mix": dict(mixer.mix)}
+        if balance:
+            rec.update(mixer.balance(val_loss, balance_lambda, balance_step, ddp=ddp))
+        log.append(rec)
+        print0(f"step {step:5d} | val loss " + ", ".join(f"{k} {v:.4f}" for k, v in val_loss.items()) +
+               (f" | ratio {rec['ratio']:.4f} vs λ {rec['lambda']:.4f} -> {rec['action']}, mix {rec['mix']}" if balance else ""))
     if ckpt_every and step % ckpt_every == 0:
         save()
 save(final=True)

@@ -1,0 +1,316 @@
+"""Quality scoring (issue 5): closed-set scores through the op, SRCC/PLCC and the logistic fit, the score-task
+parsers on the real IQA-PyTorch metadata, instruction data, the data mix and its balance, the mix-ratio fit.
+
+    python -m pytest tests/test_scoring.py -q
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import iqa_datasets as D  # noqa: E402
+import kernels  # noqa: E402
+import prepare_data as P  # noqa: E402
+import scoring as S  # noqa: E402
+from data import LEVELS  # noqa: E402
+
+META = ROOT.parent / "shared" / "iqa_meta"
+needs_meta = pytest.mark.skipif(not META.is_dir(), reason=f"real pyiqa metadata not found at {META}")
+
+
+def spy_op(monkeypatch):
+    """Counts calls of kernels.level_cross_entropy (scoring imports it at call time)."""
+    calls, real = [], kernels.level_cross_entropy
+
+    def spy(*a, **k):
+        calls.append(a[2] if len(a) > 2 else k.get("level_ids"))
+        return real(*a, **k)
+    monkeypatch.setattr(kernels, "level_cross_entropy", spy)
+    return calls
+
+
+# ============================================================================ closed-set scores
+@pytest.mark.parametrize("path", ["torch", None])  # the fallback and the default (extension if built)
+def test_closed_set_score_is_manual_softmax_times_weights(monkeypatch, path):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 50, generator=g) * 3
+    ids = [11, 3, 40, 27, 8]
+    target = torch.tensor([0, 4, 2, -1, 1, 3, 3])
+    calls = spy_op(monkeypatch)
+    with kernels.force_backend(path):
+        probs, score, nll = S.closed_set_scores(logits, ids, target)
+    assert len(calls) == 1 and list(calls[0]) == ids  # through the op, with the level ids as its closed set
+    manual = torch.softmax(logits[:, ids].double(), -1)
+    torch.testing.assert_close(probs.double(), manual, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(score.double(), manual @ torch.arange(1, 6, dtype=torch.double), atol=1e-5, rtol=1e-6)
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor(ids)[target.clamp(min=0)], reduction="none")
+    torch.testing.assert_close(nll[target >= 0], ce[target >= 0], atol=1e-5, rtol=1e-5)
+    assert nll[3] == 0  # unknown level: ignored row
+    assert torch.allclose(S.closed_set_scores(logits, ids)[1], score)
+
+
+def tiny_images(folder, n=6):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = folder / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_eval_score_on_tiny_model_matches_manual_and_uses_op(tmp_path, monkeypatch):
+    import evaluate
+    from data import closed_set_token_ids, encode_prompts
+    from model import load_model
+    model, processor = load_model("tiny")
+    model.eval()
+    recs = [S.score_record(f"x/{i}", p, LEVELS[i % 5], "x", str(i), mos=1.0 + i % 5, mos_norm=(i % 5) / 4)
+            for i, p in enumerate(tiny_images(tmp_path))]
+    calls = spy_op(monkeypatch)
+    preds = evaluate.eval_score(model, processor, recs, batch_size=4, system=S.SYSTEM_PREFIX)
+    assert len(calls) == 2 and len(preds) == len(recs)
+    ids = closed_set_token_ids(processor, LEVELS, S.SCORE_PREFIX)
+    enc, last = encode_prompts(processor, [S.with_system(r) for r in recs], answer_prefix=S.SCORE_PREFIX)
+    assert processor.tokenizer.decode(enc["input_ids"][0]).startswith("system : assume you are an image quality evaluator.")
+    with torch.no_grad():
+        z = evaluate.last_token_logits(model, enc, last)[:, ids].double()
+    manual = torch.softmax(z, -1) @ torch.arange(1, 6, dtype=torch.double)
+    np.testing.assert_allclose([p["score"] for p in preds], manual.numpy(), atol=1e-4)
+    assert all(abs(p["score01"] - (p["score"] - 1) / 4) < 1e-4 and abs(sum(p["probs"]) - 1) < 1e-3 for p in preds)
+
+
+# ============================================================================ correlation metrics
+def test_srcc_plcc_on_known_inputs():
+    assert S.srcc([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert S.srcc([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert S.srcc([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)           # 1 - 6 * 4 / (5 * 24)
+    assert S.plcc([1, 2, 3], [1, 2, 4]) == pytest.approx(9 / np.sqrt(84))           # cov 3 / sqrt(2 * 42/9)
+    assert S.srcc([1, 1, 1], [1, 2, 3]) is None and S.plcc([1, 2], [1, 2]) is None  # undefined
+
+
+def test_logistic_fit_recovers_known_params():
+    x = np.linspace(-3, 3, 200)
+    true = [5.0, 1.0, 0.3, 0.5]
+    y = S.logistic4(x, *true)
+    fit = S.fit_logistic(x, y)
+    np.testing.assert_allclose([fit[0], fit[1], fit[2], abs(fit[3])], true, atol=1e-3)
+    assert S.plcc(x, y) < 0.97 and S.plcc(x, y, logistic=True) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_score_metrics_per_source():
+    preds = [{"source": s, "score": v, "mos": v * 2 + (0.1 if s == "b" else 0), "level": "good",
+              "probs": [0, 0, 0, 1, 0], "nll": 0.5} for s in "ab" for v in (1.0, 2.0, 3.5, 4.0)]
+    m = S.score_metrics(preds, logistic=True)
+    assert set(m) == {"a", "b", "all"} and m["a"]["n"] == 4 and m["a"]["srcc"] == pytest.approx(1.0)
+    assert m["a"]["level_accuracy"] == 1.0 and m["all"]["nll"] == pytest.approx(0.5) and "plcc_logistic" in m["b"]
+
+
+# ============================================================================ score-task parsers
+def placeholders(folder, names):
+    for name in set(names):
+        p = Path(folder) / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+
+
+def rows_of(name):
+    with open(META / name, newline="", encoding="utf-8-sig") as f:
+        return list(csv.DictReader(f))
+
+
+@needs_meta
+def test_make_score_on_real_pyiqa_metadata(tmp_path):
+    """KonIQ-10k (official split), SPAQ, LIVE Challenge (t1..t7 never in test) from placeholder images."""
+    koniq, spaq, livec = tmp_path / "koniq", tmp_path / "spaq", tmp_path / "livec"
+    krows = rows_of("meta_info_KonIQ10kDataset.csv")
+    placeholders(koniq / "512x384", [r["img_name"] for r in krows])
+    placeholders(spaq / "TestImage", [r["Image name"] for r in rows_of("meta_info_SPAQDataset.csv")])
+    placeholders(livec / "Images", [r["img_name"] for r in rows_of("meta_info_LIVEChallengeDataset.csv")])
+    for folder, name in ((koniq, "KonIQ10k"), (spaq, "SPAQ"), (livec, "LIVEChallenge")):
+        shutil.copy(META / f"meta_info_{name}Dataset.csv", folder)  # found next to the images
+    out = tmp_path / "score"
+    P.main(["--task", "score", "--koniq", str(koniq), "--spaq", str(spaq), "--livec", str(livec), "--out", str(out),
+            "--no_image_check"])
+    meta = json.load(open(out / "meta.json"))
+    splits = {s: [json.loads(l) for l in open(out / f"{s}.jsonl")] for s in ("train", "val", "test")}
+    by = {s: Counter(r["source"] for r in recs) for s, recs in splits.items()}
+    # KonIQ-10k: pyiqa's split column 0/1/2 = the official training/validation/test
+    assert (by["train"]["koniq10k"], by["val"]["koniq10k"], by["test"]["koniq10k"]) == (7058, 1000, 2015)
+    official = {r["img_name"]: {"0": "train", "1": "val", "2": "test"}[r["split"]] for r in krows}
+    for s, recs in splits.items():
+        assert all(official[os.path.basename(r["image"])] == s for r in recs if r["source"] == "koniq10k")
+    # LIVE Challenge: t1..t7 only in train; SPAQ about 80/20
+    t_ids = {r["ref"] for s in ("val", "test") for r in splits[s] if r["source"] == "livec"}
+    assert not t_ids & {f"t{i}" for i in range(1, 8)}
+    assert sum(r["ref"] in {f"t{i}" for i in range(1, 8)} and r["is_train_only"] for r in splits["train"]) == 7
+    assert sum(by[s]["livec"] for s in by) == 1169 and sum(by[s]["spaq"] for s in by) == 11125
+    assert 0.18 < by["test"]["spaq"] / 11125 < 0.22 and by["val"]["spaq"] > 0
+    # records: Q-Align form, levels by equal intervals of the dataset's range, paraphrases only in train
+    lo, hi = meta["score_range"]["spaq"]
+    for r in splits["train"][:300] + splits["test"][:300]:
+        assert r["task"] == "score" and r["conversations"][1]["value"] == f"The quality of the image is {r['level']}."
+        m, M = meta["score_range"][r["source"]]
+        assert r["level"] == D.score_level(r["mos"], m, M) and r["mos_norm"] == pytest.approx((r["mos"] - m) / (M - m))
+    assert {r["conversations"][0]["value"] for r in splits["test"]} == {"<image>\n" + S.SCORE_QUESTION}
+    assert len({r["conversations"][0]["value"] for r in splits["train"]}) == len(S.SCORE_PARAPHRASES)
+    assert (lo, hi) == (2.0, 96.0) and set(meta["counts"]["test"]["by_level"]) == set(LEVELS)
+
+
+@needs_meta
+def test_level_precision_on_real_metadata(tmp_path):
+    """Our MOS -> level conversion on SPAQ and KADID-10k (the numbers README reports against Q-SiT Table II)."""
+    import analyze
+    res = analyze.main(["level-precision", "--meta", str(META), "--out", str(tmp_path)])
+    assert res["spaq"]["srcc"] == pytest.approx(0.9678, abs=5e-4) and res["spaq"]["plcc"] == pytest.approx(0.9680, abs=5e-4)
+    assert res["kadid10k"]["srcc"] == pytest.approx(0.9787, abs=5e-4) and res["kadid10k"]["plcc"] == pytest.approx(0.9810, abs=5e-4)
+    assert res["live"]["srcc"] > 0.9  # DMOS flipped: levels still rise with quality
+    assert (tmp_path / "level_precision.json").exists()
+
+
+# ============================================================================ instruction data
+def test_instruction_reader_keeps_multi_turn(tmp_path):
+    from data import encode_batch
+    from model import build_tiny_processor
+    imgs = tiny_images(tmp_path / "imgs", 2)
+    entries = [
+        {"id": "a", "image": "im0.png", "conversations": [
+            {"from": "human", "value": "<image>\nHow is the quality of this image?"},
+            {"from": "gpt", "value": "The quality of the image is good."},
+            {"from": "human", "value": "Is the image blurry?"}, {"from": "gpt", "value": "No, it is sharp."},
+            {"from": "human", "value": "Is there noise?"}, {"from": "gpt", "value": "Slightly noisy."}]},
+        {"id": "b", "image": "missing.png", "conversations": [{"from": "human", "value": "<image>\nrate"},
+                                                            {"from": "gpt", "value": "good"}]},
+        {"id": "c", "conversations": [{"from": "human", "value": "What is jitter?"}, {"from": "gpt", "value": "Displaced pixels."}]},
+        {"id": "d", "image": "im1.png", "conversations": [{"from": "human", "value": "Describe the image."},
+                                                         {"from": "gpt", "value": "Sharp."}]}]
+    path = tmp_path / "instruct.json"
+    path.write_text(json.dumps(entries))
+    recs, report = P.read_instruction(path, image_root=tmp_path / "imgs", task="describe")
+    assert [r["id"] for r in recs] == ["instruct/a", "instruct/c", "instruct/d"]
+    assert report["missing_images"] == 1 and report["kept"] == 3 and report["answer_turns"] == {"1": 2, "3": 1}
+    assert recs[0]["conversations"] == entries[0]["conversations"] and recs[0]["image"] == imgs[0]
+    assert "image" not in recs[1] and recs[2]["conversations"][0]["value"] == "<image>\nDescribe the image."
+    batch = encode_batch(build_tiny_processor(), recs[:1])  # all three answers are supervised
+    labels = (batch["labels"][0] != -100).int()
+    assert int((labels[1:] - labels[:-1] == 1).sum()) == 3
+    # every image missing: a wrong --image_root is an error, not an empty set
+    with pytest.raises(ValueError, match="--image_root"):
+        P.read_instruction(path, image_root=tmp_path / "nowhere")
+    P.main(["--task", "interpret", "--llava_json", str(path), "--image_root", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"),
+            "--val_frac", "0"])
+    assert len((tmp_path / "o" / "train.jsonl").read_text().splitlines()) == 3
+
+
+# ============================================================================ data mix and balance
+def test_mix_sampling_proportions():
+    sizes, mix = {"score": 100, "interpret": 40, "general": 50}, S.parse_mix("score:1.0,interpret:2.5,general:1.04")
+    assert mix == {"score": 1.0, "interpret": 2.5, "general": 1.04}
+    sample = S.epoch_sample(sizes, mix, seed=0, epoch=0)
+    counts = Counter(name for name, _ in sample)
+    assert counts == {"score": 100, "interpret": 100, "general": 52}  # n * w (floor(w) passes + a random frac)
+    per = Counter(sample)
+    assert all(per[("score", i)] == 1 for i in range(100)) and all(per[("interpret", i)] >= 2 for i in range(40))
+    assert sample == S.epoch_sample(sizes, mix, 0, 0) and sample != S.epoch_sample(sizes, mix, 0, 1)
+    for bad in ("score", "score:-1", "score:x", "score:1,score:2", "a:0"):
+        with pytest.raises(ValueError):
+            S.parse_mix(bad)
+
+
+def test_balance_moves_the_mix_toward_the_task_behind():
+    mix = {"score": 1.0, "interpret": 2.0}
+    new, ratio, action = S.balance_mix(mix, {"score": 2.0, "interpret": 1.0}, lam=1.0, step=0.1)
+    assert ratio == 2.0 and action == "more score" and new["score"] > 1.0 and new["interpret"] < 2.0
+    new, _, action = S.balance_mix(mix, {"score": 0.5, "interpret": 1.0}, lam=1.0)
+    assert action == "more interpret" and new["score"] < 1.0 and new["interpret"] > 2.0
+    assert S.balance_mix(mix, {"score": 1.01, "interpret": 1.0}, lam=1.0)[0] == mix  # within tolerance
+    # a scripted run: λ from the first evaluation, then the scoring loss drifts up, then down
+    m = S.Mixer.__new__(S.Mixer)
+    m.mix, m.lam, m.score, m.interp = dict(mix), None, "score", "interpret"
+    recs = [m.balance({"score": s, "interpret": 1.0}) for s in (0.8, 0.8, 1.2, 1.2, 0.5)]
+    assert recs[0]["lambda"] == 0.8 and [r["action"] for r in recs] == ["keep", "keep", "more score", "more score", "more interpret"]
+    assert recs[3]["mix"]["score"] == pytest.approx(1.21) and recs[4]["mix"]["score"] == pytest.approx(1.1)
+
+
+def mini_demo(folder, n=24):
+    """A demo-like folder: train/test records with label, severity, mos; images in images/."""
+    paths = tiny_images(folder / "images", n)
+    recs = []
+    for i, p in enumerate(paths):
+        label, sev = ("clean", 0) if i % 4 == 0 else ("blur", 1 + i % 5)
+        recs.append({"id": f"demo/{i}", "image": f"images/im{i}.png", "conversations": [], "task": "distortion",
+                     "label": label, "source": "demo", "ref": f"p{i % 3}", "severity": sev, "mos": round(1 + (i % 9) / 2, 2)})
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:18]))
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[18:]))
+    (folder / "meta.json").write_text(json.dumps({"score_range": {"demo": [1.0, 5.0]}}))
+
+
+def test_demo_views_and_mixer(tmp_path):
+    mini_demo(tmp_path / "demo")
+    P.main(["--task", "score", "--demo", str(tmp_path / "demo"), "--out", str(tmp_path / "demo_score"), "--val_frac", "0.2"])
+    P.main(["--task", "interpret", "--demo", str(tmp_path / "demo"), "--out", str(tmp_path / "demo_interpret")])
+    sc = [json.loads(l) for l in open(tmp_path / "demo_score" / "train.jsonl")]
+    it = [json.loads(l) for l in open(tmp_path / "demo_interpret" / "test.jsonl")]
+    assert all(os.path.exists(tmp_path / "demo_score" / r["image"]) for r in sc)
+    assert sc[0]["level"] == D.score_level(sc[0]["mos"], 1.0, 5.0) and it[0]["task"] == "describe"
+    assert it[0]["conversations"][1]["value"].endswith(f"Overall, the quality of the image is {it[0]['level']}.")
+    mixer = S.Mixer(f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}", "score:1,interpret:2", seed=0, val_frac=0.25)
+    n_score, n_interp = len(mixer.groups["score"]), len(mixer.groups["interpret"])
+    assert n_score + len(mixer.val["score"]) == 18 and mixer.val["score"] and mixer.val["interpret"]
+    assert Counter(mixer.records[i]["task"] for i in mixer.order(0)) == {"score": n_score, "describe": 2 * n_interp}
+    assert all(r["conversations"][0] == {"from": "system", "value": S.SYSTEM_PREFIX}
+               for r in mixer.records if r["task"] == "score")  # several sources: the system turn on scoring
+    assert all(r["conversations"][0]["from"] == "human" for r in mixer.records if r["task"] == "describe")
+    by_folder = S.Mixer(str(tmp_path / "demo_score"), "demo_score:1")  # a name may be a folder's base name
+    assert not by_folder.system and len(by_folder.records) + len(by_folder.val["demo_score"]) == 18
+
+
+def test_train_mix_balance_end_to_end(tmp_path):
+    """train.py --mix --balance on the mini demo: validation losses, ratio and mix land in log.jsonl."""
+    mini_demo(tmp_path / "demo")
+    for task in ("score", "interpret"):
+        P.main(["--task", task, "--demo", str(tmp_path / "demo"), "--out", str(tmp_path / f"demo_{task}"), "--val_frac", "0.2"])
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "train.py", "--data", f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}",
+                        "--mix", "score:1,interpret:2", "--balance", "true", "--eval_every", "2", "--max_steps", "4",
+                        "--batch_size", "4", "--out", str(out), "--balance_step", "0.5"],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    evals = [json.loads(l) for l in open(out / "log.jsonl") if "val_loss" in l]
+    assert [e["step"] for e in evals] == [2, 4] and all(set(e["val_loss"]) == {"score", "interpret"} for e in evals)
+    assert evals[0]["lambda"] == pytest.approx(evals[0]["ratio"], abs=1e-4) and evals[0]["action"] == "keep"
+    assert all({"ratio", "mix", "mix_before", "action"} <= set(e) for e in evals)
+    assert json.load(open(out / "config.json"))["mix"] == "score:1,interpret:2"
+
+
+# ============================================================================ mix-ratio fit
+def test_poly_argmax_on_known_curve():
+    x = np.array([0.25, 0.5, 1, 1.5, 2, 3, 4])
+    y = 3 - 0.05 * (x - 1.7) ** 4 - 0.4 * (x - 1.7) ** 2  # a degree-4 polynomial, maximum at 1.7
+    best, coeffs, deg = S.poly_argmax(x, y, degree=4)
+    assert deg == 4 and best == pytest.approx(1.7, abs=0.003)
+    np.testing.assert_allclose(np.polyval(coeffs, x), y, atol=1e-9)
+    best3, _, deg3 = S.poly_argmax([0, 1, 2], [0, 1, 0])  # fewer points: the degree drops
+    assert deg3 == 2 and best3 == pytest.approx(1.0, abs=1e-3)
+
+
+def test_mix_ratio_command_from_csv(tmp_path):
+    import analyze
+    pts = tmp_path / "points.csv"
+    x = [0.25, 0.5, 1, 2, 4]
+    pts.write_text("ratio,score\n" + "".join(f"{a},{0.8 - 0.05 * (a - 1.5) ** 2}\n" for a in x))
+    res = analyze.main(["mix-ratio", "--points", str(pts), "--out", str(tmp_path / "mr")])
+    assert res["argmax_ratio"] == pytest.approx(1.5, abs=0.01) and res["degree"] == 4
+    assert (tmp_path / "mr" / "mix_ratio.png").stat().st_size > 1000 and (tmp_path / "mr" / "mix_ratio.json").exists()
