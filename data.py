@@ -81,44 +81,56 @@ def render(processor, messages, add_generation_prompt=False):
 def _tokenize(processor, texts, images, padding_side="right"):
     tok = processor.tokenizer
     tok.padding_side = padding_side
-    if images:
-        return processor(text=texts, images=images, return_tensors="pt", padding=True)
+    if images:  # one list per sample: Gemma3 and Idefics3 want them nested, the others take either
+        return processor(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True)
     return tok(texts, return_tensors="pt", padding=True)
+
+
+def _find(seq, sub, start):
+    """First index >= start where list `sub` occurs in list `seq`, or -1."""
+    for i in range(start, len(seq) - len(sub) + 1):
+        if seq[i:i + len(sub)] == sub:
+            return i
+    return -1
 
 
 def encode_batch(processor, records, train=True, transform=None):
     """Training batch: full conversations, labels only on assistant turns.
 
-    An assistant turn's tokens are found by rendering the conversation up to that turn (with the
-    generation prompt) and counting its tokens; images sit in the first user turn, so every prefix
-    holds all the image tokens and the count includes their expansion.
+    Each assistant turn's tokens are found by rendering the conversation up to that turn (with the
+    generation prompt) and up to its end, tokenizing both, and taking the difference. The processor
+    then expands image placeholders (and some, like PaliGemma's, add tokens at either end), so each
+    turn's tokens are looked up in the final ids, left to right, from where the text put them.
     """
-    texts, images, spans = [], [], []
+    texts, images, turns = [], [], []
     tok = processor.tokenizer
     for r in records:
         msgs = to_messages(r["conversations"], bool(r.get("image")))
         if r.get("image"):
             img = load_image(r["image"])
             images.append(transform(img) if transform else img)
-        full = render(processor, msgs)
-        texts.append(full)
-        # (start, end) in the tokenized *text* (image tokens not yet expanded), per assistant turn
-        turn_spans = []
+        texts.append(render(processor, msgs))
+        turn_ids = []  # (position in the text-only tokens, the turn's token ids), per assistant turn
         for j, m in enumerate(msgs):
             if m["role"] == "assistant":
                 start = len(tok(render(processor, msgs[:j], add_generation_prompt=True))["input_ids"])
-                end = len(tok(render(processor, msgs[:j + 1]))["input_ids"])
-                turn_spans.append((start, end))
-        if not turn_spans:
+                ids = tok(render(processor, msgs[:j + 1]))["input_ids"]
+                turn_ids.append((start, ids[start:]))
+        if not turn_ids:
             raise ValueError(f"record {r.get('id')}: no assistant turn to learn from")
-        spans.append((len(tok(full)["input_ids"]), turn_spans))
+        turns.append(turn_ids)
     enc = _tokenize(processor, texts, images)
     labels = torch.full_like(enc["input_ids"], IGNORE)
-    for b, (n_text, turn_spans) in enumerate(spans):
-        n_real = int(enc["attention_mask"][b].sum())
-        shift = n_real - n_text  # extra tokens from expanding <image> (all before the first answer)
-        for start, end in turn_spans:
-            labels[b, start + shift:end + shift] = enc["input_ids"][b, start + shift:end + shift]
+    for b, turn_ids in enumerate(turns):
+        ids = enc["input_ids"][b].tolist()
+        pos = 0
+        for start, answer in turn_ids:
+            at = _find(ids, answer, max(pos, start))
+            if at < 0:
+                raise ValueError(f"record {records[b].get('id')}: the answer's tokens {answer} are not in the processed "
+                                 f"input (does the processor's chat template change the answer text?)")
+            labels[b, at:at + len(answer)] = enc["input_ids"][b, at:at + len(answer)]
+            pos = at + len(answer)
     enc["labels"] = labels
     return enc
 

@@ -18,15 +18,25 @@ from data import LABELS, LEVELS
 # Attribute paths (transformers 5.x) of each part, per model family. `llm_layers` is the ModuleList
 # that `llm:A-B` indexes into; `llm` is everything of the language model except the embeddings,
 # which belong to `head` (they are tied to lm_head in many models, so they must move together).
+# Optional projector pieces may be absent (image_newline: LLaVA-NeXT/OneVision only; deepstack: Qwen3-VL).
+# `exclude` removes sub-modules from a part: Qwen's merger sits inside the vision module but is the
+# projector, not the encoder (Qwen3-VL's deepstack mergers too).
+_LM = dict(llm=["model.language_model"], llm_layers="model.language_model.layers",
+           head=["lm_head", "model.language_model.embed_tokens"])
 FAMILIES = {
-    "llava": dict(
-        model_types=("llava", "llava_next", "llava_onevision", "llava_next_video"),
-        encoder=["model.vision_tower"],
-        projector=["model.multi_modal_projector"],
-        llm=["model.language_model"],
-        llm_layers="model.language_model.layers",
-        head=["lm_head", "model.language_model.embed_tokens"],
-    ),
+    # LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision (Q-SiT), InternVL, Gemma3, PaliGemma: one layout
+    "llava": dict(model_types=("llava", "llava_next", "llava_onevision", "llava_next_video", "internvl", "gemma3",
+                               "paligemma", "mistral3", "aya_vision"),
+                  encoder=["model.vision_tower"], projector=["model.multi_modal_projector", "model.image_newline"], **_LM),
+    "qwen_vl": dict(model_types=("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"),
+                    encoder=["model.visual"], projector=["model.visual.merger", "model.visual.deepstack_merger_list"],
+                    exclude=["model.visual.merger", "model.visual.deepstack_merger_list"], **_LM),
+    "idefics3": dict(model_types=("idefics3", "smolvlm"), encoder=["model.vision_model"], projector=["model.connector"],
+                     llm=["model.text_model"], llm_layers="model.text_model.layers",
+                     head=["lm_head", "model.text_model.embed_tokens"]),
+    # mPLUG-Owl2 (remote code): the LLaMA decoder sits directly in `model`, beside the vision parts
+    "mplug_owl2": dict(model_types=("mplug_owl2",), encoder=["model.vision_model"], projector=["model.visual_abstractor"],
+                       llm=["model.layers", "model.norm"], llm_layers="model.layers", head=["lm_head", "model.embed_tokens"]),
 }
 PART_NAMES = ("encoder", "projector", "llm", "head")
 
@@ -49,6 +59,14 @@ def get_module(model, path):
             raise AttributeError(f"{type(model).__name__} has no module {path!r} (missing {attr!r})")
         mod = getattr(mod, attr)
     return mod
+
+
+def has_module(model, path):
+    try:
+        get_module(model, path)
+        return True
+    except AttributeError:
+        return False
 
 
 def parse_trainable(spec):
@@ -76,11 +94,16 @@ def part_params(model):
     fam = FAMILIES[family_of(model)]
     name_of = {id(p): n for n, p in model.named_parameters()}
     out = {}
+    excluded = {id(p) for path in fam.get("exclude", []) if has_module(model, path) for p in get_module(model, path).parameters()}
     for part in PART_NAMES:
         out[part] = {}
         for path in fam[part]:
-            for p in get_module(model, path).parameters():
-                out[part][name_of[id(p)]] = p
+            if part == "projector" and not has_module(model, path):
+                continue
+            mod = get_module(model, path)  # a module, or a bare Parameter (LLaVA-NeXT's image_newline)
+            for p in [mod] if isinstance(mod, torch.nn.Parameter) else mod.parameters():
+                if part == "projector" or id(p) not in excluded:
+                    out[part][name_of[id(p)]] = p
     head_ids = {id(p) for p in out["head"].values()}
     out["llm"] = {n: p for n, p in out["llm"].items() if id(p) not in head_ids}
     return out
@@ -123,6 +146,25 @@ def trainable_summary(model, all_parts=None):
     train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lines.append(f"{'total':<10}{sum(1 for _ in model.parameters()):>9}{total:>14,}{train:>14,}  ({100 * train / total:.1f}% trainable)")
     return "\n".join(lines)
+
+
+class SupervisedLogits(torch.nn.Module):
+    """The VLM, returning logits only where a label is (the LM head on a few rows, not the whole sequence).
+
+    One module so that DDP sees a single forward (it syncs the gradients of what that forward used).
+    Every processor output passes through (pixel_values, image_grid_thw, image_sizes, pixel_attention_mask,
+    token_type_ids, ...), so each family gets what it expects."""
+
+    def __init__(self, vlm):
+        super().__init__()
+        self.vlm = vlm
+
+    def forward(self, labels, **inputs):
+        from data import IGNORE
+        hidden = self.vlm.model(**inputs).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE  # position t predicts token t+1
+        return self.vlm.lm_head(hidden[:, :-1][keep]), targets[keep]
 
 
 # ----------------------------------------------------------------------------- the tiny built-in model
@@ -213,14 +255,22 @@ def build_tiny_model(processor):
 
 # ----------------------------------------------------------------------------- loading
 def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code=False):
-    """Returns (model, processor). `name` is 'tiny', a Hugging Face id or a local path."""
+    """Returns (model, processor). `name`: 'tiny' (the demo's model), 'tiny:FAMILY' (a tiny random member of
+    another family, tiny_models.py), a Hugging Face id or a local path. Remote-code families (mPLUG-Owl2)
+    need trust_remote_code=True."""
     if name == "tiny":
         processor = build_tiny_processor()
         model = build_tiny_model(processor)
+    elif name.startswith("tiny:"):
+        from tiny_models import build_tiny
+        model, processor = build_tiny(name.split(":", 1)[1])
     else:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+        except ValueError:  # remote-code VLMs (mPLUG-Owl2) register themselves as causal LMs
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
     family_of(model)  # fail early, with the list of modules found, on an unknown family
     return model.to(device=device, dtype=dtype), processor
 

@@ -27,7 +27,7 @@ import torch
 from common import apply_overrides, atomic_write, atomic_write_json, atomic_write_jsonl, setup_distributed
 from data import IGNORE, LABELS, encode_batch, load_records
 from kernels import backend, level_cross_entropy
-from model import load_model, set_trainable
+from model import SupervisedLogits, load_model, set_trainable
 
 # ----------------------------------------------------------------------------- config (defaults)
 model = "tiny"                 # 'tiny', a Hugging Face id, or a local path
@@ -81,7 +81,8 @@ amp_dtype = {"auto": torch.bfloat16 if on_gpu else None, "float32": None, "bfloa
 vlm, processor = load_model(model, device=device)
 parts = set_trainable(vlm, trainable, verbose=master)
 if grad_ckpt:
-    vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_ckpt = getattr(vlm, "activation_checkpointing_enable", None) or vlm.gradient_checkpointing_enable  # 5.x renamed it
+    enable_ckpt(gradient_checkpointing_kwargs={"use_reentrant": False})  # non-reentrant: grads flow with frozen inputs
 mixer = None
 if mix:  # named sources sampled by weight per epoch, validation sets, --balance (scoring.Mixer)
     from scoring import Mixer
@@ -93,23 +94,6 @@ elif balance:
 train_records = mixer.records if mixer else load_records(data, "train")
 print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size} x {grad_accum} accum; "
        f"loss kernel: {backend(device)}")
-
-
-class SupervisedLogits(torch.nn.Module):
-    """The VLM, returning logits only where a label is (the LM head on a few rows, not the whole sequence).
-
-    One module so that DDP sees a single forward (it syncs the gradients of what that forward used)."""
-
-    def __init__(self, vlm):
-        super().__init__()
-        self.vlm = vlm
-
-    def forward(self, input_ids, attention_mask, labels, pixel_values=None):
-        hidden = self.vlm.model(input_ids=input_ids, attention_mask=attention_mask,
-                                pixel_values=pixel_values).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != IGNORE  # position t predicts token t+1
-        return self.vlm.lm_head(hidden[:, :-1][keep]), targets[keep]
 
 
 net = SupervisedLogits(vlm)
