@@ -118,21 +118,62 @@ def layer_params(model, a, b):
     return {name_of[id(p)]: p for i in range(a, b + 1) for p in layers[i].parameters()}
 
 
-def set_trainable(model, spec, verbose=True):
-    """Freeze everything, then unfreeze the named parts. Returns {part_label: {name: param}}."""
+def set_trainable(model, spec, verbose=True, lora=0, lora_alpha=0, lora_dropout=0.0):
+    """Freeze everything, then unfreeze the named parts. Returns {part_label: {name: param}}.
+    With lora=R > 0 the llm part (or llm:A-B) is not unfrozen: its linear layers get rank-R LoRA adapters
+    instead (add_lora), returned under the label 'lora(llm)' / 'lora(llm:A-B)'."""
     chosen = {}
     all_parts = part_params(model)
+    lora_layers = []
     for name, rng in parse_trainable(spec):
         label = name if rng is None else f"llm:{rng[0]}-{rng[1]}"
+        if lora and name == "llm":
+            lora_layers.append((label, rng))
+            continue
         chosen[label] = layer_params(model, *rng) if rng else all_parts[name]
+    for label, rng in lora_layers:  # peft marks only adapters trainable, so this goes before the unfreezing
+        chosen[f"lora({label})"] = add_lora(model, lora, lora_alpha or 2 * lora, lora_dropout, rng)
     for p in model.parameters():
         p.requires_grad_(False)
     for params in chosen.values():
         for p in params.values():
             p.requires_grad_(True)
     if verbose:
-        print(trainable_summary(model, all_parts))
+        print(trainable_summary(model, part_params(model) if lora_layers else all_parts))
     return chosen
+
+
+# ----------------------------------------------------------------------------- LoRA (peft, optional)
+def add_lora(model, rank, alpha, dropout=0.0, layer_range=None):
+    """Rank-`rank` LoRA adapters (peft) on every nn.Linear of the LM's decoder layers (A..B if given),
+    injected in place so the model keeps its class and attribute paths. Returns {name: adapter param},
+    all trainable; base weights stay frozen. peft is imported only here (pip install peft)."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise SystemExit("--lora needs peft: pip install peft") from None
+    layers_path = FAMILIES[family_of(model)]["llm_layers"]
+    layers = get_module(model, layers_path)
+    a, b = layer_range or (0, len(layers) - 1)
+    if b >= len(layers):
+        raise ValueError(f"--lora on llm:{a}-{b}: the language model has {len(layers)} layers (0..{len(layers) - 1})")
+    targets = [f"{layers_path}.{i}.{n}" for i in range(a, b + 1) for n, m in layers[i].named_modules()
+               if isinstance(m, torch.nn.Linear)]
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules="|".join(re.escape(t) for t in targets))  # a regex: exactly these modules
+    inject_adapter_in_model(config, model)
+    return {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+
+def merge_lora(model):
+    """Fold every LoRA adapter into its base weight and put the plain layer back (for export)."""
+    from peft.tuners.lora import LoraLayer
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, LoraLayer):
+            mod.merge()
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, mod.get_base_layer())
+    return model
 
 
 def trainable_summary(model, all_parts=None):
@@ -146,6 +187,15 @@ def trainable_summary(model, all_parts=None):
     train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lines.append(f"{'total':<10}{sum(1 for _ in model.parameters()):>9}{total:>14,}{train:>14,}  ({100 * train / total:.1f}% trainable)")
     return "\n".join(lines)
+
+
+def enable_checkpointing(model):
+    """Gradient (activation) checkpointing of every layer, non-reentrant: the reentrant kind gives no gradient
+    when a checkpointed block's inputs need none (a frozen encoder feeding a trained LM)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 class SupervisedLogits(torch.nn.Module):
@@ -289,6 +339,9 @@ def load_checkpoint(ckpt_dir, dtype=torch.float32, device="cpu"):
     with open(cfg_path) as f:
         cfg = json.load(f)
     model, processor = load_model(cfg["model"], dtype=dtype, device=device)
+    if cfg.get("lora"):  # the adapters must exist before their trained values can be loaded
+        set_trainable(model, cfg["trainable"], verbose=False, lora=cfg["lora"], lora_alpha=cfg.get("lora_alpha", 0))
+        model.requires_grad_(False)
     state = load_file(weights, device=str(device))
     own = dict(model.named_parameters())
     unknown = sorted(set(state) - set(own))
@@ -300,3 +353,20 @@ def load_checkpoint(ckpt_dir, dtype=torch.float32, device="cpu"):
                 raise ValueError(f"{weights}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
             own[k].copy_(v)
     return model, processor, cfg
+
+
+def export_checkpoint(ckpt_dir, out_dir):
+    """A train.py output folder -> a plain Hugging Face folder (save_pretrained): the base model with the
+    trained tensors in place and LoRA merged, loadable by from_pretrained with no code from this repo."""
+    import os
+    model, processor, cfg = load_checkpoint(ckpt_dir)
+    if cfg.get("lora"):
+        merge_lora(model)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    try:
+        processor.save_pretrained(out_dir)
+    except Exception as e:  # the tiny test processors are assembled here and may not serialise; real ones do
+        print(f"export: processor not saved ({type(e).__name__}: {e}); load it from {cfg['model']}")
+    print(f"exported {ckpt_dir} ({cfg['model']} + {cfg['trainable']}{' LoRA merged' if cfg.get('lora') else ''}) -> {out_dir}")
+    return out_dir

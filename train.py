@@ -62,6 +62,16 @@ balance_lambda = 0.0           # reference ratio λ of val loss score/interpret;
 balance_step = 0.1             # a balance step multiplies one weight by (1 + step) and divides the other by it
 eval_every = 0                 # with --mix: steps between validation-loss evaluations; 0 = 100 with --balance, else none
 val_frac = 0.05                # with --mix: share of a source's train records held out when it has no val.jsonl
+lora = 0                       # LoRA rank for the llm part (llm or llm:A-B in --trainable); 0 = train it fully. Needs peft
+lora_alpha = 0                 # LoRA scale numerator; 0 = 2 * rank
+lora_dropout = 0.0
+weights_dtype = "auto"         # frozen weights: auto = bfloat16 on GPU (trained tensors stay float32), float32 on CPU
+fsdp = False                   # with torchrun: shard with FSDP2 (fully_shard per decoder/vision layer) instead of DDP
+trust_remote_code = False      # remote-code checkpoints (mPLUG-Owl2)
+export = ""                    # after training: save base + trained tensors (LoRA merged) here with save_pretrained
+dry_run = False                # print parameters per part and the estimated GPU memory, then exit (memory_plan.py)
+gpu_mem = 48.0                 # --dry_run: GiB of the GPU to check the estimate against (A6000: 48)
+seq_len = 1024                 # --dry_run: tokens per sample (image tokens + text)
 # -----------------------------------------------------------------------------
 config = apply_overrides(globals(), sys.argv[1:])
 
@@ -78,11 +88,21 @@ on_gpu = device.startswith("cuda")
 amp_dtype = {"auto": torch.bfloat16 if on_gpu else None, "float32": None, "bfloat16": torch.bfloat16}[dtype]
 
 # ----------------------------------------------------------------------------- model and data
-vlm, processor = load_model(model, device=device)
-parts = set_trainable(vlm, trainable, verbose=master)
+if dry_run:  # no weights are loaded: the model is built on the meta device from its config
+    from memory_plan import dry_run_report
+    dry_run_report(model, trainable, batch_size=batch_size, seq_len=seq_len, grad_ckpt=grad_ckpt, lora=lora,
+                   gpu_mem=gpu_mem, trust_remote_code=trust_remote_code)
+    sys.exit(0)
+frozen_dtype = {"auto": torch.bfloat16 if on_gpu else torch.float32, "float32": torch.float32,
+                "bfloat16": torch.bfloat16}[weights_dtype]
+vlm, processor = load_model(model, dtype=frozen_dtype, device=device, trust_remote_code=trust_remote_code)
+parts = set_trainable(vlm, trainable, verbose=master, lora=lora, lora_alpha=lora_alpha, lora_dropout=lora_dropout)
+for p in vlm.parameters():  # trained tensors in float32 (AdamW on bf16 weights loses small updates); autocast runs bf16
+    if p.requires_grad:
+        p.data = p.data.float()
 if grad_ckpt:
-    enable_ckpt = getattr(vlm, "activation_checkpointing_enable", None) or vlm.gradient_checkpointing_enable  # 5.x renamed it
-    enable_ckpt(gradient_checkpointing_kwargs={"use_reentrant": False})  # non-reentrant: grads flow with frozen inputs
+    from model import enable_checkpointing
+    enable_checkpointing(vlm)
 mixer = None
 if mix:  # named sources sampled by weight per epoch, validation sets, --balance (scoring.Mixer)
     from scoring import Mixer
@@ -97,7 +117,14 @@ print0(f"{len(train_records)} training records from {data}; {world_size} process
 
 
 net = SupervisedLogits(vlm)
-if ddp:
+if ddp and fsdp:  # FSDP2: each layer's parameters sharded across ranks, gathered for its forward/backward
+    from torch.distributed.fsdp import fully_shard
+    for mod in vlm.modules():
+        if isinstance(mod, torch.nn.ModuleList):  # decoder layers and vision blocks
+            for layer in mod:
+                fully_shard(layer)
+    fully_shard(net)
+elif ddp:
     from torch.nn.parallel import DistributedDataParallel
     # find_unused_parameters: some chosen tensors get no gradient by design (CLIP's post_layernorm
     # serves only the pooled output LLaVA ignores; the whole encoder on text-only batches)
@@ -147,6 +174,8 @@ def lr_factor(step, elapsed_min):
 # ----------------------------------------------------------------------------- resume
 os.makedirs(out, exist_ok=True) if master else None
 step, epoch, batch_in_epoch, elapsed_before, log = 0, 0, 0, 0.0, []
+if resume and fsdp:
+    raise SystemExit("--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
 if resume:
     state_path = os.path.join(out, "resume.pt")
     if not os.path.exists(state_path):
@@ -167,10 +196,12 @@ if resume:
 
 
 def save(final=False):
+    from safetensors.torch import save
+    # under FSDP each rank holds a shard: full_tensor() gathers it, a collective every rank must join
+    tensors = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().contiguous().cpu()
+               for n, p in vlm.named_parameters() if p.requires_grad}
     if not master:
         return
-    from safetensors.torch import save
-    tensors = {n: p.detach().contiguous().cpu() for n, p in vlm.named_parameters() if p.requires_grad}
     buf = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                 "elapsed_min": elapsed_min, "log": log}, buf)
@@ -247,6 +278,9 @@ while True:
         save()
 save(final=True)
 print0(f"done: {step} steps in {elapsed_min:.1f} min -> {out}")
+if export and master:
+    from model import export_checkpoint
+    export_checkpoint(out, export)
 if ddp and check_ddp_sync:  # DDP keeps replicas equal by construction; this proves it, bit for bit
     import hashlib
     digest = hashlib.sha256(b"".join(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() for p in vlm.parameters() if p.requires_grad)).hexdigest()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from data import LEVELS, closed_set_token_ids, encode_batch, encode_prompts
 from kernels import level_cross_entropy
-from model import FAMILIES, SupervisedLogits, family_of, get_module, part_params, set_trainable
+from model import FAMILIES, SupervisedLogits, enable_checkpointing, family_of, get_module, part_params, set_trainable
 from scoring import SCORE_PREFIX, closed_set_scores, score_record
 from tiny_models import TINY_FAMILIES, build_tiny
 
@@ -44,12 +44,15 @@ def tiny(family):
     return _cache[family]
 
 
-def train_step(model, processor, recs, spec, grad_ckpt=False):
+def train_step(model, processor, recs, spec, grad_ckpt=False, lora=0):
     """One optimizer step through train.py's path (encode_batch -> SupervisedLogits -> fused loss).
     Returns (chosen names, changed names, names without a gradient). Restores the weights after."""
-    chosen = set_trainable(model, spec, verbose=False)
+    if lora:  # adapters change the module tree: work on a copy
+        import copy
+        model = copy.deepcopy(model)
+    chosen = set_trainable(model, spec, verbose=False, lora=lora)
     if grad_ckpt:
-        model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
@@ -102,6 +105,18 @@ def test_grad_ckpt_with_frozen_encoder_still_trains_llm(family, images):
     expected, changed, no_grad = train_step(model, processor, records(images), "projector,llm:0-0", grad_ckpt=True)
     assert changed == expected - no_grad and not no_grad, (family, sorted(no_grad)[:4])
     assert any(".layers.0." in n for n in changed)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_lora_trains_only_the_adapters_and_the_chosen_parts(family, images):
+    model, processor = tiny(family)
+    expected, changed, no_grad = train_step(model, processor, records(images), "projector,llm:1-1", lora=4, grad_ckpt=True)
+    lora_names = {n for n in expected if "lora_" in n}
+    assert lora_names and all(".layers.1." in n for n in lora_names)  # adapters on layer 1 only
+    # lora_B starts at zero, so lora_A gets no gradient on the first step (by LoRA's design); B and the projector move
+    assert changed == expected - no_grad and no_grad <= {n for n in lora_names if "lora_A" in n}, (family, sorted(no_grad)[:4])
+    assert any("lora_B" in n for n in changed) and not any(".base_layer." in n for n in changed)
+    assert {n for n in expected if "lora_" not in n} == set(part_params(model)["projector"])
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
