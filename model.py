@@ -26,6 +26,10 @@ FAMILIES = {
         llm=["model.language_model"],
         llm_layers="model.language_model.layers",
         head=["lm_head", "model.language_model.embed_tokens"],
+        # for analyses: the projected visual tokens entering the LM, and the LM's path hidden -> logits
+        image_features="model.get_image_features",
+        final_norm="model.language_model.norm",
+        lm_head="lm_head",
     ),
 }
 PART_NAMES = ("encoder", "projector", "llm", "head")
@@ -123,6 +127,22 @@ def trainable_summary(model, all_parts=None):
     train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lines.append(f"{'total':<10}{sum(1 for _ in model.parameters()):>9}{total:>14,}{train:>14,}  ({100 * train / total:.1f}% trainable)")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pieces for analyses
+def visual_tokens(model, image_inputs):
+    """The projected visual tokens that enter the LM, one (tokens, hidden) tensor per image.
+
+    image_inputs: the image processor's output (pixel_values; image_sizes for families that need it).
+    transformers 5.x returns them as `pooler_output`, a list with one tensor per image."""
+    get_features = get_module(model, FAMILIES[family_of(model)]["image_features"])
+    return list(get_features(**image_inputs, return_dict=True).pooler_output)
+
+
+def lm_readout(model):
+    """(final norm, lm_head): what the model applies to a last hidden state to get its logits."""
+    fam = FAMILIES[family_of(model)]
+    return get_module(model, fam["final_norm"]), get_module(model, fam["lm_head"])
 
 
 # ----------------------------------------------------------------------------- the tiny built-in model
