@@ -286,17 +286,22 @@ def shift_records(data_dirs, split, limit, seed=0):
     return records
 
 
-def shift_table_text(columns, table, pools, n, where):
+def shift_table_text(columns, table, summaries, pools, n, where):
+    """The table as printed: per pool, rows Similarity and Logits (mean / median of the relative shift), then the
+    means over samples of the raw cosine and logit, before -> after (a small |before| makes a relative shift large)."""
+    def cell(s):
+        return "-" if s["mean"] is None else f"{s['mean']:+.4f} / {s['median']:+.4f}"
     lines = [f"Semantic shift of the visual tokens toward the label token, relative to the base model; "
-             f"mean / median over {n} samples ({where})"]
+             f"mean / median over {n} samples ({where}); below them, the raw cos and logit averaged over samples"]
     for pool in pools:
         lines.append(f"\npool = {pool}: {SHIFT_POOLS[pool]}")
-        lines.append(f"{'':12s}" + "".join(f"{c:>22s}" for c in columns))
+        lines.append(f"{'':20s}" + "".join(f"{c:>22s}" for c in columns))
         for row in ("Similarity", "Logits"):
-            cells = [table[pool][row][c] for c in columns]
-            lines.append(f"{row:12s}" + "".join(
-                f"{'-' if s['mean'] is None else format(s['mean'], '+.4f') + ' / ' + format(s['median'], '+.4f'):>22s}"
-                for s in cells))
+            lines.append(f"{row:20s}" + "".join(f"{cell(table[pool][row][c]):>22s}" for c in columns))
+        for what in ("cos", "logit"):  # the means over samples of the raw values
+            lines.append(f"{what + ' before->after':20s}" + "".join(
+                f"{summaries[c][pool][f'mean_{what}_before']:+.4f} -> {summaries[c][pool][f'mean_{what}_after']:+.4f}".rjust(22)
+                for c in columns))
     return "\n".join(lines)
 
 
@@ -407,7 +412,8 @@ def cmd_semantic_shift(args):
                                                     for when in ("init", "tuned")}}
         for i, r in enumerate(records)])
     semantic_shift_png(os.path.join(args.out, "semantic_shift.png"), columns, runs, pools)
-    print(shift_table_text(columns, table, pools, len(records), f"{data_dirs} {args.split}"))
+    print(shift_table_text(columns, table, {c: runs[c]["summary"] for c in columns}, pools, len(records),
+                           f"{data_dirs} {args.split}"))
     print(f"-> {args.out}/semantic_shift.json, semantic_shift_samples.jsonl, semantic_shift.png")
     return result
 
