@@ -175,7 +175,8 @@ COMMANDS["mix-ratio"] = (cmd_mix_ratio, add_mix_ratio_args,
 # p is the raw logit, not a softmax probability. The paper's row is called "Logits", and the raw logit is the
 # linear readout of the normed visual vector along the label's output direction, the LM-head counterpart of the
 # cosine; a softmax probability would also move when any of the other vocabulary logits moves.
-# L is the base model's embedding in both terms (one fixed target; the ablation parts never train it anyway).
+# L is the base model's embedding in both terms: one fixed target (only the `head` part trains the embeddings;
+# the JSON says per checkpoint whether it moved).
 SHIFT_LOGIT = ("raw logit: lm_head(final_norm(V)) read at the label token, before any softmax (the paper's row is "
                "'Logits'; the raw logit is the readout along the label's output direction, the LM-head counterpart "
                "of the cosine, while a softmax probability would also move with every other vocabulary logit)")
