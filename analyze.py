@@ -6,6 +6,9 @@ Each analysis is one section below: a function `cmd_<name>(args)`, a function ad
 a line `COMMANDS["name"] = (cmd_<name>, add_<name>_args, "one-line help")`.
 """
 import argparse
+import sys
+
+import torch
 
 # ----------------------------------------------------------------------------- analyses
 # (each section registers itself: COMMANDS["name"] = (function, add_arguments, one-line help))
@@ -161,6 +164,274 @@ def add_mix_ratio_args(p):
 
 COMMANDS["mix-ratio"] = (cmd_mix_ratio, add_mix_ratio_args,
                          "fit a degree-4 polynomial to (mix ratio, score) points, report the argmax; --run makes the points")
+
+
+# ----------------------------------------------------------------------------- semantic shift (paper 1, Table 2 and Fig. 6)
+# After fine-tuning only the encoder, only the projector or only the LM, how far have the visual tokens moved
+# toward the meaning of the label word? Per test sample, V = the projected visual tokens entering the LM,
+# L = the LM's input embedding of the sample's true label (its first token), "init" = the checkpoint's base model:
+#   Similarity = (cos(V, L) - cos(V_init, L)) / |cos(V_init, L)|
+#   Logits     = (p(V, L) - p_init(V_init, L)) / |p_init(V_init, L)|,   p(V, L) = lm_head(final_norm(V))[label]
+# p is the raw logit, not a softmax probability. The paper's row is called "Logits", and the raw logit is the
+# linear readout of the normed visual vector along the label's output direction, the LM-head counterpart of the
+# cosine; a softmax probability would also move when any of the other vocabulary logits moves.
+# L is the base model's embedding in both terms: one fixed target (only the `head` part trains the embeddings;
+# the JSON says per checkpoint whether it moved).
+SHIFT_LOGIT = ("raw logit: lm_head(final_norm(V)) read at the label token, before any softmax (the paper's row is "
+               "'Logits'; the raw logit is the readout along the label's output direction, the LM-head counterpart "
+               "of the cosine, while a softmax probability would also move with every other vocabulary logit)")
+# The paper does not say how V is pooled over the visual tokens; two views:
+SHIFT_POOLS = {"mean": "the mean of the visual tokens is one vector V, scored once (cosine and logit of the token-mean)",
+               "max": "every visual token is scored and the maximum over tokens is kept, cosine and logit each at its "
+                      "own best token (the token most like the label)"}
+
+
+def pool_tokens(tokens, pool):
+    """tokens (B, T, D) -> the vectors to score, (B, K, D): K = 1 for 'mean' (the token-mean), K = T for 'max'
+    (every token; the scores are then reduced by a max over K, see token_scores)."""
+    if pool == "mean":
+        return tokens.mean(1, keepdim=True)
+    if pool == "max":
+        return tokens
+    raise ValueError(f"pool must be one of {list(SHIFT_POOLS)}, got {pool!r}")
+
+
+def cosine_to_label(vectors, label_emb):
+    """Cosine between each vector (..., D) and the label embedding (D,) -> (...), in float32."""
+    return torch.nn.functional.cosine_similarity(vectors.float(), label_emb.float().expand_as(vectors), dim=-1)
+
+
+def label_logit(vectors, norm, head_row, head_bias=None):
+    """The LM head's logit at the label token for each vector (..., D) -> (...): final norm (in the model's
+    dtype, as the model applies it), then the dot product with the label's row of lm_head, in float32."""
+    h = norm(vectors).float()
+    return h @ head_row.float() + (0.0 if head_bias is None else head_bias.float())
+
+
+def token_scores(tokens, pool, label_emb, norm, head_row, head_bias=None):
+    """One image's visual tokens (T, D) -> (cosine, logit), two scalars, for the given pool."""
+    vectors = pool_tokens(tokens[None], pool)[0]  # (K, D)
+    return cosine_to_label(vectors, label_emb).amax(), label_logit(vectors, norm, head_row, head_bias).amax()
+
+
+def relative_shift(after, before):
+    """(after - before) / |before|, elementwise. 0 exactly when nothing moved; inf/nan where before == 0."""
+    return (after - before) / before.abs()
+
+
+@torch.no_grad()
+def label_scores(model, processor, records, label_ids, label_embs, pools, batch_size=32, device="cpu"):
+    """cos(V, L) and p(V, L) of every record under `model`: {pool: {"cos": (N,), "logit": (N,)}}.
+    label_ids[i] is record i's label token, label_embs[i] (D,) the fixed L it is compared with."""
+    from data import load_image
+    from model import lm_readout, visual_tokens
+    norm, head = lm_readout(model)
+    dtype = next(model.parameters()).dtype
+    scores = {pool: {"cos": [], "logit": []} for pool in pools}
+    for start in range(0, len(records), batch_size):
+        recs = records[start:start + batch_size]
+        images = processor.image_processor(images=[load_image(r["image"]) for r in recs], return_tensors="pt")
+        images = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in images.items()}
+        for i, tokens in enumerate(visual_tokens(model, images), start):
+            bias = None if head.bias is None else head.bias[label_ids[i]]
+            for pool in pools:
+                cos, logit = token_scores(tokens, pool, label_embs[i], norm, head.weight[label_ids[i]], bias)
+                scores[pool]["cos"].append(cos)
+                scores[pool]["logit"].append(logit)
+        print(f"\rsemantic shift: {min(start + batch_size, len(records))}/{len(records)}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return {pool: {k: torch.stack(v).cpu() for k, v in s.items()} for pool, s in scores.items()}
+
+
+def shift_summary(shift):
+    """Mean and median over samples of a relative shift; samples with |before| == 0 (inf/nan) are left out and counted."""
+    finite = shift[torch.isfinite(shift)].double()
+    if finite.numel() == 0:
+        return {"mean": None, "median": None, "n": 0, "n_nonfinite": int(shift.numel())}
+    return {"mean": float(finite.mean()), "median": float(finite.median()), "n": int(finite.numel()),
+            "n_nonfinite": int(shift.numel() - finite.numel())}
+
+
+def read_ckpt_config(ckpt):
+    """config.json of a train.py output folder, checked before any model is loaded."""
+    import json
+    import os
+    path = os.path.join(ckpt, "config.json")
+    if not os.path.isdir(ckpt):
+        raise SystemExit(f"semantic-shift: --ckpt {ckpt}: no such folder (expected a train.py output folder)")
+    for name in ("config.json", "trainable.safetensors"):
+        if not os.path.isfile(os.path.join(ckpt, name)):
+            raise SystemExit(f"semantic-shift: --ckpt {ckpt}: {name} not found (expected a train.py output folder)")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"semantic-shift: {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    for field in ("model", "trainable"):
+        if not isinstance(cfg, dict) or not cfg.get(field):
+            raise SystemExit(f"semantic-shift: {path}: field {field!r} missing or empty")
+    return cfg
+
+
+def shift_records(data_dirs, split, limit, seed=0):
+    """Distortion records with a known label and an image; at most `limit` of them (a seeded random subset, in
+    file order), 0 = all."""
+    import random
+    from data import LABELS, load_records
+    records = [r for r in load_records(data_dirs, split) if r.get("label") in LABELS and r.get("image")]
+    if not records:
+        raise SystemExit(f"semantic-shift: no records with an image and a label in {LABELS} in {data_dirs} ({split})")
+    if limit and len(records) > limit:
+        keep = sorted(random.Random(seed).sample(range(len(records)), limit))
+        records = [records[i] for i in keep]
+    return records
+
+
+def shift_table_text(columns, table, summaries, pools, n, where):
+    """The table as printed: per pool, rows Similarity and Logits (mean / median of the relative shift), then the
+    means over samples of the raw cosine and logit, before -> after (a small |before| makes a relative shift large)."""
+    def cell(s):
+        return "-" if s["mean"] is None else f"{s['mean']:+.4f} / {s['median']:+.4f}"
+    lines = [f"Semantic shift of the visual tokens toward the label token, relative to the base model; "
+             f"mean / median over {n} samples ({where}); below them, the raw cos and logit averaged over samples"]
+    for pool in pools:
+        lines.append(f"\npool = {pool}: {SHIFT_POOLS[pool]}")
+        lines.append(f"{'':20s}" + "".join(f"{c:>22s}" for c in columns))
+        for row in ("Similarity", "Logits"):
+            lines.append(f"{row:20s}" + "".join(f"{cell(table[pool][row][c]):>22s}" for c in columns))
+        for what in ("cos", "logit"):  # the means over samples of the raw values
+            lines.append(f"{what + ' before->after':20s}" + "".join(
+                f"{summaries[c][pool][f'mean_{what}_before']:+.4f} -> {summaries[c][pool][f'mean_{what}_after']:+.4f}".rjust(22)
+                for c in columns))
+    return "\n".join(lines)
+
+
+def semantic_shift_png(path, columns, runs, pools):
+    """Joint distribution of (cosine, logit) before (base) and after fine-tuning: one panel per checkpoint (columns)
+    and pool (rows); the means are joined by an arrow."""
+    import io
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from common import atomic_write
+    fig, axes = plt.subplots(len(pools), len(columns), figsize=(4.2 * len(columns), 3.8 * len(pools)), squeeze=False)
+    for r, pool in enumerate(pools):
+        for c, col in enumerate(columns):
+            ax, before, after = axes[r][c], runs[col]["init"][pool], runs[col]["tuned"][pool]
+            ax.scatter(before["cos"], before["logit"], s=5, alpha=0.35, color="0.5", lw=0, label="base (before)")
+            ax.scatter(after["cos"], after["logit"], s=5, alpha=0.35, color="C3", lw=0, label="fine-tuned (after)")
+            ax.annotate("", xy=(float(after["cos"].mean()), float(after["logit"].mean())),
+                        xytext=(float(before["cos"].mean()), float(before["logit"].mean())),
+                        arrowprops=dict(arrowstyle="->", color="k", lw=1.5))
+            summary = runs[col]["summary"][pool]
+            ax.set_title(f"{col} trained, pool={pool}\nmedian shift: Similarity {summary['Similarity']['median']:+.3f}, "
+                         f"Logits {summary['Logits']['median']:+.3f}", fontsize=9)
+            ax.set_xlabel("cos(V, L)")
+            ax.set_ylabel("logit p(V, L)")
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7, markerscale=3, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def cmd_semantic_shift(args):
+    """Where perception lives (paper 1, Table 2 and Fig. 6): for each --ckpt (a train.py output), how far the
+    projected visual tokens V moved toward the label token's input embedding L, relative to the checkpoint's base:
+      Similarity = (cos(V, L) - cos(V_init, L)) / |cos(V_init, L)|
+      Logits     = (p(V, L) - p_init(V_init, L)) / |p_init(V_init, L)|,  p = raw logit of lm_head(final_norm(V)) at L
+    p is the raw logit, not a softmax probability: the paper's row is "Logits", and the raw logit is the readout of V
+    along the label's output direction (the LM-head counterpart of the cosine), while a probability would also move
+    with every other vocabulary logit. Computed per test sample (L: the sample's true distortion class, first
+    token), mean and median over samples, one column per checkpoint named by its `trainable`. --pool mean scores
+    the token-mean vector, max the best single token, both gives both. Writes OUT/semantic_shift.json (table and
+    summaries), OUT/semantic_shift_samples.jsonl (per sample: cosine and logit before and after) and
+    OUT/semantic_shift.png (joint distribution of cosine and logit before vs after, a panel per checkpoint), and
+    prints the table."""
+    import os
+    from common import atomic_write_json, atomic_write_jsonl
+    from data import LABELS, closed_set_token_ids
+    from model import load_checkpoint, load_model
+    pools = list(SHIFT_POOLS) if args.pool == "both" else [args.pool]
+    cfgs = [read_ckpt_config(c) for c in args.ckpt]  # every folder checked before any model loads
+    columns = []
+    for ckpt, cfg in zip(args.ckpt, cfgs):
+        name = cfg["trainable"]
+        columns.append(name if name not in columns else f"{name} ({os.path.basename(os.path.normpath(ckpt))})")
+    data_dirs = args.data or cfgs[0].get("data")
+    if not data_dirs:
+        raise SystemExit(f"semantic-shift: give --data DIR ({args.ckpt[0]}/config.json names no training data)")
+    records = shift_records(data_dirs, args.split, args.limit)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    base_cache, runs = {}, {}  # base model name -> its scores, label ids and L (computed once per base)
+    for ckpt, cfg, col in zip(args.ckpt, cfgs, columns):
+        if cfg["model"] not in base_cache:
+            base, processor = load_model(cfg["model"], dtype=dtype, device=device)
+            base.eval()
+            ids = closed_set_token_ids(processor, LABELS)
+            label_ids = [ids[LABELS.index(r["label"])] for r in records]
+            label_embs = base.get_input_embeddings().weight[label_ids].detach()
+            print(f"{cfg['model']} (base): scoring {len(records)} samples", flush=True)
+            scores = label_scores(base, processor, records, label_ids, label_embs, pools, args.batch_size, device)
+            base_cache[cfg["model"]] = (scores, label_ids, label_embs)
+            del base
+        init, label_ids, label_embs = base_cache[cfg["model"]]
+        model, processor, _ = load_checkpoint(ckpt, dtype=dtype, device=device)
+        model.eval()
+        print(f"{ckpt} ({col}): scoring {len(records)} samples", flush=True)
+        tuned = label_scores(model, processor, records, label_ids, label_embs, pools, args.batch_size, device)
+        embedding_moved = not torch.equal(model.get_input_embeddings().weight[label_ids].detach(), label_embs)
+        del model
+        summary = {pool: {"Similarity": shift_summary(relative_shift(tuned[pool]["cos"], init[pool]["cos"])),
+                          "Logits": shift_summary(relative_shift(tuned[pool]["logit"], init[pool]["logit"])),
+                          "mean_cos_before": float(init[pool]["cos"].mean()), "mean_cos_after": float(tuned[pool]["cos"].mean()),
+                          "mean_logit_before": float(init[pool]["logit"].mean()),
+                          "mean_logit_after": float(tuned[pool]["logit"].mean())} for pool in pools}
+        runs[col] = {"ckpt": ckpt, "model": cfg["model"], "trainable": cfg["trainable"], "init": init, "tuned": tuned,
+                     "summary": summary, "label_embedding_changed_by_tuning": embedding_moved}
+    table = {pool: {row: {col: runs[col]["summary"][pool][row] for col in columns} for row in ("Similarity", "Logits")}
+             for pool in pools}
+    os.makedirs(args.out, exist_ok=True)
+    result = {"what": "semantic shift of the visual tokens toward the label token's embedding, relative to the base "
+                      "model (paper 1, Table 2); rows Similarity/Logits, columns = the fine-tuned part (config trainable)",
+              "similarity": "(cos(V, L) - cos(V_init, L)) / |cos(V_init, L)|",
+              "logits": "(p(V, L) - p_init(V_init, L)) / |p_init(V_init, L)|",
+              "V": "projected visual tokens entering the LM (the multimodal projector's output)",
+              "L": "input embedding (of the base model) of the first token of the sample's true label word",
+              "p": SHIFT_LOGIT, "pooling": {p: SHIFT_POOLS[p] for p in pools},
+              "statistic": "mean and median over samples; samples with a zero 'before' value are left out (n_nonfinite)",
+              "data": data_dirs, "split": args.split, "n": len(records), "columns": columns, "table": table,
+              "checkpoints": {col: {k: runs[col][k] for k in ("ckpt", "model", "trainable", "summary",
+                                                             "label_embedding_changed_by_tuning")} for col in columns}}
+    atomic_write_json(os.path.join(args.out, "semantic_shift.json"), result)
+    atomic_write_jsonl(os.path.join(args.out, "semantic_shift_samples.jsonl"), [
+        {"id": r.get("id"), "label": r["label"], **{f"{col}/{pool}/{k}_{when}": round(float(runs[col][when][pool][k][i]), 6)
+                                                    for col in columns for pool in pools for k in ("cos", "logit")
+                                                    for when in ("init", "tuned")}}
+        for i, r in enumerate(records)])
+    semantic_shift_png(os.path.join(args.out, "semantic_shift.png"), columns, runs, pools)
+    print(shift_table_text(columns, table, {c: runs[c]["summary"] for c in columns}, pools, len(records),
+                           f"{data_dirs} {args.split}"))
+    print(f"-> {args.out}/semantic_shift.json, semantic_shift_samples.jsonl, semantic_shift.png")
+    return result
+
+
+def add_semantic_shift_args(p):
+    p.add_argument("--ckpt", action="append", required=True, help="a train.py output folder (repeat: one column each)")
+    p.add_argument("--data", default=None, help="prepared folder(s); default: the first checkpoint's training data")
+    p.add_argument("--split", default="test")
+    p.add_argument("--pool", default="both", choices=["mean", "max", "both"],
+                   help="mean: score the token-mean vector; max: best single token; both: report both")
+    p.add_argument("--limit", type=int, default=2000, help="at most this many samples (seeded random subset); 0 = all")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--out", default="out/semantic_shift", help="output folder")
+
+
+COMMANDS["semantic-shift"] = (cmd_semantic_shift, add_semantic_shift_args,
+                              "how far the visual tokens moved toward the label token per fine-tuned part (cosine, logit; paper 1 Table 2)")
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -21,8 +21,11 @@ from data import LABELS, LEVELS
 # Optional projector pieces may be absent (image_newline: LLaVA-NeXT/OneVision only; deepstack: Qwen3-VL).
 # `exclude` removes sub-modules from a part: Qwen's merger sits inside the vision module but is the
 # projector, not the encoder (Qwen3-VL's deepstack mergers too).
+# For analyses: `image_features` gives the projected visual tokens entering the LM, `final_norm` and
+# `lm_head` the LM's path from a hidden state to logits.
 _LM = dict(llm=["model.language_model"], llm_layers="model.language_model.layers",
-           head=["lm_head", "model.language_model.embed_tokens"])
+           head=["lm_head", "model.language_model.embed_tokens"],
+           image_features="model.get_image_features", final_norm="model.language_model.norm", lm_head="lm_head")
 FAMILIES = {
     # LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision (Q-SiT), InternVL, Gemma3, PaliGemma: one layout
     "llava": dict(model_types=("llava", "llava_next", "llava_onevision", "llava_next_video", "internvl", "gemma3",
@@ -33,10 +36,12 @@ FAMILIES = {
                     exclude=["model.visual.merger", "model.visual.deepstack_merger_list"], **_LM),
     "idefics3": dict(model_types=("idefics3", "smolvlm"), encoder=["model.vision_model"], projector=["model.connector"],
                      llm=["model.text_model"], llm_layers="model.text_model.layers",
-                     head=["lm_head", "model.text_model.embed_tokens"]),
+                     head=["lm_head", "model.text_model.embed_tokens"],
+                     image_features="model.get_image_features", final_norm="model.text_model.norm", lm_head="lm_head"),
     # mPLUG-Owl2 (remote code): the LLaMA decoder sits directly in `model`, beside the vision parts
     "mplug_owl2": dict(model_types=("mplug_owl2",), encoder=["model.vision_model"], projector=["model.visual_abstractor"],
-                       llm=["model.layers", "model.norm"], llm_layers="model.layers", head=["lm_head", "model.embed_tokens"]),
+                       llm=["model.layers", "model.norm"], llm_layers="model.layers", head=["lm_head", "model.embed_tokens"],
+                       final_norm="model.norm", lm_head="lm_head"),
 }
 PART_NAMES = ("encoder", "projector", "llm", "head")
 
@@ -215,6 +220,25 @@ class SupervisedLogits(torch.nn.Module):
         targets = labels[:, 1:]
         keep = targets != IGNORE  # position t predicts token t+1
         return self.vlm.lm_head(hidden[:, :-1][keep]), targets[keep]
+
+
+# ----------------------------------------------------------------------------- pieces for analyses
+def visual_tokens(model, image_inputs):
+    """The projected visual tokens that enter the LM, one (tokens, hidden) tensor per image.
+
+    image_inputs: the image processor's output (pixel_values; image_sizes for families that need it).
+    transformers 5.x returns them as `pooler_output`, a list with one tensor per image."""
+    fam = family_of(model)
+    if "image_features" not in FAMILIES[fam]:
+        raise ValueError(f"visual_tokens: no image_features path for family {fam!r} in model.FAMILIES")
+    get_features = get_module(model, FAMILIES[fam]["image_features"])
+    return list(get_features(**image_inputs, return_dict=True).pooler_output)
+
+
+def lm_readout(model):
+    """(final norm, lm_head): what the model applies to a last hidden state to get its logits."""
+    fam = FAMILIES[family_of(model)]
+    return get_module(model, fam["final_norm"]), get_module(model, fam["lm_head"])
 
 
 # ----------------------------------------------------------------------------- the tiny built-in model
