@@ -1,4 +1,5 @@
-"""Prompting study (prompting.py, evaluate.py --protocol). CPU only, a few seconds.
+"""Prompting study (prompting.py, evaluate.py --protocol) and difficult-sample selection (analyze.py hard-samples).
+CPU only, a few seconds.
 
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_prompting.py
 """
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import analyze
 import evaluate
 import prompting as P
 
@@ -227,6 +229,66 @@ def test_queries_are_reproducible_and_cover_every_image():
     assert q == [] and skipped == 3
 
 
+# ============================================================================ difficult samples
+def test_greedy_selection_hand_computed():
+    # errors 5, 4.5, 1, 3; 1-D features 0, 0.1, 1.0, 0.4; lambda 4.
+    # pick 1: Div = 0 for all -> argmax error -> sample 0.
+    # pick 2: Div to {0} = 0.1, 1.0, 0.4 -> 4.5 + 0.4 = 4.9, 1 + 4 = 5.0, 3 + 1.6 = 4.6 -> sample 2 (far, though easy).
+    # pick 3: Div to {0, 2} = 0.1, 0.4 -> 4.9, 4.6 -> sample 1; then 3, whose Div to {0, 2, 1} is |0.4 - 0.1| = 0.3.
+    error, feats = [5, 4.5, 1, 3], [[0.0], [0.1], [1.0], [0.4]]
+    picks = analyze.greedy_select(error, feats, 4, lam=4)
+    assert [k for k, _, _ in picks] == [0, 2, 1, 3]
+    assert [d for _, _, d in picks] == pytest.approx([0, 1.0, 0.1, 0.3])
+    assert [k for k, _, _ in analyze.greedy_select(error, feats, 4, lam=0)] == [0, 1, 3, 2]  # error alone
+    assert analyze.difficulty([0.6, 0.5], [0.2, 0.5], [0.2, 0.1], eps=0) == pytest.approx([4, 0])
+
+
+def test_fr_two_level_selection_hand_computed():
+    # references 0 (samples 0, 1, 2: errors 1, 3, 2, mean 2) and 1 (samples 3, 4: errors 8, 0, mean 4)
+    error, group, ref_feats = [1, 3, 2, 8, 0], [0, 0, 0, 1, 1], [[0.0], [1.0]]
+    refs, samples = analyze.select_fr(error, group, ref_feats, n_refs=1, per_ref=1, lam=0)
+    assert [g for g, _, _ in refs] == [1] and samples == [3]
+    refs, samples = analyze.select_fr(error, group, ref_feats, n_refs=2, per_ref=2, lam=0)
+    assert [g for g, _, _ in refs] == [1, 0] and samples == [3, 4, 1, 2]
+
+
+def gray(path, value):
+    Image.new("RGB", (16, 16), (value, value, value)).save(path)
+
+
+def test_hard_samples_command_hand_computed(tmp_path):
+    """mos 1, 2, 3, 5 (std 0.4 each) -> q = 0, .25, .5, 1 and sigma = 0.4 / 4 = 0.1; predictions 1, 0, .5, .5 ->
+    q_w = 1, 0, .5, .5; errors (eps 0) = 100, 6.25, 0, 25. Gray images 0, 51, 255, 102 -> thumbnails 0, .2, 1, .4.
+    lambda 100: pick 0 (100); then 6.25 + 20, 0 + 100, 25 + 40 -> 2; then Div to {0, 2}: 26.25, 25 + 40 -> 3.
+    lambda 0: errors alone -> 0, 3, 1."""
+    (tmp_path / "images").mkdir()
+    recs = []
+    for k, (mos, value, pred) in enumerate(zip([1, 2, 3, 5], [0, 51, 255, 102], [1, 0, 0.5, 0.5])):
+        gray(tmp_path / "images" / f"{k}.png", value)
+        recs.append({"id": f"s/{k}", "image": f"images/{k}.png", "conversations": [{"from": "human", "value": "<image>\nq"}],
+                     "source": "s", "mos": mos, "std": 0.4, "_pred": pred})
+    with open(tmp_path / "test.jsonl", "w") as f:
+        f.writelines(json.dumps({k: v for k, v in r.items() if k != "_pred"}) + "\n" for r in recs)
+    with open(tmp_path / "pred.jsonl", "w") as f:
+        f.writelines(json.dumps({"id": r["id"], "score": r["_pred"]}) + "\n" for r in recs)
+        f.write(json.dumps({"id": "s/unparsed", "score": None}) + "\n")
+    out = tmp_path / "out"
+    base = ["hard-samples", "--data", str(tmp_path), "--pred", str(tmp_path / "pred.jsonl"), "--n", "3", "--eps", "0", "--out", str(out)]
+    res = analyze.main(base + ["--lam", "100"])
+    assert res["selected"] == ["s/0", "s/2", "s/3"] and res["null_predictions"] == 1 and res["sigma_source"] == {"std": 4}
+    assert [p["error"] for p in res["picks"]] == pytest.approx([100, 0, 25]) and [p["div_at_pick"] for p in res["picks"]] == pytest.approx([0, 1, 0.4])
+    assert json.load(open(out / "hard_samples.json"))["selected"] == res["selected"]
+    assert (out / "hard_samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert analyze.main(base + ["--lam", "0"])["selected"] == ["s/0", "s/3", "s/1"]
+    # FR without ref_image: references by (source, ref); all four share one here -> its 2 hardest
+    res = analyze.main(base + ["--fr", "--n_refs", "1", "--per_ref", "2"])
+    assert res["selected"] == ["s/0", "s/3"] and (out / "hard_samples_fr.png").exists()
+    with open(tmp_path / "bad.jsonl", "w") as f:
+        f.write(json.dumps({"id": "s/0", "prediction": 3}) + "\n")
+    with pytest.raises(SystemExit, match="bad.jsonl:1: a prediction row needs 'id' and 'score'"):
+        analyze.main(["hard-samples", "--data", str(tmp_path), "--pred", str(tmp_path / "bad.jsonl"), "--out", str(out)])
+
+
 # ============================================================================ end to end with the tiny model
 def make_fr_set(root):
     """Two test references and one train reference, each with 4 distorted versions (noise of rising strength)."""
@@ -269,6 +331,8 @@ def test_end_to_end_with_the_tiny_model(tmp_path):
     # NR single stimulus through the same door; its per-image scores feed hard-samples
     res = evaluate.main(["--model", "tiny", "--data", str(data), "--protocol", "single", "--max_new_tokens", "6", "--out", str(out)])
     assert res["n_queries"] == 8 and res["parsed"] + res["unparsed"] == 8
+    preds, null = analyze.read_predictions(out / "scores_prompting_single_standard.jsonl")
+    assert len(preds) == res["parsed"] and null == res["unparsed"]
 
 
 def test_full_reference_without_ref_image_is_a_clear_error(tmp_path):
