@@ -6,7 +6,7 @@
 
 Protocols: single (one image -> a score 0..100), double (two images -> 1 first better, 0 second better, 2 same),
 multiple (four images -> one rank per image, 0 lowest .. 3 highest, ties allowed). Prompting: standard (ask, answer
-only), cot (describe the perceptual quality first, then answer on a last line "Answer: ..."), icl (one worked example
+only), cot (describe the perceptual quality first, then a last line starting with "Answer"), icl (one worked example
 from the train split, with the human answer, before the query). --reference (FR): the reference image comes first.
 
 All images of a query go into one user turn ({"type": "image"} items rendered by the processor's chat template).
@@ -19,6 +19,7 @@ Writes OUT/eval_prompting_{protocol}_{prompting}[_fr].json, OUT/answers_promptin
 images, the raw answer, what it parsed to) and OUT/scores_prompting_...jsonl (one row per image: id, score), which
 `analyze.py hard-samples --pred` reads.
 """
+import json
 import os
 import random
 import re
@@ -397,18 +398,20 @@ def main_prompting(args, ap):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if args.ckpt and len(args.ckpt) > 1:
         ap.error("--protocol takes one --ckpt")
+    if not args.ckpt and not args.model:
+        ap.error("give --ckpt DIR or --model NAME")
     if args.ckpt:
-        model, processor, cfg = load_checkpoint(args.ckpt[0], dtype=dtype, device=device)
+        cfg_path = os.path.join(args.ckpt[0], "config.json")
+        if not os.path.exists(cfg_path):
+            raise SystemExit(f"--ckpt {args.ckpt[0]}: config.json not found (expected a train.py output folder)")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
         name, data_dirs, out = f"{cfg['model']} [{cfg['trainable']}]", args.data or cfg["data"], args.out or args.ckpt[0]
-    elif args.model:
-        model, processor = load_model(args.model, dtype=dtype, device=device)
+    else:
         name, data_dirs = args.model, args.data or "data/demo"
         out = args.out or os.path.join("out", "prompting_" + os.path.basename(args.model.rstrip("/")))
-    else:
-        ap.error("give --ckpt DIR or --model NAME")
-    model.eval()
     tag = f"{protocol}_{prompting}{'_fr' if reference else ''}"
-    records = load_prompting_records(data_dirs, args.split, reference)
+    records = load_prompting_records(data_dirs, args.split, reference)  # before the model: bad data fails fast
     if args.limit and args.limit < len(records):
         # a seeded draw, not the first N (test files are ordered by content); FR draws whole references, so that
         # the images compared in one query still share theirs
@@ -429,6 +432,11 @@ def main_prompting(args, ap):
     if len(records) < N_IMAGES[protocol]:
         raise SystemExit(f"{len(records)} records with an image and a MOS in {data_dirs} ({args.split}); "
                          f"the {protocol} protocol needs at least {N_IMAGES[protocol]}")
+    if args.ckpt:
+        model, processor, _ = load_checkpoint(args.ckpt[0], dtype=dtype, device=device)
+    else:
+        model, processor = load_model(args.model, dtype=dtype, device=device)
+    model.eval()
     per_prompt = (N_IMAGES[protocol] + reference) * (2 if prompting == "icl" else 1)
     try:
         check_multi_image(processor, per_prompt, name)
