@@ -203,7 +203,7 @@ def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_ima
         tr, te = D.split_items(kept, test_frac=test_frac, by=split, seed=seed)
         for dst, part in ((train, tr), (test, te)):
             for it in part:
-                extra = {k: it[k] for k in ("mos", "mos_norm", "level", "dist") if it.get(k) is not None}
+                extra = {k: it[k] for k in ("mos", "mos_norm", "std", "level", "dist") if it.get(k) is not None}
                 if not it["is_ref"] and (it["source"], it["ref"]) in ref_image:
                     extra["ref_image"] = ref_image[(it["source"], it["ref"])]
                 dst.append(distortion_record(it["id"], it["image"], it["label"], it["source"], it["ref"], **extra))
