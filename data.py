@@ -24,7 +24,7 @@ OPTIONS_SUFFIX = ("Select from the following options: 1. Blur; 2. Noise; 3. Brig
 
 
 def load_records(data_dirs, split):
-    """Records of `split` from one or more prepared folders, image paths made absolute."""
+    """Records of `split` from one or more prepared folders, image (and ref_image) paths made absolute."""
     if isinstance(data_dirs, str):
         data_dirs = [d for d in data_dirs.split(",") if d]
     records = []
@@ -36,8 +36,9 @@ def load_records(data_dirs, split):
         for i, r in enumerate(read_jsonl(path), 1):
             if "conversations" not in r:
                 raise ValueError(f"{path}:{i}: record has no 'conversations' field")
-            if r.get("image"):
-                r["image"] = r["image"] if os.path.isabs(r["image"]) else os.path.join(d, r["image"])
+            for key in ("image", "ref_image"):  # ref_image: the reference of a distorted image (FR), where known
+                if r.get(key):
+                    r[key] = r[key] if os.path.isabs(r[key]) else os.path.join(d, r[key])
             records.append(r)
     return records
 

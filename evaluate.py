@@ -17,6 +17,13 @@ Score task: closed-set softmax over the five level tokens after "The quality of 
 probs @ [1..5] (score01 on [0, 1]); SRCC and PLCC (--logistic: after the 4-parameter logistic fit) per source
 against mos_norm; writes OUT/eval_score.json, OUT/predictions_score.jsonl (per image) and the cross-dataset
 table (rows: trained on, columns: tested on) to OUT/score_table.json, also printed.
+
+    python evaluate.py --protocol double --prompting cot --model tiny --data data/demo --limit 32   # prompting study
+    python evaluate.py --protocol multiple --prompting icl --reference --model llava-hf/llava-onevision-qwen2-7b-ov-hf --data data/score
+
+Prompting study (prompting.py): single / double / multiple stimulus x standard / cot / icl, NR or FR (--reference);
+free generation, answers parsed, pairwise answers aggregated by Bradley-Terry; SRCC per source. Writes
+OUT/eval_prompting_{protocol}_{prompting}[_fr].json, answers_prompting_*.jsonl and scores_prompting_*.jsonl.
 """
 import argparse
 import os
@@ -224,7 +231,20 @@ def main(argv=None):
     ap.add_argument("--system", default="auto", choices=["auto", "yes", "no"],
                     help="score: system turn 'Assume you are an image quality evaluator.' (auto: if the run used a --mix)")
     ap.add_argument("--table", default=None, help="score: where the cross-dataset table JSON goes (default OUT/score_table.json)")
+    ap.add_argument("--protocol", default=None, choices=["single", "double", "multiple"],
+                    help="prompting study (prompting.py): single / double / multiple stimulus")
+    ap.add_argument("--prompting", default="standard", choices=["standard", "cot", "icl"],
+                    help="protocol: standard, chain-of-thought (describe first) or in-context (one worked example)")
+    ap.add_argument("--reference", action="store_true", help="protocol: full-reference (records need ref_image)")
+    ap.add_argument("--max_new_tokens", type=int, default=0, help="protocol: generation length (0: 24, cot 256)")
+    ap.add_argument("--seed", type=int, default=0, help="protocol: draws of --limit, pairs/quadruples, the icl example")
+    ap.add_argument("--rounds", type=int, default=0, help="protocol: queries per image (0: double 4, multiple 2)")
+    ap.add_argument("--icl_split", default="train", help="protocol: split the icl worked example comes from")
+    ap.add_argument("--bt_prior", type=float, default=1.0, help="protocol: Bradley-Terry prior (virtual tied games)")
     args = ap.parse_args(argv)
+    if args.protocol:
+        from prompting import main_prompting
+        return main_prompting(args, ap)
     if args.task == "score":
         return main_score(args, ap)
     if args.ckpt and len(args.ckpt) > 1:

@@ -262,6 +262,11 @@ thus which score from to between first second third fourth better worse same ran
 compare two four lowest highest reference distorted please answer only number think step by let us
 these there be can see look looks seems overall quality rating is are was were for on as
 """.split()
+# the prompting study's prompts (prompting.py)
+TINY_WORDS += """
+perceptual best worst compared versions equal example human here now your question give get one numbers per order
+if they then that where write last line starts followed separated commas
+""".split()
 
 
 def tiny_vocab():

@@ -37,6 +37,12 @@ def distortion_record(rid, image, label, source, ref, **extra):
             "task": "distortion", "label": label, "source": source, "ref": ref, **extra}
 
 
+def reference_images(items):
+    """{(source, ref): path of the reference image} from a reader's reference items (LIVE, CSIQ, KADID-10k,
+    TID2013); records of distorted images carry it as `ref_image` for full-reference prompting."""
+    return {(it["source"], it["ref"]): it["image"] for it in items if it["is_ref"]}
+
+
 def split_meta(train, test, **extra):
     counts = {}
     for name, recs in (("train", train), ("test", test)):
@@ -193,10 +199,13 @@ def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_ima
         items, info = D.READERS[source](root, check_images=check_images)
         D.norm_scores(items, info)  # mos_norm in [0, 1] (higher = better) and the 5-level label
         kept = [it for it in items if it["label"] is not None]
+        ref_image = reference_images(items)
         tr, te = D.split_items(kept, test_frac=test_frac, by=split, seed=seed)
         for dst, part in ((train, tr), (test, te)):
             for it in part:
-                extra = {k: it[k] for k in ("mos", "mos_norm", "level", "dist") if it.get(k) is not None}
+                extra = {k: it[k] for k in ("mos", "mos_norm", "std", "level", "dist") if it.get(k) is not None}
+                if not it["is_ref"] and (it["source"], it["ref"]) in ref_image:
+                    extra["ref_image"] = ref_image[(it["source"], it["ref"])]
                 dst.append(distortion_record(it["id"], it["image"], it["label"], it["source"], it["ref"], **extra))
         info["n_kept"], info["n_excluded_types"] = len(kept), len(items) - len(kept)
         infos[source] = info
@@ -252,6 +261,7 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05,
         items, info = D.READERS[source](root, check_images=check_images)
         D.norm_scores(items, info)
         scored = [it for it in items if it["mos"] is not None]
+        ref_image = reference_images(items)
         if any(it.get("split") for it in scored):
             official = {"training": "train", "validation": "val", "test": "test"}
             parts = {k: [it for it in scored if official.get(it.get("split"), "train") == k] for k in splits}
@@ -267,6 +277,8 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05,
             for it in part:
                 extra = {k: it[k] for k in ("mos", "mos_norm", "std", "label", "dist", "level_idx", "is_train_only")
                          if it.get(k) is not None and it.get(k) is not False}
+                if not it["is_ref"] and (source, it["ref"]) in ref_image:
+                    extra["ref_image"] = ref_image[(source, it["ref"])]
                 splits[name].append(score_record(it["id"], it["image"], it["level"], source, it["ref"],
                                                  rng if name == "train" else None, **extra))
         info.update(n_scored=len(scored), n_unscored_refs=len(items) - len(scored),

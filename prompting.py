@@ -1,0 +1,502 @@
+"""Prompting study (Wu et al., ECCV 2024): 3 psychophysical protocols x 3 prompting styles, no-reference or full-reference.
+
+    python evaluate.py --protocol single --prompting standard --model tiny --data data/demo --limit 32
+    python evaluate.py --protocol double --prompting cot --model llava-hf/llava-onevision-qwen2-7b-ov-hf --data data/score
+    python evaluate.py --protocol multiple --prompting icl --reference --model ... --data data/distortion
+
+Protocols: single (one image -> a score 0..100), double (two images -> 1 first better, 0 second better, 2 same),
+multiple (four images -> one rank per image, 0 lowest .. 3 highest, ties allowed). Prompting: standard (ask, answer
+only), cot (describe the perceptual quality first, then a last line starting with "Answer"), icl (one worked example
+from the train split, with the human answer, before the query). --reference (FR): the reference image comes first.
+
+All images of a query go into one user turn ({"type": "image"} items rendered by the processor's chat template).
+Many LLaVA templates move every image ahead of the text, so the text names images by their position ("image 2"),
+which stays true whichever way the template lays them out.
+
+Answers -> SRCC against the MOS, per source: single directly (the parsed score); double and multiple through a
+Bradley-Terry fit of the pairwise preferences (a ranking of four gives its six pairs; ties count half a win each).
+Writes OUT/eval_prompting_{protocol}_{prompting}[_fr].json, OUT/answers_prompting_...jsonl (one row per query: the
+images, the raw answer, what it parsed to) and OUT/scores_prompting_...jsonl (one row per image: id, score), which
+`analyze.py hard-samples --pred` reads.
+"""
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+N_IMAGES = {"single": 1, "double": 2, "multiple": 4}   # images judged per query (plus the reference in FR)
+PROMPTINGS = ("standard", "cot", "icl")
+MAX_NEW_TOKENS = {"standard": 24, "icl": 24, "cot": 256}  # default when --max_new_tokens is 0
+ROUNDS = {"single": 1, "double": 4, "multiple": 2}       # default: each image appears in this many queries
+BT_PRIOR = 1.0  # virtual tied games of every image against an average one (Bradley-Terry below)
+
+
+# ----------------------------------------------------------------------------- prompt texts
+def _images(idx):
+    """[2, 3, 4, 5] -> 'images 2, 3, 4 and 5'."""
+    return f"image {idx[0]}" if len(idx) == 1 else "images " + ", ".join(map(str, idx[:-1])) + f" and {idx[-1]}"
+
+
+def task_sentence(protocol, idx, ref=None):
+    """The question about the images at positions idx (1-based); ref = the reference's position (FR)."""
+    if protocol == "single":
+        fr = f", compared with the reference image {ref}," if ref else ""
+        return f"Rate the perceptual quality of image {idx[0]}{fr} with a score from 0 to 100, where 0 is the worst and 100 the best."
+    fr = f", {'two' if protocol == 'double' else 'four'} distorted versions of the reference image {ref}" if ref else ""
+    if protocol == "double":
+        a, b = idx
+        return (f"Compare the perceptual quality of image {a} and image {b}{fr}: answer 1 if image {a} is better, "
+                f"0 if image {b} is better, 2 if they look the same.")
+    return (f"Rank the perceptual quality of {_images(idx)}{fr}: give one number per image in this order, from 0 for "
+            f"the lowest quality to 3 for the highest; images of equal quality get the same number.")
+
+
+ANSWER_FORM = {"single": "the score", "double": "1, 0 or 2", "multiple": "the four numbers, separated by commas"}
+
+
+def format_sentence(protocol, prompting, idx):
+    if prompting == "cot":
+        return (f"First describe the perceptual quality of {_images(idx)}: sharpness, noise, colors, contrast, "
+                f"artifacts. Then write a last line that starts with Answer, followed by {ANSWER_FORM[protocol]}.")
+    return f"Answer with {ANSWER_FORM[protocol]} only."
+
+
+def build_prompt(protocol, prompting, paths, ref_path=None, example=None):
+    """One query -> (content items of the user turn, image paths in the order of the image items, the positions
+    (1-based) of the judged query images, which the answer may name).
+
+    example (icl): {"paths": [...], "ref_path": path or None, "answer": "73"}, shown first with its human answer.
+    Every image item follows a label 'Image k:'; adjacent texts are joined by a newline."""
+    content, images = [], []
+
+    def text(t):
+        if content and content[-1]["type"] == "text":
+            content[-1]["text"] += "\n" + t
+        else:
+            content.append({"type": "text", "text": t})
+
+    def show(group_paths, group_ref):
+        positions, ref_pos = [], None
+        for k, p in enumerate(([group_ref] if group_ref else []) + list(group_paths)):
+            images.append(p)
+            text(f"Image {len(images)}:")
+            content.append({"type": "image"})
+            if group_ref and k == 0:
+                ref_pos = len(images)
+            else:
+                positions.append(len(images))
+        return positions, ref_pos
+
+    if prompting == "icl":
+        if example is None:
+            raise ValueError("icl prompting needs a worked example")
+        text("Here is an example with the human answer.")
+        idx, ref = show(example["paths"], example.get("ref_path"))
+        text(task_sentence(protocol, idx, ref))
+        text(f"Answer: {example['answer']}")
+        text("Now your question.")
+    idx, ref = show(paths, ref_path)
+    text(task_sentence(protocol, idx, ref))
+    text(format_sentence(protocol, prompting, idx))
+    return content, images, idx
+
+
+def prompt_text(content):
+    """Content items as one readable string ('<image>' for images), for logs and tests."""
+    return "".join("<image>\n" if c["type"] == "image" else c["text"] for c in content)
+
+
+# ----------------------------------------------------------------------------- answer parsing
+# Free answers are messy: "Score: 73/100", "I'd say 85.", a description ending in "Answer: 1, 0, 3, 2". Each parser
+# takes the first answer-shaped value after the last cue word (answer, score, rating, rank...); without a cue, the
+# value the whole answer holds, but only if it holds one: several different candidates are ambiguous -> None.
+CUE = re.compile(r"\b(?:answer|score|scores|rating|rate|rated|ranking|ranks|rank)\b")
+NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?(?![\w])")
+INTEGER = re.compile(r"(?<![\w.])(\d+)(?![\w])(?!\.\d)")
+
+
+def _name_images(text, idx=None):
+    """'image 2' -> 'first image' / 'second image' when 2 is idx[0] / idx[1], else 'image'; lists of positions go.
+    (Positions are numbers too: 'image 2 is better' must not read as the answer 2.)"""
+    text = re.sub(r"\bimages\s+\d+(?:\s*(?:,|and|&)\s*\d+)*", "images", text)
+
+    def one(m):
+        k = int(m.group(1))
+        return "first image" if idx and k == idx[0] else "second image" if idx and k == idx[1] else "image"
+    return re.sub(r"\bimage\s*#?\s*(\d+)", one, text)
+
+
+def _tail(text):
+    cues = list(CUE.finditer(text))
+    return text[cues[-1].end():] if cues else None
+
+
+def parse_single(text):
+    """A score on 0..100 (an 'N/D' or 'N out of D' is rescaled to 100), or None."""
+    text = _name_images(text.lower())
+
+    def scores(t):
+        out = []
+        for m in NUMBER.finditer(t):
+            v, d = float(m.group(1)), m.group(2)
+            if d is not None:
+                if float(d) <= 0:
+                    continue
+                v = v * 100 / float(d)
+            if 0 <= v <= 100:
+                out.append(v)
+        return out
+    tail = _tail(text)
+    if tail is not None and scores(tail):
+        return scores(tail)[0]
+    anywhere = set(scores(text))
+    return anywhere.pop() if len(anywhere) == 1 else None
+
+
+def parse_double(text, idx=(1, 2)):
+    """1 (the first image is better), 0 (the second is), 2 (the same), or None. idx: the two images' positions."""
+    text = _name_images(text.lower(), idx)
+    tail = _tail(text)
+    codes = lambda t: [int(m.group(1)) for m in INTEGER.finditer(t) if m.group(1) in ("0", "1", "2")]
+    if tail is not None and codes(tail):
+        return codes(tail)[0]
+    if codes(text):
+        return codes(text)[0] if len(set(codes(text))) == 1 else None
+    # words: the nearest 'first'/'second' before a comparative, within one sentence
+    m = list(re.finditer(r"\b(first|second)\b(?:(?!\b(?:first|second)\b)[^.;!?]){0,40}?\b(better|higher|worse|lower)\b", text))
+    if m:
+        first, better = m[-1].group(1) == "first", m[-1].group(2) in ("better", "higher")
+        return 1 if first == better else 0
+    if re.search(r"\b(same|equal|identical|similar|no difference)\b", text):
+        return 2
+    return None
+
+
+def parse_multiple(text):
+    """Four ranks in 0..3 (higher = better, ties allowed), or None: the first run of four such integers after the
+    last cue word, else the one run in the whole answer."""
+    text = _name_images(text.lower())
+
+    def runs(t):
+        nums = [int(m.group(1)) for m in INTEGER.finditer(t)]
+        return [nums[s:s + 4] for s in range(len(nums) - 3) if all(0 <= v <= 3 for v in nums[s:s + 4])]
+    tail = _tail(text)
+    if tail is not None and runs(tail):
+        return runs(tail)[0]
+    found = {tuple(r) for r in runs(text)}
+    return list(found.pop()) if len(found) == 1 else None
+
+
+def parse_answer(protocol, text, idx):
+    if protocol == "single":
+        return parse_single(text)
+    if protocol == "double":
+        return parse_double(text, idx)
+    return parse_multiple(text)
+
+
+# ----------------------------------------------------------------------------- from answers to scores
+def to_pairs(protocol, ids, parsed):
+    """One parsed answer -> [(a, b, s)]: s = 1 a better, 0 b better, 0.5 equal."""
+    if parsed is None:
+        return []
+    if protocol == "double":
+        return [(ids[0], ids[1], {1: 1.0, 0: 0.0, 2: 0.5}[parsed])]
+    if protocol == "multiple":
+        return [(ids[i], ids[j], 1.0 if parsed[i] > parsed[j] else 0.0 if parsed[i] < parsed[j] else 0.5)
+                for i in range(4) for j in range(i + 1, 4)]
+    raise ValueError(f"no pairwise preferences in the {protocol} protocol")
+
+
+def bradley_terry(pairs, prior=BT_PRIOR, iters=10000, tol=1e-10):
+    """Bradley-Terry strengths from pairwise outcomes [(a, b, s)] -> {item: log strength} (higher = better).
+
+    Model: P(a beats b) = p_a / (p_a + p_b). A tie counts half a win for each side. Fitted by Hunter's (2004) MM
+    update p_i <- W_i / sum_j n_ij / (p_i + p_j) (W_i: wins, n_ij: games between i and j). `prior` adds that many
+    tied games of every item against a virtual item of strength 1: the maximum-likelihood estimate then exists
+    even for an item that won (or lost) every game, and items never compared with each other (different groups)
+    sit on one scale. prior=0 is the plain MLE (needs every item to have won and lost; scale: geometric mean 1)."""
+    items = sorted({a for a, _, _ in pairs} | {b for _, b, _ in pairs}, key=str)
+    ix = {it: k for k, it in enumerate(items)}
+    n = len(items)
+    wins, games = np.zeros(n), np.zeros((n, n))
+    for a, b, s in pairs:
+        i, j = ix[a], ix[b]
+        wins[i] += s
+        wins[j] += 1 - s
+        games[i, j] += 1
+        games[j, i] += 1
+    if prior == 0 and ((wins <= 0) | (wins >= games.sum(1))).any():
+        raise ValueError("Bradley-Terry without a prior needs every item to have won and lost at least once")
+    p = np.ones(n)
+    for _ in range(iters):
+        new = (wins + prior / 2) / ((games / (p[:, None] + p[None, :])).sum(1) + prior / (p + 1))
+        if prior == 0:
+            new /= np.exp(np.log(new).mean())
+        change = np.abs(np.log(new) - np.log(p)).max()
+        p = new
+        if change < tol:
+            break
+    return {it: float(np.log(p[k])) for it, k in ix.items()}
+
+
+def human_answer(protocol, targets):
+    """The answer a human gives, from the MOS on [0, 1] (higher = better) of the images shown."""
+    if protocol == "single":
+        return str(round(100 * targets[0]))
+    if protocol == "double":
+        return "1" if targets[0] > targets[1] else "0" if targets[0] < targets[1] else "2"
+    return ", ".join(str(sum(u < t for u in targets)) for t in targets)  # rank = how many are worse
+
+
+# ----------------------------------------------------------------------------- which images go together
+def target(r):
+    """What SRCC is measured against: mos_norm (on [0, 1], higher = better for every source), else mos."""
+    return r["mos_norm"] if r.get("mos_norm") is not None else r["mos"]
+
+
+def group_key(r, reference):
+    """Images compared in one query share a source (NR) or a reference image (FR)."""
+    return (r.get("source"), r["ref_image"]) if reference else (r.get("source"),)
+
+
+def sample_queries(records, protocol, reference, rounds, seed):
+    """Index tuples into records, reproducible from the seed. Each round shuffles every group and cuts it into
+    tuples of the protocol's size (the last one filled up with other members), so every image appears in at
+    least `rounds` queries. Groups smaller than a tuple are skipped; returns (queries, skipped image count)."""
+    k = N_IMAGES[protocol]
+    if k == 1:
+        return [(i,) for i in range(len(records))], 0
+    rng = random.Random(f"prompting:{protocol}:{seed}")
+    groups = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[group_key(r, reference)].append(i)
+    queries, skipped = [], 0
+    for key in sorted(groups, key=str):
+        members = groups[key]
+        if len(members) < k:
+            skipped += len(members)
+            continue
+        for _ in range(rounds):
+            order = members[:]
+            rng.shuffle(order)
+            for s in range(0, len(order), k):
+                q = order[s:s + k]
+                q += rng.sample([m for m in members if m not in q], k - len(q))
+                queries.append(tuple(q))
+    return queries, skipped
+
+
+def pick_example(records, protocol, reference, seed):
+    """The icl worked example: a seeded query from `records` (the train split) whose images differ in MOS."""
+    k, rng = N_IMAGES[protocol], random.Random(f"icl:{protocol}:{seed}")
+    groups = defaultdict(list)
+    for r in records:
+        groups[group_key(r, reference)].append(r)
+    usable = [g for key, g in sorted(groups.items(), key=lambda kv: str(kv[0]))
+              if len(g) >= k and len({target(r) for r in g}) >= min(k, 2)]
+    if not usable:
+        raise ValueError(f"no {k} images of one {'reference' if reference else 'source'} with different MOS for the icl example")
+    group = rng.choice(usable)
+    for _ in range(1000):
+        chosen = rng.sample(group, k)
+        if k == 1 or len({target(r) for r in chosen}) > 1:
+            break
+    return {"ids": [r["id"] for r in chosen], "paths": [r["image"] for r in chosen],
+            "ref_path": chosen[0]["ref_image"] if reference else None,
+            "answer": human_answer(protocol, [target(r) for r in chosen])}
+
+
+# ----------------------------------------------------------------------------- the model
+def check_multi_image(processor, n, name):
+    """Fails clearly unless the processor turns a prompt with two image items into two images' worth of tokens."""
+    from PIL import Image
+    if n < 2:
+        return
+    img = Image.new("RGB", (64, 64), (128, 96, 64))
+    counts = []
+    for k in (1, 2):
+        msgs = [{"role": "user", "content": [{"type": "image"}] * k + [{"type": "text", "text": "Compare."}]}]
+        try:
+            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            enc = processor(text=[text], images=[[img] * k], return_tensors="pt")
+        except Exception as e:
+            raise ValueError(f"{name} cannot take {k} images in one prompt ({type(e).__name__}: {e}); these prompts "
+                             f"need {n}. Use a multi-image model (e.g. llava-hf/llava-onevision-qwen2-7b-ov-hf)") from None
+        token = getattr(processor, "image_token_id", None)
+        if token is None:
+            return  # no way to count: the processor accepted both images, let the model run
+        counts.append(int((enc["input_ids"] == token).sum()))
+    if counts[1] <= counts[0]:
+        raise ValueError(f"{name}: a prompt with 2 image items gets {counts[1]} image tokens, one with 1 gets {counts[0]}: "
+                         f"its chat template or processor keeps only one image. These prompts need {n}.")
+
+
+@torch.no_grad()
+def generate_answers(model, processor, prompts, batch_size=8, max_new_tokens=24, device="cpu"):
+    """[(content, image paths, ...)] -> greedy free answers, one string each (left padding for batched generation)."""
+    from data import load_image
+    answers, t0 = [], time.time()
+    processor.tokenizer.padding_side = "left"
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        texts = [processor.apply_chat_template([{"role": "user", "content": p[0]}], add_generation_prompt=True, tokenize=False)
+                 for p in batch]
+        images = [[load_image(path) for path in p[1]] for p in batch]
+        enc = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        enc = {k: v.to(device, model.dtype) if v.is_floating_point() else v.to(device) for k, v in enc.items()}
+        new = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)[:, enc["input_ids"].shape[1]:]
+        answers += processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+        done = min(start + batch_size, len(prompts))
+        print(f"\rprompting: {done}/{len(prompts)} queries ({done / (time.time() - t0):.1f}/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return [a.strip() for a in answers]
+
+
+# ----------------------------------------------------------------------------- evaluate.py --protocol
+def load_prompting_records(data_dirs, split, reference):
+    """Records with an image and a MOS (any task), each id once; FR needs each record's reference image path."""
+    from data import load_records
+    seen, records = set(), []
+    for r in load_records(data_dirs, split):
+        if r.get("image") and r.get("mos") is not None and r.get("id") not in seen:
+            seen.add(r.get("id"))
+            records.append(r)
+    if reference:
+        missing = [r for r in records if not r.get("ref_image")]
+        if missing:
+            raise SystemExit(f"--reference: {len(missing)} of {len(records)} records of {data_dirs} ({split}.jsonl) have no "
+                             f"'ref_image' field (the path of the reference image), e.g. {missing[0].get('id')}. "
+                             f"prepare_data.py writes it for LIVE, CSIQ, KADID-10k and TID2013; the demo set has no "
+                             f"reference images, so it is NR only.")
+    return records
+
+
+def srcc_per_source(per_image):
+    """{source (and 'all' when there are several): n_images, n_scored, srcc of score vs target} over scored images."""
+    from scoring import srcc
+    out, sources = {}, sorted({p["source"] for p in per_image}, key=str)
+    for src in sources + (["all"] if len(sources) > 1 else []):
+        mine = [p for p in per_image if src == "all" or p["source"] == src]
+        scored = [p for p in mine if p["score"] is not None]
+        out[src] = {"n_images": len(mine), "n_scored": len(scored),
+                    "srcc": srcc([p["score"] for p in scored], [p["target"] for p in scored])}
+    return out
+
+
+def main_prompting(args, ap):
+    from common import atomic_write_json, atomic_write_jsonl
+    from model import load_checkpoint, load_model
+    protocol, prompting, reference = args.protocol, args.prompting, args.reference
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if args.ckpt and len(args.ckpt) > 1:
+        ap.error("--protocol takes one --ckpt")
+    if not args.ckpt and not args.model:
+        ap.error("give --ckpt DIR or --model NAME")
+    if args.ckpt:
+        cfg_path = os.path.join(args.ckpt[0], "config.json")
+        if not os.path.exists(cfg_path):
+            raise SystemExit(f"--ckpt {args.ckpt[0]}: config.json not found (expected a train.py output folder)")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        name, data_dirs, out = f"{cfg['model']} [{cfg['trainable']}]", args.data or cfg["data"], args.out or args.ckpt[0]
+    else:
+        name, data_dirs = args.model, args.data or "data/demo"
+        out = args.out or os.path.join("out", "prompting_" + os.path.basename(args.model.rstrip("/")))
+    tag = f"{protocol}_{prompting}{'_fr' if reference else ''}"
+    records = load_prompting_records(data_dirs, args.split, reference)  # before the model: bad data fails fast
+    if args.limit and args.limit < len(records):
+        # a seeded draw, not the first N (test files are ordered by content); FR draws whole references, so that
+        # the images compared in one query still share theirs
+        rng = random.Random(f"limit:{args.seed}")
+        if reference:
+            refs = sorted({r["ref_image"] for r in records})
+            rng.shuffle(refs)
+            keep_refs, n = set(), 0
+            for ref in refs:
+                if n >= args.limit:
+                    break
+                keep_refs.add(ref)
+                n += sum(r["ref_image"] == ref for r in records)
+            records = [r for r in records if r["ref_image"] in keep_refs]
+        else:
+            keep = sorted(rng.sample(range(len(records)), args.limit))
+            records = [records[i] for i in keep]
+    if len(records) < N_IMAGES[protocol]:
+        raise SystemExit(f"{len(records)} records with an image and a MOS in {data_dirs} ({args.split}); "
+                         f"the {protocol} protocol needs at least {N_IMAGES[protocol]}")
+    if args.ckpt:
+        model, processor, _ = load_checkpoint(args.ckpt[0], dtype=dtype, device=device)
+    else:
+        model, processor = load_model(args.model, dtype=dtype, device=device)
+    model.eval()
+    per_prompt = (N_IMAGES[protocol] + reference) * (2 if prompting == "icl" else 1)
+    try:
+        check_multi_image(processor, per_prompt, name)
+    except ValueError as e:
+        raise SystemExit(f"--protocol {protocol} --prompting {prompting}: {e}") from None
+    example = None
+    if prompting == "icl":
+        train = load_prompting_records(data_dirs, args.icl_split, reference)
+        try:
+            example = pick_example(train, protocol, reference, args.seed)
+        except ValueError as e:
+            raise SystemExit(f"--prompting icl draws its worked example from the {args.icl_split} split of {data_dirs}: {e}") from None
+    queries, skipped = sample_queries(records, protocol, reference, args.rounds or ROUNDS[protocol], args.seed)
+    if not queries:
+        raise SystemExit(f"no {protocol} query could be formed: no group (same source{', same reference' if reference else ''}) "
+                         f"has {N_IMAGES[protocol]} images")
+    prompts = [build_prompt(protocol, prompting, [records[i]["image"] for i in q],
+                            records[q[0]]["ref_image"] if reference else None, example) for q in queries]
+    max_new = args.max_new_tokens or MAX_NEW_TOKENS[prompting]
+    print(f"{name}: {protocol} stimulus, {prompting} prompting, {'FR' if reference else 'NR'}: {len(records)} images, "
+          f"{len(queries)} queries of {per_prompt} images, max_new_tokens {max_new}", file=sys.stderr)
+    t0 = time.time()
+    answers = generate_answers(model, processor, prompts, args.batch_size, max_new, device)
+    seconds = time.time() - t0
+
+    rows, pairs, single_scores = [], [], {}
+    for q, (content, paths, idx), answer in zip(queries, prompts, answers):
+        ids = [records[i]["id"] for i in q]
+        parsed = parse_answer(protocol, answer, idx)
+        rows.append({"ids": ids, "images": paths, "answer": answer, "parsed": parsed,
+                     "target": [target(records[i]) for i in q]})
+        if protocol == "single" and parsed is not None:
+            single_scores[ids[0]] = parsed
+        elif protocol != "single":
+            pairs += to_pairs(protocol, ids, parsed)
+    scores = single_scores if protocol == "single" else (bradley_terry(pairs, args.bt_prior) if pairs else {})
+    n_answers = defaultdict(int)
+    for row in rows:
+        for i in row["ids"]:
+            n_answers[i] += row["parsed"] is not None
+    per_image = [{"id": r["id"], "source": r.get("source"), "mos": r["mos"], "mos_norm": r.get("mos_norm"), "target": target(r),
+                  "score": None if r["id"] not in scores else round(scores[r["id"]], 6), "parsed_queries": n_answers[r["id"]]}
+                 for r in records]
+    per_source = srcc_per_source(per_image)
+    n_parsed = sum(row["parsed"] is not None for row in rows)
+    result = {"task": "prompting", "protocol": protocol, "prompting": prompting, "reference": bool(reference),
+              "model": name, "data": data_dirs, "split": args.split, "seed": args.seed, "limit": args.limit,
+              "n_images": len(records), "skipped_images": skipped, "n_queries": len(rows), "images_per_prompt": per_prompt,
+              "max_new_tokens": max_new, "parsed": n_parsed, "unparsed": len(rows) - n_parsed,
+              "unparsed_examples": [row["answer"] for row in rows if row["parsed"] is None][:5],
+              "aggregation": "parsed score (0..100)" if protocol == "single" else
+              f"Bradley-Terry log-strength (MM fit; ties = half a win; prior {args.bt_prior} virtual tied games vs an average image)",
+              "target": "mos_norm (else mos)", "per_source": per_source, "example": example,
+              "prompt_example": prompt_text(prompts[0][0]), "seconds": round(seconds, 1), "device": device}
+    os.makedirs(out, exist_ok=True)
+    atomic_write_jsonl(os.path.join(out, f"answers_prompting_{tag}.jsonl"), rows)
+    atomic_write_jsonl(os.path.join(out, f"scores_prompting_{tag}.jsonl"), per_image)
+    atomic_write_json(os.path.join(out, f"eval_prompting_{tag}.json"), result)
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"
+    srcc_text = ", ".join(f"{s} SRCC {fmt(m['srcc'])} ({m['n_scored']}/{m['n_images']} images scored)" for s, m in per_source.items())
+    print(f"{tag}: {len(rows)} queries, parsed {n_parsed}, unparsed {len(rows) - n_parsed}; {srcc_text}; "
+          f"{seconds:.1f}s -> {out}/eval_prompting_{tag}.json")
+    return result
