@@ -330,7 +330,9 @@ def make_demo_view(demo, out, task="score", seed=0, val_frac=0.05):
             image = os.path.relpath(os.path.join(demo, r["image"]), out) if not os.path.isabs(r["image"]) else r["image"]
             extra = dict(mos=r["mos"], mos_norm=round(it["mos_norm"], 4), label=r["label"], severity=r["severity"])
             if task == "score":
-                rec = score_record(r["id"], image, it["level"], "demo", r["ref"], rng if split == "train" else None, **extra)
+                # the canonical question only: the tiny model's random LM maps each paraphrase to a different state,
+                # and with six of them the encoder must learn six mappings (measured: test SRCC 0.04 vs 0.29)
+                rec = score_record(r["id"], image, it["level"], "demo", r["ref"], None, **extra)
             else:
                 rec = {"id": r["id"], "image": image,
                        "conversations": [{"from": "human", "value": "<image>\n" + INTERPRET_QUESTION},
