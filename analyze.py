@@ -716,7 +716,7 @@ def logit_lens_png(path, result, focus):
     ax.set_ylabel("mean probability")
     ax.set_title(f"logit lens at the quality token ({result['mode']}, {result['n']} samples): closed-set level "
                  f"probabilities per layer", fontsize=9)
-    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     for c, l in enumerate(layers):
         ax2 = fig.add_subplot(grid[1, c])
         freq = result["focus"]["token_frequency"][str(l)][:8]

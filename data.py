@@ -149,12 +149,14 @@ def answer_prefix_text(processor, messages, answer_prefix):
 
 
 def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_side="right"):
-    """Prompts only (user turns), optionally followed by a teacher-forced answer prefix.
+    """Prompts only (user turns), optionally followed by a teacher-forced answer prefix (one string for all
+    records, or a list with one per record).
 
     Returns the batch and, per row, the index of its last real token (where the next-token logits
     are read)."""
     texts, images = [], []
-    for r in records:
+    for i, r in enumerate(records):
+        prefix = answer_prefix[i] if isinstance(answer_prefix, (list, tuple)) else answer_prefix
         system = [c for c in r["conversations"] if c["from"] == "system"][:1]  # kept ahead of the first user turn
         convs = [c for c in r["conversations"] if c["from"] not in ("gpt", "assistant", "system")][:1]
         if suffix:
@@ -162,7 +164,7 @@ def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_
         msgs = to_messages(system + convs, bool(r.get("image")))
         if r.get("image"):
             images.append(load_image(r["image"]))
-        texts.append(answer_prefix_text(processor, msgs, answer_prefix) if answer_prefix
+        texts.append(answer_prefix_text(processor, msgs, prefix) if prefix
                      else render(processor, msgs, add_generation_prompt=True))
     enc = _tokenize(processor, texts, images, padding_side, records)
     last = enc["attention_mask"].sum(1) - 1 if padding_side == "right" else torch.full((len(texts),), enc["input_ids"].shape[1] - 1)

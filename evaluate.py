@@ -259,6 +259,9 @@ def main(argv=None):
     ap.add_argument("--instability", default=None, metavar="S,R",
                     help="pathway: S sessions, each answering every sample R times by sampling; instability ratio")
     ap.add_argument("--temperature", type=float, default=1.0, help="--instability: sampling temperature")
+    ap.add_argument("--fixed_description", action="store_true",
+                    help="--instability: describe once (greedy) and sample only what follows the description "
+                         "(two_stage: the stage-2 answer; one_stage: the conclusion)")
     ap.add_argument("--describer", default=None, help="--two_stage: a checkpoint that writes the stage-1 descriptions "
                                                       "(default: the --ckpt model itself)")
     ap.add_argument("--latency_n", type=int, default=16, help="pathway: images timed one at a time (batch 1)")

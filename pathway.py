@@ -9,6 +9,7 @@ two-stage inference, the instability ratio.
     python evaluate.py --two_stage --ckpt out/pw_stage2 --data data/demo_pathway    # SRCC/PLCC, latency
     python evaluate.py --one_stage --ckpt out/pw_one_stage --data data/demo_pathway
     python evaluate.py --two_stage --instability 3,5 --ckpt out/pw_stage2 --data data/demo_pathway
+    python evaluate.py --one_stage --instability 3,5 --fixed_description --ckpt out/pw_one_stage --data data/demo_pathway
 
 Pathway feedback (Q-Instruct / Q-Pathway) is a low-level description that ends in an overall conclusion naming the
 quality. Three views of it (prepare_data.py --task pathway):
@@ -20,7 +21,9 @@ that description with no image, and the level is read as a closed-set softmax ov
 "The quality of the image is" (scoring.closed_set_scores) -> score = probs @ [1..5]. One-stage inference: the model
 answers the stage-1 question with the image and writes its own conclusion; the level is read from the generation
 logits at the step where it writes its level word (teacher-forced "Overall, the quality of the image is" after its text
-where it wrote none, counted). Instability: the same input answered R times by sampling in each of S sessions.
+where it wrote none, counted). Instability: the same input answered R times by sampling in each of S sessions; with
+--fixed_description the description is written once (greedy) and only what follows it is sampled (two_stage: the
+stage-2 answer; one_stage: the conclusion), which separates the inference's instability from the perception's.
 """
 import os
 import re
@@ -160,11 +163,12 @@ def describe_prompt(record):
             "conversations": [{"from": "human", "value": "<image>\n" + DESCRIBE_QUESTION}]}
 
 
-def generate(model, processor, prompts, max_new_tokens, device, sample=None, repeats=1, logits=False):
+def generate(model, processor, prompts, max_new_tokens, device, sample=None, repeats=1, logits=False, prefixes=None):
     """Free answers to prompt records (left padding). sample: None = greedy, else {temperature, top_k, top_p}; each
-    prompt is answered `repeats` times (consecutive in the output). -> texts, and with logits=True also, per answer,
+    prompt is answered `repeats` times (consecutive in the output); prefixes: per prompt, the start of the answer,
+    teacher-forced (the texts returned are what follows it). -> texts, and with logits=True also, per answer,
     (its new token ids, the logits of each step)."""
-    enc, _ = encode_prompts(processor, prompts, padding_side="left")
+    enc, _ = encode_prompts(processor, prompts, answer_prefix=prefixes, padding_side="left")
     enc = _to(enc, model, device)
     kw = dict(do_sample=True, num_return_sequences=repeats, **sample) if sample else dict(do_sample=False)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, return_dict_in_generate=True, output_logits=logits, **kw)
@@ -174,6 +178,12 @@ def generate(model, processor, prompts, max_new_tokens, device, sample=None, rep
         return texts
     steps = torch.stack(out.logits, 1)  # [B, steps, V]
     return texts, [(new[i], steps[i]) for i in range(len(texts))]
+
+
+def description_part(text):
+    """A feedback up to its concluding sentence (the whole text when it has none)."""
+    parts = split_feedback(text)
+    return text[:parts["conclusion_start"]].rstrip() if parts["level"] else text
 
 
 def strip_conclusion(text):
@@ -339,6 +349,8 @@ def main_pathway(args, ap):
     from data import closed_set_token_ids
     if args.one_stage == args.two_stage:
         ap.error("give exactly one of --one_stage and --two_stage (which pipeline answers)")
+    if args.fixed_description and not args.instability:
+        ap.error("--fixed_description is an --instability option")
     mode = "two_stage" if args.two_stage else "one_stage"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -433,35 +445,49 @@ def run_instability(args, ap, model, processor, records, mode, name, data, out, 
         answers, t0 = [], time.perf_counter()
         for start in range(0, len(records), args.batch_size):
             recs = records[start:start + args.batch_size]
-            texts = generate(describer or model, processor, [describe_prompt(r) for r in recs], max_new, device,
-                             sample=sample, repeats=repeats)
-            if mode == "two_stage":
-                descs = [strip_conclusion(t)[0] for t in texts]
-                said = generate(model, processor, [stage2_record(None, d) for d in descs], 16, device, sample=sample)
+            prompts = [describe_prompt(r) for r in recs]
+            if args.fixed_description:  # the greedy description, once per sample; only what follows it is sampled
+                greedy = generate(describer or model, processor, prompts, max_new, device)
+                descs = [strip_conclusion(t)[0] if mode == "two_stage" else description_part(t) for t in greedy]
+                descs = [d for d in descs for _ in range(repeats)]
             else:
-                descs, said = [None] * len(texts), texts
+                texts = generate(describer or model, processor, prompts, max_new, device, sample=sample, repeats=repeats)
+                descs = [strip_conclusion(t)[0] for t in texts] if mode == "two_stage" else [None] * len(texts)
+            if mode == "two_stage":
+                said = generate(model, processor, [stage2_record(None, d) for d in descs], 16, device, sample=sample)
+            elif args.fixed_description:  # one_stage: the conclusion written after its own (greedy) description
+                rest = generate(model, processor, [p for p in prompts for _ in range(repeats)], 16, device, sample=sample,
+                                prefixes=descs)
+                said = [(d + " " + t).strip() for d, t in zip(descs, rest)]
+            else:
+                said = texts
             for i, r in enumerate(recs):
                 mine = slice(i * repeats, (i + 1) * repeats)
                 levels = [answer_level(a) for a in said[mine]]
                 answers.append(levels)
                 rows.append({"session": s, "seed": seed, "id": r.get("id"), "level": r.get("level"), "answers": levels,
-                             "texts": said[mine], **({"descriptions": descs[mine]} if mode == "two_stage" else {})})
+                             "texts": said[mine], **({"descriptions": descs[mine]} if mode == "two_stage" or args.fixed_description else {})})
             print(f"\rinstability session {s + 1}/{n_sessions}: {len(answers)}/{len(records)}", end="", file=sys.stderr)
         print(file=sys.stderr)
         sessions.append({"session": s, "seed": seed, **instability_ratio(answers), "seconds": round(time.perf_counter() - t0, 2)})
     mean, std = mean_std([x["ratio"] for x in sessions])
     result = {"task": f"instability_{mode}", "model": name, "data": data, "split": args.split, "n": len(records),
               "sessions": n_sessions, "repeats": repeats, "sampling": {**sample, "do_sample": True},
+              "sampled": ("only what follows the greedy description (" + ("the stage-2 answer" if mode == "two_stage" else
+                          "the conclusion") + ")") if args.fixed_description else "the whole answer (two_stage: the "
+                         "description, then the stage-2 answer to it)",
               "max_new_tokens": {"answer": max_new, **({"stage2_answer": 16} if mode == "two_stage" else {})},
               "definition": "share of samples whose R sampled answers disagree or include one outside the level set "
                             "(no concluding level found); mean and sample std (n - 1) over sessions",
               "ratio_mean": mean, "ratio_std": std, "per_session": sessions,
               "unstable_examples": [x for x in rows if len(set(x["answers"])) > 1 or None in x["answers"]][:5]}
-    atomic_write_json(os.path.join(out, f"instability_{mode}.json"), result)
-    atomic_write_jsonl(os.path.join(out, f"instability_{mode}_answers.jsonl"), rows)
-    print(f"instability, {mode}, {name}: {len(records)} samples x {repeats} answers, temperature {args.temperature:g}")
+    tag = f"{mode}_fixed" if args.fixed_description else mode
+    atomic_write_json(os.path.join(out, f"instability_{tag}.json"), result)
+    atomic_write_jsonl(os.path.join(out, f"instability_{tag}_answers.jsonl"), rows)
+    print(f"instability, {mode}, {name}: {len(records)} samples x {repeats} answers, temperature {args.temperature:g}, "
+          f"sampled: {result['sampled']}")
     print(f"{'session':>8} {'seed':>6} {'unstable':>9} {'disagree':>9} {'outside':>8} {'ratio':>8}")
     for x in sessions:
         print(f"{x['session']:>8} {x['seed']:>6} {x['n_unstable']:>9} {x['n_disagree']:>9} {x['n_outside']:>8} {100 * x['ratio']:>7.2f}%")
-    print(f"instability ratio: {100 * mean:.2f} % +- {100 * std:.2f} % over {n_sessions} sessions -> {out}/instability_{mode}.json")
+    print(f"instability ratio: {100 * mean:.2f} % +- {100 * std:.2f} % over {n_sessions} sessions -> {out}/instability_{tag}.json")
     return result

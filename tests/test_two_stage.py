@@ -219,6 +219,11 @@ def test_evaluate_two_stage_and_instability_run_on_the_tiny_model(demo_pathway, 
     assert len(rows) == 12 and all(len(r["answers"]) == 3 for r in rows)
     again = evaluate.main(["--two_stage", "--instability", "2,3", "--temperature", "1.0", *base])
     assert again["per_session"][0]["n_unstable"] == res["per_session"][0]["n_unstable"]  # seeded
+    fixed = evaluate.main(["--one_stage", "--instability", "1,2", "--fixed_description", *base])
+    rows = [json.loads(l) for l in open(tmp_path / "instability_one_stage_fixed_answers.jsonl")]
+    assert fixed["sampled"].startswith("only what follows") and len(rows) == 6
+    for r in rows:  # one description per sample, its endings sampled
+        assert len(set(r["descriptions"])) == 1 and all(t.startswith(r["descriptions"][0]) for t in r["texts"])
 
 
 # ============================================================================ logit lens and attention
