@@ -474,8 +474,9 @@ def run_instability(args, ap, model, processor, records, mode, name, data, out, 
     result = {"task": f"instability_{mode}", "model": name, "data": data, "split": args.split, "n": len(records),
               "sessions": n_sessions, "repeats": repeats, "sampling": {**sample, "do_sample": True},
               "sampled": ("only what follows the greedy description (" + ("the stage-2 answer" if mode == "two_stage" else
-                          "the conclusion") + ")") if args.fixed_description else "the whole answer (two_stage: the "
-                         "description, then the stage-2 answer to it)",
+                          "the conclusion") + ")") if args.fixed_description else
+                         "the whole answer: the description, then the stage-2 answer to it" if mode == "two_stage" else
+                         "the whole answer: description and conclusion",
               "max_new_tokens": {"answer": max_new, **({"stage2_answer": 16} if mode == "two_stage" else {})},
               "definition": "share of samples whose R sampled answers disagree or include one outside the level set "
                             "(no concluding level found); mean and sample std (n - 1) over sessions",
