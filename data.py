@@ -79,7 +79,12 @@ def render(processor, messages, add_generation_prompt=False):
     return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
 
-def _tokenize(processor, texts, images, padding_side="right"):
+def _tokenize(processor, texts, images, padding_side="right", records=()):
+    """Text-only batches (stage 2) go through the tokenizer alone; a batch is all-image or all-text."""
+    if images and len(images) != len(texts):
+        without = [r.get("id") for r in records if not r.get("image")][:3]
+        raise ValueError(f"a batch mixes {len(images)} records with an image and {len(texts) - len(images)} without "
+                         f"(e.g. {without}): text-only records (stage 2) need batches of their own")
     tok = processor.tokenizer
     tok.padding_side = padding_side
     if images:  # one list per sample: Gemma3 and Idefics3 want them nested, the others take either
@@ -120,7 +125,7 @@ def encode_batch(processor, records, train=True, transform=None):
         if not turn_ids:
             raise ValueError(f"record {r.get('id')}: no assistant turn to learn from")
         turns.append(turn_ids)
-    enc = _tokenize(processor, texts, images)
+    enc = _tokenize(processor, texts, images, records=records)
     labels = torch.full_like(enc["input_ids"], IGNORE)
     for b, turn_ids in enumerate(turns):
         ids = enc["input_ids"][b].tolist()
@@ -144,12 +149,14 @@ def answer_prefix_text(processor, messages, answer_prefix):
 
 
 def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_side="right"):
-    """Prompts only (user turns), optionally followed by a teacher-forced answer prefix.
+    """Prompts only (user turns), optionally followed by a teacher-forced answer prefix (one string for all
+    records, or a list with one per record).
 
     Returns the batch and, per row, the index of its last real token (where the next-token logits
     are read)."""
     texts, images = [], []
-    for r in records:
+    for i, r in enumerate(records):
+        prefix = answer_prefix[i] if isinstance(answer_prefix, (list, tuple)) else answer_prefix
         system = [c for c in r["conversations"] if c["from"] == "system"][:1]  # kept ahead of the first user turn
         convs = [c for c in r["conversations"] if c["from"] not in ("gpt", "assistant", "system")][:1]
         if suffix:
@@ -157,9 +164,9 @@ def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_
         msgs = to_messages(system + convs, bool(r.get("image")))
         if r.get("image"):
             images.append(load_image(r["image"]))
-        texts.append(answer_prefix_text(processor, msgs, answer_prefix) if answer_prefix
+        texts.append(answer_prefix_text(processor, msgs, prefix) if prefix
                      else render(processor, msgs, add_generation_prompt=True))
-    enc = _tokenize(processor, texts, images, padding_side)
+    enc = _tokenize(processor, texts, images, padding_side, records)
     last = enc["attention_mask"].sum(1) - 1 if padding_side == "right" else torch.full((len(texts),), enc["input_ids"].shape[1] - 1)
     return enc, last
 

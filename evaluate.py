@@ -24,6 +24,17 @@ table (rows: trained on, columns: tested on) to OUT/score_table.json, also print
 Prompting study (prompting.py): single / double / multiple stimulus x standard / cot / icl, NR or FR (--reference);
 free generation, answers parsed, pairwise answers aggregated by Bradley-Terry; SRCC per source. Writes
 OUT/eval_prompting_{protocol}_{prompting}[_fr].json, answers_prompting_*.jsonl and scores_prompting_*.jsonl.
+
+    python evaluate.py --two_stage --ckpt out/pw_stage2 --data data/demo_pathway      # two-stage reasoning
+    python evaluate.py --one_stage --ckpt out/pw_one_stage --data data/demo_pathway   # the one-stage baseline
+    python evaluate.py --two_stage --instability 3,5 --temperature 1.0 --ckpt out/pw_stage2 --data data/demo_pathway
+
+Two-stage reasoning (pathway.py): --two_stage describes the image (greedy), then asks the stage-2 question about the
+description with no image and reads the closed-set level softmax -> score; --one_stage lets the model write its whole
+feedback and reads the level where it writes it. SRCC/PLCC per source and latency per image. Writes
+OUT/eval_{one,two}_stage.json, predictions_*.jsonl. --instability S,R: S sessions, each sample answered R times by
+sampling; the share of samples whose answers disagree or fall outside the level set, mean +- std over sessions; writes
+OUT/instability_{mode}.json and _answers.jsonl.
 """
 import argparse
 import os
@@ -236,12 +247,31 @@ def main(argv=None):
     ap.add_argument("--prompting", default="standard", choices=["standard", "cot", "icl"],
                     help="protocol: standard, chain-of-thought (describe first) or in-context (one worked example)")
     ap.add_argument("--reference", action="store_true", help="protocol: full-reference (records need ref_image)")
-    ap.add_argument("--max_new_tokens", type=int, default=0, help="protocol: generation length (0: 24, cot 256)")
-    ap.add_argument("--seed", type=int, default=0, help="protocol: draws of --limit, pairs/quadruples, the icl example")
+    ap.add_argument("--max_new_tokens", type=int, default=0,
+                    help="protocol / pathway: generation length (0: protocol 24, cot 256; pathway 64)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="protocol: draws of --limit, pairs/quadruples, the icl example; pathway: --limit's draw, "
+                         "session s of --instability samples with seed + s")
+    ap.add_argument("--two_stage", action="store_true",
+                    help="pathway (pathway.py): describe the image, then rate the description text only; SRCC/PLCC, latency")
+    ap.add_argument("--one_stage", action="store_true",
+                    help="pathway: the whole feedback with the image, the level read where the model writes it")
+    ap.add_argument("--instability", default=None, metavar="S,R",
+                    help="pathway: S sessions, each answering every sample R times by sampling; instability ratio")
+    ap.add_argument("--temperature", type=float, default=1.0, help="--instability: sampling temperature")
+    ap.add_argument("--fixed_description", action="store_true",
+                    help="--instability: describe once (greedy) and sample only what follows the description "
+                         "(two_stage: the stage-2 answer; one_stage: the conclusion)")
+    ap.add_argument("--describer", default=None, help="--two_stage: a checkpoint that writes the stage-1 descriptions "
+                                                      "(default: the --ckpt model itself)")
+    ap.add_argument("--latency_n", type=int, default=16, help="pathway: images timed one at a time (batch 1)")
     ap.add_argument("--rounds", type=int, default=0, help="protocol: queries per image (0: double 4, multiple 2)")
     ap.add_argument("--icl_split", default="train", help="protocol: split the icl worked example comes from")
     ap.add_argument("--bt_prior", type=float, default=1.0, help="protocol: Bradley-Terry prior (virtual tied games)")
     args = ap.parse_args(argv)
+    if args.one_stage or args.two_stage or args.instability:
+        from pathway import main_pathway
+        return main_pathway(args, ap)
     if args.protocol:
         from prompting import main_prompting
         return main_prompting(args, ap)

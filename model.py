@@ -358,7 +358,6 @@ def load_checkpoint(ckpt_dir, dtype=torch.float32, device="cpu"):
     """A train.py output folder -> (model with the trained tensors loaded, processor, its config)."""
     import json
     import os
-    from safetensors.torch import load_file
 
     cfg_path = os.path.join(ckpt_dir, "config.json")
     weights = os.path.join(ckpt_dir, "trainable.safetensors")
@@ -371,17 +370,25 @@ def load_checkpoint(ckpt_dir, dtype=torch.float32, device="cpu"):
     if cfg.get("lora"):  # the adapters must exist before their trained values can be loaded
         set_trainable(model, cfg["trainable"], verbose=False, lora=cfg["lora"], lora_alpha=cfg.get("lora_alpha", 0))
         model.requires_grad_(False)
-    state = load_file(weights, device=str(device))
+    load_trained_tensors(model, weights, cfg["model"])
+    return model, processor, cfg
+
+
+def load_trained_tensors(model, weights, model_name):
+    """Copy the tensors of a train.py trainable.safetensors into `model` (each name must exist there with the same
+    shape). -> the names loaded. Used by load_checkpoint and by train.py --init."""
+    from safetensors.torch import load_file
+    state = load_file(weights, device=str(next(model.parameters()).device))
     own = dict(model.named_parameters())
     unknown = sorted(set(state) - set(own))
     if unknown:
-        raise KeyError(f"{weights}: {len(unknown)} tensors not in {cfg['model']}, e.g. {unknown[:3]}")
+        raise KeyError(f"{weights}: {len(unknown)} tensors not in {model_name}, e.g. {unknown[:3]}")
     with torch.no_grad():
         for k, v in state.items():
             if own[k].shape != v.shape:
                 raise ValueError(f"{weights}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
             own[k].copy_(v)
-    return model, processor, cfg
+    return sorted(state)
 
 
 def export_checkpoint(ckpt_dir, out_dir):

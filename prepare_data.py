@@ -10,6 +10,8 @@
     python prepare_data.py --task score --demo data/demo --out data/demo_score          # scoring view of the demo
     python prepare_data.py --task interpret --demo data/demo --out data/demo_interpret  # templated descriptions
     python prepare_data.py --task interpret --llava_json q-instruct.json --image_root /data/q-instruct-images --out data/qinstruct
+    python prepare_data.py --task pathway --demo data/demo --out data/demo_pathway    # one_stage/, stage1/, stage2/
+    python prepare_data.py --task pathway --llava_json q-pathway.json --image_root /data/q-pathway-images --out data/pathway
     python prepare_data.py --task general --llava_json llava_instruct_150k.json --image_root /data/coco/train2017 --out data/llava
 
 Each dataset is read from its official release layout or from the layout IQA-PyTorch (pyiqa) ships
@@ -28,6 +30,7 @@ from PIL import Image
 
 from common import atomic_write, atomic_write_json, atomic_write_jsonl
 from data import DISTORTION_PREFIX, DISTORTION_QUESTION, LABELS
+from pathway import CONCLUSION_PREFIX, DESCRIBE_QUESTION
 
 
 def distortion_record(rid, image, label, source, ref, **extra):
@@ -292,7 +295,7 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05,
     return write_splits(out, splits, meta)
 
 
-INTERPRET_QUESTION = "Describe the low level quality of this image."
+INTERPRET_QUESTION = DESCRIBE_QUESTION  # the interpret view asks what the pathway views (pathway.py) ask
 DEMO_SEVERITY = ["", "slightly", "mildly", "moderately", "heavily", "severely"]
 DEMO_DESCRIPTIONS = {  # only words of the tiny model's vocabulary (model.TINY_WORDS)
     "blur": "the image is {adv} blurry, and fine details are not clear",
@@ -307,12 +310,18 @@ DEMO_DESCRIPTIONS = {  # only words of the tiny model's vocabulary (model.TINY_W
 
 def demo_description(label, severity, level):
     text = DEMO_DESCRIPTIONS[label].format(adv=DEMO_SEVERITY[severity]).replace("  ", " ")
-    return f"{text[0].upper()}{text[1:]}. Overall, the quality of the image is {level}."
+    return f"{text[0].upper()}{text[1:]}. {CONCLUSION_PREFIX} {level}."
 
 
 def make_demo_view(demo, out, task="score", seed=0, val_frac=0.05):
     """A scoring (task score) or interpreting (task describe: templated descriptions from label + severity)
     view of the demo set: same images (paths relative to OUT), same split by photo, val_frac of train held out."""
+    splits, meta = demo_view_records(demo, out, task, seed, val_frac)
+    return write_splits(out, splits, meta)
+
+
+def demo_view_records(demo, out, task="score", seed=0, val_frac=0.05):
+    """make_demo_view's records and meta, not written: ({split: records}, meta); image paths relative to `out`."""
     import json
     import random
     import iqa_datasets as D
@@ -343,7 +352,73 @@ def make_demo_view(demo, out, task="score", seed=0, val_frac=0.05):
     meta = {"task": task, "view_of": os.path.abspath(demo), "seed": seed, "val_frac": val_frac,
             "split_policy": "as the demo set (by photo); val: a seeded share of train",
             "score_direction": {"demo": "higher_better"}, "score_range": {"demo": info["score_range"]}}
-    return write_splits(out, splits, meta)
+    return splits, meta
+
+
+# ----------------------------------------------------------------------------- pathway views (two-stage reasoning)
+PATHWAY_KEEP = ("source", "ref", "level", "mos", "mos_norm", "std", "label", "severity")  # carried into every view
+
+
+def make_pathway(splits, out, meta):
+    """Pathway feedback (a description ending in a conclusion that names the quality) -> three views, each a prepared
+    folder: OUT/one_stage (image -> whole feedback), OUT/stage1 (image -> description without its conclusion),
+    OUT/stage2 (text only: description -> "The quality of the image is {level}."). splits: {split: records whose one
+    answer turn is the feedback}. The split point is the concluding sentence naming the quality (pathway.split_feedback);
+    records where none is found, or that are not one question and one answer, are counted and excluded, with examples,
+    in OUT/meta.json (written last)."""
+    import json
+    from pathway import LEVEL_WORDING, VIEWS, one_stage_record, split_feedback, stage1_record, stage2_record
+    views = {v: {name: [] for name in splits} for v in VIEWS}
+    excluded, examples, position, levels = Counter(), {}, Counter(), Counter()
+
+    def exclude(r, reason, text):
+        excluded[reason] += 1
+        if len(examples.setdefault(reason, [])) < 5:
+            examples[reason].append({"id": r.get("id"), "text": text if len(text) <= 400 else "..." + text[-400:]})
+
+    for name, recs in splits.items():
+        for r in recs:
+            answers = [t["value"] for t in r["conversations"] if t["from"] == "gpt"]
+            questions = [t for t in r["conversations"] if t["from"] == "human"]
+            if len(answers) != 1 or len(questions) != 1:
+                exclude(r, "not one question and one answer", json.dumps(r["conversations"])[:400])
+                continue
+            if not r.get("image"):
+                exclude(r, "no image", answers[0])
+                continue
+            parts = split_feedback(answers[0])
+            if parts["level"] is None:
+                exclude(r, parts["reason"], answers[0])
+                continue
+            if not parts["description"]:
+                exclude(r, "nothing before the concluding sentence", answers[0])
+                continue
+            if r.get("level") and r["level"] != parts["level"]:  # the demo's level comes from its MOS
+                exclude(r, "the conclusion's level differs from the record's level", answers[0])
+                continue
+            extra = {k: r[k] for k in PATHWAY_KEEP if r.get(k) is not None}
+            extra.update(level=parts["level"], description=parts["description"])
+            position[parts["position"]] += 1
+            levels[parts["level"]] += 1
+            question = questions[0]["value"].replace("<image>", "").strip()
+            views["one_stage"][name].append(one_stage_record(r["id"], r["image"], answers[0], question=question, **extra))
+            views["stage1"][name].append(stage1_record(r["id"], r["image"], parts["description"], **extra))
+            views["stage2"][name].append(stage2_record(r["id"], parts["description"], **extra))
+    n_in = sum(len(recs) for recs in splits.values())
+    if os.path.exists(os.path.join(out, "meta.json")):
+        os.unlink(os.path.join(out, "meta.json"))
+    for v in VIEWS:
+        write_splits(os.path.join(out, v), views[v], {**meta, "task": "pathway", "view": v})
+    report = {"records_in": n_in, "kept": n_in - sum(excluded.values()), "excluded": dict(excluded),
+              "excluded_examples": examples, "conclusion_position": dict(position), "levels": dict(levels),
+              "level_wording": LEVEL_WORDING}
+    meta = {**meta, "task": "pathway", "views": {v: os.path.join(out, v) for v in VIEWS}, "split": report,
+            "counts": {v: {name: len(recs) for name, recs in views[v].items()} for v in VIEWS}}
+    atomic_write_json(os.path.join(out, "meta.json"), meta)
+    print(f"pathway: {report['kept']} of {n_in} records split into description + conclusion "
+          f"(conclusion last {position['last']}, second to last {position['second to last']}); excluded "
+          f"{dict(excluded) or 'none'} -> {out}/{{{','.join(VIEWS)}}}, {out}/meta.json")
+    return meta
 
 
 def read_instruction(path, image_root=None, task="describe", source=None):
@@ -431,9 +506,10 @@ def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default=None, choices=["distortion", "score", "interpret", "general"],
-                    help="what to build: distortion/score from IQA datasets (or score/interpret from --demo), "
-                         "interpret/general from --llava_json instruction data")
+    ap.add_argument("--task", default=None, choices=["distortion", "score", "interpret", "general", "pathway"],
+                    help="what to build: distortion/score from IQA datasets (or score/interpret/pathway from --demo), "
+                         "interpret/general/pathway from --llava_json instruction data (pathway: Q-Pathway feedback -> "
+                         "one_stage, stage1, stage2 views)")
     ap.add_argument("--out", default=None, help="output folder (default data/demo for the demo)")
     ap.add_argument("--seed", type=int, default=0)
     for name, what in (("live", "LIVE IQA (release 2)"), ("csiq", "CSIQ"), ("kadid", "KADID-10k"), ("tid2013", "TID2013"),
@@ -450,6 +526,8 @@ def main(argv=None):
     ap.add_argument("--image_size", type=int, default=64, help="demo only: side of the crops")
     ap.add_argument("--crops_per_class", type=int, default=96, help="demo only: crops per class per training photo")
     args = ap.parse_args(argv)
+    if args.task == "pathway":
+        return main_pathway(args, ap)
     if args.task in ("interpret", "general") and args.llava_json:
         if not args.out:
             ap.error("--out is required with --llava_json")
@@ -474,6 +552,24 @@ def main(argv=None):
     if not args.out:
         ap.error("--out is required with real datasets")
     return make_distortion(datasets, args.out, args.split, args.seed, args.test_frac, not args.no_image_check)
+
+
+def main_pathway(args, ap):
+    """--task pathway: from the demo set (templated descriptions, the interpret view's) or from LLaVA-form JSON."""
+    import random
+    if not args.out or bool(args.demo) == bool(args.llava_json):
+        ap.error("--task pathway needs --out and one of --demo DIR or --llava_json FILE")
+    if args.demo:  # the interpret view's records (image paths relative to a view folder: the three are siblings)
+        splits, meta = demo_view_records(args.demo, os.path.join(args.out, "one_stage"), "interpret", args.seed, args.val_frac)
+        return make_pathway(splits, args.out, {**meta, "source": "demo: templated descriptions of distortion and severity"})
+    records, report = read_instruction(args.llava_json, args.image_root, task="reason")
+    rng, splits = random.Random(f"{args.seed}:{args.llava_json}"), {"train": [], "val": [], "test": []}
+    for r in records:
+        splits["val" if rng.random() < args.val_frac else "train"].append(r)
+    print(f"{args.llava_json}: {report['kept']} of {report['entries']} conversations read, {report['missing_images']} "
+          f"with a missing image dropped, skipped {report['skipped'] or 'none'}")
+    return make_pathway(splits, args.out, {"source_file": os.path.abspath(args.llava_json), "seed": args.seed,
+                                           "val_frac": args.val_frac, "read": report})
 
 
 if __name__ == "__main__":

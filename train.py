@@ -5,13 +5,20 @@
     torchrun --standalone --nproc_per_node=2 train.py --trainable encoder,projector --max_steps 20
     python train.py config/my_experiment.py --lr 3e-4            # a config file, then overrides
     python train.py --data data/demo_score,data/demo_interpret --mix score:1.0,interpret:2.5 --balance true
+    python train.py --stage 1 --data data/demo_pathway --trainable encoder,projector,llm --out out/pw_stage1
+    python train.py --stage 2 --data data/demo_pathway --init out/pw_stage1 --trainable llm --out out/pw_stage2
 
 --mix samples each named source by weight per epoch (a name is a --data folder's base name or a task group:
 score; interpret = describe/reason; general = vqa); with several sources, scoring records get the system turn
 "Assume you are an image quality evaluator.". --balance evaluates the validation loss per source every
 --eval_every steps and shifts the mix (from the next epoch) toward the task whose loss ratio falls behind λ.
 
-Writes OUT/trainable.safetensors (only the trainable tensors), OUT/config.json, OUT/log.jsonl and
+--stage 1|2 (two-stage reasoning, pathway.py): stage 1 learns image -> low-level description, stage 2 the description
+alone (no image) -> "The quality of the image is {level}."; --data DIR reads DIR/stage1 or DIR/stage2 where they exist.
+--init DIR starts from a previous run's trained tensors and saves them again with this run's, so the output folder
+holds every stage. The one-stage baseline is a plain run on DIR/one_stage.
+
+Writes OUT/trainable.safetensors (only the trainable tensors, and --init's), OUT/config.json, OUT/log.jsonl and
 OUT/resume.pt (optimizer + data position for --resume true), each atomically. Rank 0 alone prints and saves.
 """
 import io
@@ -72,6 +79,9 @@ export = ""                    # after training: save base + trained tensors (Lo
 dry_run = False                # print parameters per part and the estimated GPU memory, then exit (memory_plan.py)
 gpu_mem = 48.0                 # --dry_run: GiB of the GPU to check the estimate against (A6000: 48)
 seq_len = 1024                 # --dry_run: tokens per sample (image tokens + text)
+stage = 0                      # two-stage reasoning: 1 = image -> description, 2 = description (text only) -> level;
+                               # a --data folder with a stage1/ or stage2/ view (prepare_data.py --task pathway) reads that
+init = ""                      # start from a previous run's trained tensors (its trainable.safetensors, base model from its config.json)
 # -----------------------------------------------------------------------------
 config = apply_overrides(globals(), sys.argv[1:])
 
@@ -87,6 +97,41 @@ random.seed(seed + rank)
 on_gpu = device.startswith("cuda")
 amp_dtype = {"auto": torch.bfloat16 if on_gpu else None, "float32": None, "bfloat16": torch.bfloat16}[dtype]
 
+# ----------------------------------------------------------------------------- two-stage reasoning: --stage, --init
+# Stage 1 teaches perception (image -> low-level description), stage 2 inference (the description alone -> the level).
+# The one-stage baseline is a plain run on the one_stage view. Stage 2 batches carry no image (data.encode_batch
+# tokenizes them without the image processor), so only the language model's parts can learn from them.
+if stage not in (0, 1, 2):
+    raise SystemExit(f"--stage must be 1 or 2 (0: no stage), got {stage}")
+if stage:
+    data = ",".join(os.path.join(d, f"stage{stage}") if os.path.isdir(os.path.join(d, f"stage{stage}")) else d
+                    for d in data.split(",") if d)
+    config["data"] = data
+if stage == 2:
+    from model import parse_trainable
+    named = [name for name, _ in parse_trainable(trainable)]
+    if not {"llm", "head"} & set(named):
+        raise SystemExit(f"--stage 2 batches carry no image, so --trainable {trainable} would learn nothing: "
+                         f"name llm, llm:A-B or head")
+    if {"encoder", "projector"} & set(named):
+        print0(f"--stage 2: {', '.join(n for n in named if n in ('encoder', 'projector'))} get no gradient from "
+               f"text-only batches and stay as they are")
+init_cfg = {}
+if init:
+    for name in ("config.json", "trainable.safetensors"):
+        if not os.path.isfile(os.path.join(init, name)):
+            raise SystemExit(f"--init {init}: {name} not found (expected a train.py output folder)")
+    with open(os.path.join(init, "config.json")) as f:
+        init_cfg = json.load(f)
+    if not init_cfg.get("model"):
+        raise SystemExit(f"--init {init}: config.json names no base model ('model')")
+    if init_cfg.get("lora"):
+        raise SystemExit(f"--init {init}: a LoRA run; --export it and start from the exported model (--model DIR)")
+    model_given = model != "tiny" or any(a == "--model" or a.startswith("--model=") for a in sys.argv[1:])
+    if model != init_cfg["model"] and model_given:
+        raise SystemExit(f"--init {init} was trained from {init_cfg['model']!r}, not --model {model!r}")
+    model = config["model"] = init_cfg["model"]
+
 # ----------------------------------------------------------------------------- model and data
 if dry_run:  # no weights are loaded: the model is built on the meta device from its config
     from memory_plan import dry_run_report
@@ -100,6 +145,16 @@ parts = set_trainable(vlm, trainable, verbose=master, lora=lora, lora_alpha=lora
 for p in vlm.parameters():  # trained tensors in float32 (AdamW on bf16 weights loses small updates); autocast runs bf16
     if p.requires_grad:
         p.data = p.data.float()
+init_names = set()
+if init:  # after the float32 copies are made, so the tensors trained here start from the init's exact values
+    from model import load_trained_tensors
+    try:
+        init_names = set(load_trained_tensors(vlm, os.path.join(init, "trainable.safetensors"), model))
+    except KeyError as e:  # LoRA adapters rename the layers they wrap (q_proj.weight -> q_proj.base_layer.weight)
+        raise SystemExit(f"--init {init}: {e.args[0]}" + (" (--lora renames the llm layers' weights; give the llm "
+                         "parts the init trained no --lora)" if lora else "")) from None
+    print0(f"--init {init}: {len(init_names)} trained tensors loaded (its trainable {init_cfg.get('trainable')!r}, "
+           f"stage {init_cfg.get('stage', 0)}); saved again with this run's")
 if grad_ckpt:
     from model import enable_checkpointing
     enable_checkpointing(vlm)
@@ -112,6 +167,14 @@ if mix:  # named sources sampled by weight per epoch, validation sets, --balance
 elif balance:
     raise SystemExit("--balance needs --mix (e.g. --mix score:1.0,interpret:1.0)")
 train_records = mixer.records if mixer else load_records(data, "train")
+if stage:
+    with_image = sum(bool(r.get("image")) for r in train_records)
+    if stage == 1 and with_image < len(train_records):
+        raise SystemExit(f"--stage 1 learns image -> description: {len(train_records) - with_image} of "
+                         f"{len(train_records)} training records in {data} have no image")
+    if stage == 2 and with_image:
+        raise SystemExit(f"--stage 2 is text only: {with_image} of {len(train_records)} training records in {data} "
+                         f"have an image (use the stage2 view of prepare_data.py --task pathway)")
 print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size} x {grad_accum} accum; "
        f"loss kernel: {backend(device)}")
 
@@ -198,8 +261,9 @@ if resume:
 def save(final=False):
     from safetensors.torch import save
     # under FSDP each rank holds a shard: full_tensor() gathers it, a collective every rank must join
+    # with --init, the init's tensors are saved too: the folder is then the whole model (base + every stage)
     tensors = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().contiguous().cpu()
-               for n, p in vlm.named_parameters() if p.requires_grad}
+               for n, p in vlm.named_parameters() if p.requires_grad or n in init_names}
     if not master:
         return
     buf = io.BytesIO()
@@ -210,6 +274,7 @@ def save(final=False):
     atomic_write_jsonl(os.path.join(out, "log.jsonl"), log)
     atomic_write_json(os.path.join(out, "config.json"), {
         **config, "base_model": model, "parts": list(parts), "labels": LABELS, "world_size": world_size,
+        "init_trainable": init_cfg.get("trainable"), "init_tensors": len(init_names),
         "steps_done": step, "finished": final,
         "trainable_params": sum(p.numel() for p in vlm.parameters() if p.requires_grad)})
 
