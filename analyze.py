@@ -104,10 +104,9 @@ def cmd_mix_ratio(args):
     small model at each of --ratios (interpreting : scoring) and score it first. Writes OUT/mix_ratio.json,
     OUT/mix_ratio.png (points + curve) and, with --run, OUT/points.csv."""
     import csv
-    import io
     import os
     import numpy as np
-    from common import atomic_write, atomic_write_json
+    from common import atomic_write, atomic_write_json, atomic_write_png
     from scoring import poly_argmax
     if args.run:
         if not args.data or len(args.data.split(",")) != 2:
@@ -140,10 +139,7 @@ def cmd_mix_ratio(args):
     ax.set_ylabel("validation score")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(os.path.join(args.out, "mix_ratio.png"), buf.getvalue())
+    atomic_write_png(os.path.join(args.out, "mix_ratio.png"), fig)
     print(f"degree-{deg} fit over {len(x)} points: argmax ratio {best:.4g} (fitted score {result['fitted_score_at_argmax']:.4f}); "
           f"best measured {result['best_measured'][0]:g} ({result['best_measured'][1]:.4f}) -> {args.out}/mix_ratio.json, mix_ratio.png")
     return result
@@ -309,11 +305,10 @@ def shift_table_text(columns, table, summaries, pools, n, where):
 def semantic_shift_png(path, columns, runs, pools):
     """Joint distribution of (cosine, logit) before (base) and after fine-tuning: one panel per checkpoint (columns)
     and pool (rows); the means are joined by an arrow."""
-    import io
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from common import atomic_write
+    from common import atomic_write_png
     fig, axes = plt.subplots(len(pools), len(columns), figsize=(4.2 * len(columns), 3.8 * len(pools)), squeeze=False)
     for r, pool in enumerate(pools):
         for c, col in enumerate(columns):
@@ -331,10 +326,7 @@ def semantic_shift_png(path, columns, runs, pools):
             if r == 0 and c == 0:
                 ax.legend(fontsize=7, markerscale=3, loc="best")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write_png(path, fig)
 
 
 def cmd_semantic_shift(args):
@@ -518,10 +510,9 @@ def cmd_hard_samples(args):
     records (--data, --split: MOS, std, image, reference) and a weak model's predictions (--pred), joined by id.
     Writes OUT/hard_samples[_fr].json (the selected ids in pick order, each pick's error and Div, the settings)
     and OUT/hard_samples[_fr].png (error vs Div of every candidate, the picks marked)."""
-    import io
     import os
     import numpy as np
-    from common import atomic_write, atomic_write_json
+    from common import atomic_write_json, atomic_write_png
     from data import load_records
     preds, null = read_predictions(args.pred)
     records, seen = [], set()
@@ -596,10 +587,7 @@ def cmd_hard_samples(args):
     ax.set_title(f"{name}: lambda {args.lam:g}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(os.path.join(args.out, f"{name}.png"), buf.getvalue())
+    atomic_write_png(os.path.join(args.out, f"{name}.png"), fig)
     print(f"{len(order)} of {len(cand)} candidates selected ({len(records) - len(cand)} records without a prediction, "
           f"{null} null predictions); mean error selected {error[picked].mean():.3f} vs all {error.mean():.3f} "
           f"-> {args.out}/{name}.json, {name}.png")
@@ -695,11 +683,10 @@ def logit_lens(model, enc, k):
 
 
 def logit_lens_png(path, result, focus):
-    import io
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from common import atomic_write
+    from common import atomic_write_png
     from data import LEVELS
     layers = result["layers"]
     fig = plt.figure(figsize=(max(7, 3.2 * len(layers)), 7.5))
@@ -724,10 +711,7 @@ def logit_lens_png(path, result, focus):
         ax2.set_title(f"layer {l}: top-{result['topk']} tokens,\n{result['focus']['n']} samples predicted {focus!r}", fontsize=8)
         ax2.tick_params(labelsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write_png(path, fig)
 
 
 def cmd_logit_lens(args):
@@ -887,12 +871,11 @@ def attention_shares(att, parts):
 
 
 def attention_png(path, samples, result):
-    import io
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from common import atomic_write
+    from common import atomic_write_png
     rows = samples[:48]
     width = max(len(s["attention"]) for s in rows)
     heat = np.full((len(rows), width), np.nan)
@@ -922,10 +905,7 @@ def attention_png(path, samples, result):
     axes[2].set_ylim(0, 1)
     axes[2].legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write_png(path, fig)
 
 
 def cmd_attention(args):

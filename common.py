@@ -4,7 +4,6 @@ Kept deliberately small; every script imports only what it uses.
 """
 import json
 import os
-import sys
 import tempfile
 
 
@@ -28,6 +27,16 @@ def atomic_write(path, data):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_png(path, fig, dpi=110):
+    """Save a matplotlib figure as PNG atomically, and close it."""
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
 
 
 def atomic_write_json(path, obj):

@@ -44,7 +44,7 @@ import time
 
 import torch
 
-from common import atomic_write, atomic_write_json
+from common import atomic_write_json, atomic_write_png
 from data import DISTORTION_PREFIX, LABELS, OPTIONS_SUFFIX, closed_set_token_ids, encode_prompts, load_records
 from kernels import level_cross_entropy
 from model import load_checkpoint, load_model
@@ -96,11 +96,7 @@ def confusion_png(path, confusion, labels, title):
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write_png(path, fig)
 
 
 @torch.no_grad()

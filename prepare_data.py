@@ -28,7 +28,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from common import atomic_write, atomic_write_json, atomic_write_jsonl
+from common import atomic_write_json, atomic_write_jsonl
 from data import DISTORTION_PREFIX, DISTORTION_QUESTION, LABELS
 from pathway import CONCLUSION_PREFIX, DESCRIBE_QUESTION
 

@@ -286,7 +286,7 @@ class Mixer:
 
     def describe(self):
         return "mix: " + ", ".join(f"{n} x{w:g} ({len(self.groups[n])} train, {len(self.val[n])} val)"
-                                   for n, w in self.mix.items()) + (f"; system turn on scoring data" if self.system else "")
+                                   for n, w in self.mix.items()) + ("; system turn on scoring data" if self.system else "")
 
     def restore(self, log):
         """After --resume: the mix and reference of the last balance record in the log."""

@@ -32,7 +32,7 @@ import time
 import torch
 
 from common import apply_overrides, atomic_write, atomic_write_json, atomic_write_jsonl, setup_distributed
-from data import IGNORE, LABELS, encode_batch, load_records
+from data import LABELS, encode_batch, load_records
 from kernels import backend, level_cross_entropy
 from model import SupervisedLogits, load_model, set_trainable
 

@@ -1,7 +1,6 @@
 """Every supported VLM family, as a tiny random member of transformers' real class (tiny_models.py):
 parts, freeze flags through the training path, chat templates and image-token expansion, closed-set
 probabilities, gradient checkpointing with a frozen encoder, LoRA, export."""
-import json
 import re
 
 import numpy as np
@@ -11,7 +10,7 @@ from PIL import Image
 
 from data import LEVELS, closed_set_token_ids, encode_batch, encode_prompts
 from kernels import level_cross_entropy
-from model import FAMILIES, SupervisedLogits, enable_checkpointing, family_of, get_module, part_params, set_trainable
+from model import FAMILIES, SupervisedLogits, enable_checkpointing, family_of, part_params, set_trainable
 from scoring import SCORE_PREFIX, closed_set_scores, score_record
 from tiny_models import TINY_FAMILIES, build_tiny
 

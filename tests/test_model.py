@@ -1,10 +1,9 @@
 """Parts and freeze flags on the tiny model: exactly the chosen parameters change in one step."""
-import itertools
 
 import pytest
 import torch
 
-from model import FAMILIES, load_model, parse_trainable, part_params, set_trainable
+from model import load_model, parse_trainable, part_params, set_trainable
 
 COMBOS = ["encoder", "projector", "llm", "head", "llm:1-1", "encoder,projector", "encoder,llm:1-1", "projector,llm",
           "encoder,projector,llm,head"]
