@@ -243,13 +243,9 @@ if resume:
     state_path = os.path.join(out, "resume.pt")
     if not os.path.exists(state_path):
         raise SystemExit(f"--resume: {state_path} not found")
-    from safetensors.torch import load_file
+    from model import load_trained_tensors
     state = torch.load(state_path, map_location=device, weights_only=False)
-    tensors = load_file(os.path.join(out, "trainable.safetensors"), device=str(device))
-    own = dict(vlm.named_parameters())
-    with torch.no_grad():
-        for k, v in tensors.items():
-            own[k].copy_(v)
+    load_trained_tensors(vlm, os.path.join(out, "trainable.safetensors"), model)
     optimizer.load_state_dict(state["optimizer"])
     step, epoch, batch_in_epoch, elapsed_before = state["step"], state["epoch"], state["batch_in_epoch"], state["elapsed_min"]
     log = state["log"]
