@@ -21,6 +21,7 @@ holds every stage. The one-stage baseline is a plain run on DIR/one_stage.
 Writes OUT/trainable.safetensors (only the trainable tensors, and --init's), OUT/config.json, OUT/log.jsonl and
 OUT/resume.pt (optimizer + data position for --resume true), each atomically. Rank 0 alone prints and saves.
 """
+import gc
 import io
 import json
 import math
@@ -349,4 +350,10 @@ if ddp and check_ddp_sync:  # DDP keeps replicas equal by construction; this pro
     torch.distributed.all_gather_object(digests, digest)
     print0(f"trained tensors per rank: {[d[:12] for d in digests]}; ranks identical: {len(set(digests)) == 1}")
 if ddp:
+    # the DDP reducer holds the process group; left alive past destroy_process_group, it was torn down at
+    # interpreter exit and a gloo rank aborted ("terminate called without an active exception") in
+    # about 1 run in 4 of a 20-step 2-process CPU run. Freed first, 0 aborts in 30 runs.
+    del net
+    gc.collect()
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
