@@ -1,12 +1,13 @@
-"""Which part carries distortion perception? Train and evaluate each freeze configuration, print one table.
+"""Which part carries distortion perception? Train and evaluate each freeze configuration of Table 1 of Li, Sun, Chen,
+Nishida, "Investigate the low-level visual perception in vision-language based image quality assessment"; one table.
 
-    python ablation.py                                   # tiny model on the demo, 5 minutes per configuration
-    python ablation.py --minutes 2 --out out/ablation_quick
-    python ablation.py --model llava-hf/llava-1.5-7b-hf --data data/distortion --max_steps 2000 \\
-        --partial_llm llm:24-31 --torchrun 4            # a real checkpoint, 4 GPUs per run
+    python ablation.py                                   # config/demo.py: tiny model on the demo, 5 minutes each
+    python ablation.py --max_steps 1500 --out out/ablation
+    python ablation.py --config config/distortion_llava15_7b.py --partial_llm llm:24-31 --torchrun 4   # the paper's recipe
 
-Each configuration is a plain train.py + evaluate.py run (their outputs stay in OUT/<name>/), so any
-row can be rerun or inspected alone. Writes OUT/ablation.json and OUT/ablation.md (the table).
+--config is the train.py recipe every run starts from (model, data, lr, steps, ...); --model / --data / --max_steps /
+--minutes override it. Each configuration is a plain train.py + evaluate.py run (their outputs stay in OUT/<name>/),
+so any row can be rerun or inspected alone. Writes OUT/ablation.json and OUT/ablation.md (the table).
 """
 import argparse
 import json
@@ -24,6 +25,15 @@ CONFIGS = [("encoder", "encoder"), ("projector", "projector"), ("llm", "llm"),
            ("projector+llm", "projector,llm")]
 
 
+def read_config(path):
+    """The keys a config/*.py file sets (it is Python, as train.py reads it)."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--config {path}: not found")
+    keys = {}
+    exec(open(path).read(), {}, keys)
+    return keys
+
+
 def run(cmd):
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -31,16 +41,22 @@ def run(cmd):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny")
-    ap.add_argument("--data", default="data/demo")
+    ap.add_argument("--config", default="config/demo.py", help="the train.py recipe (a config/*.py file)")
+    ap.add_argument("--model", default=None, help="overrides the recipe's model")
+    ap.add_argument("--data", default=None, help="overrides the recipe's data")
     ap.add_argument("--out", default="out/ablation")
-    ap.add_argument("--minutes", type=float, default=5.0, help="training budget per configuration")
-    ap.add_argument("--max_steps", type=int, default=0, help="fixed step count instead of --minutes")
+    ap.add_argument("--minutes", type=float, default=0.0, help="training budget per configuration (0: the recipe's; "
+                                                               "5 with the demo recipe when --max_steps is 0 too)")
+    ap.add_argument("--max_steps", type=int, default=0, help="fixed step count per configuration (0: the recipe's)")
     ap.add_argument("--partial_llm", default="llm:1-1", help="the LM layers of 'encoder+partial llm' (tiny has 2: 0-1)")
     ap.add_argument("--only", default="", help="comma list of configuration names to run (default all)")
     ap.add_argument("--torchrun", type=int, default=0, help="processes per run via torchrun (0 = plain python)")
     ap.add_argument("--train_args", default="", help="extra train.py arguments, e.g. '--lr 1e-4 --batch_size 8'")
     args = ap.parse_args(argv)
+    recipe = read_config(args.config)
+    model, data = args.model or recipe.get("model", "tiny"), args.data or recipe.get("data", "data/demo")
+    if not args.max_steps and not args.minutes and not recipe.get("max_steps") and not recipe.get("max_minutes"):
+        args.minutes = 5.0  # the demo recipe trains by time
     launcher = [sys.executable] if not args.torchrun else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.torchrun}"]
     only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -51,14 +67,15 @@ def main(argv=None):
             continue
         spec = spec.format(partial=args.partial_llm)
         out = os.path.join(args.out, name.replace(" ", "_").replace("+", "_"))
-        budget = ["--max_steps", str(args.max_steps)] if args.max_steps else ["--max_minutes", str(args.minutes)]
-        run(launcher + ["train.py", "--model", args.model, "--data", args.data, "--trainable", spec, "--out", out]
+        budget = (["--max_steps", str(args.max_steps)] if args.max_steps else []) + \
+            (["--max_minutes", str(args.minutes)] if args.minutes else [])
+        run(launcher + ["train.py", args.config, "--model", model, "--data", data, "--trainable", spec, "--out", out]
             + budget + args.train_args.split())
-        run([sys.executable, "evaluate.py", "--ckpt", out, "--data", args.data])
+        run([sys.executable, "evaluate.py", "distortion", "--ckpt", out, "--data", data])
         rows.append((f"{name} ({spec})", json.load(open(os.path.join(out, "eval_distortion.json")))))
     if not only or "untuned" in only:
         out = os.path.join(args.out, "untuned")
-        run([sys.executable, "evaluate.py", "--model", args.model, "--data", args.data, "--out", out])
+        run([sys.executable, "evaluate.py", "distortion", "--model", model, "--data", data, "--out", out])
         rows.append(("untuned (options listed)", json.load(open(os.path.join(out, "eval_distortion.json")))))
     short = [l[:5] for l in LABELS]
     lines = [f"| configuration | accuracy | generation | {' | '.join(short)} |", "|---" * (3 + len(LABELS)) + "|"]
@@ -67,8 +84,9 @@ def main(argv=None):
         gen = f"{100 * r['generation_accuracy']:.1f}" if "generation_accuracy" in r else "–"
         lines.append(f"| {name} | {100 * r['accuracy']:.1f} | {gen} | {per} |")
     table = "\n".join(lines)
-    note = (f"\nmodel {args.model}, data {args.data} ({rows[0][1]['n'] if rows else 0} test samples), "
-            f"{'%d steps' % args.max_steps if args.max_steps else '%.1f min' % args.minutes} per configuration, "
+    budget = f"{args.max_steps} steps" if args.max_steps else f"{args.minutes:.1f} min" if args.minutes else "the recipe's steps"
+    note = (f"\nmodel {model}, data {data}, recipe {args.config} ({rows[0][1]['n'] if rows else 0} test samples), "
+            f"{budget} per configuration, "
             f"accuracy = closed-set argmax over the {len(LABELS)} class tokens (%), generation = free answer parsed (%); "
             f"total {(time.time() - t0) / 60:.1f} min\n")
     atomic_write(os.path.join(args.out, "ablation.md"), table + "\n" + note)

@@ -129,8 +129,8 @@ def bench_one(args, device, dtype, V, variants):
     for name, fn in variants.items():
         inplace = name == "ours_inplace"
         leaf = x0.clone().requires_grad_()
-        prep = lambda: prepare(x0, leaf, inplace)
-        run = lambda: step(fn, leaf, y, lv)
+        prep = lambda leaf=leaf, inplace=inplace: prepare(x0, leaf, inplace)
+        run = lambda leaf=leaf, fn=fn: step(fn, leaf, y, lv)
         prep()
         out = run()  # also compiles / warms caches
         out = [t.detach().float().clone() for t in out]

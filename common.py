@@ -2,6 +2,8 @@
 
 Kept deliberately small; every script imports only what it uses.
 """
+import argparse
+import io
 import json
 import os
 import tempfile
@@ -29,13 +31,19 @@ def atomic_write(path, data):
         raise
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported on first use: matplotlib is slow to import)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def atomic_write_png(path, fig, dpi=110):
     """Save a matplotlib figure as PNG atomically, and close it."""
-    import io
-    import matplotlib.pyplot as plt
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write(path, buf.getvalue())
 
 
@@ -62,6 +70,13 @@ def read_jsonl(path):
 
 
 # ----------------------------------------------------------------------------- config overrides
+def boolean(raw):
+    """An argparse type: booleans are spelled the same in every entry script (true/false; also 1/0, yes/no)."""
+    if str(raw).lower() not in ("1", "0", "true", "false", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+    return str(raw).lower() in ("1", "true", "yes")
+
+
 def apply_overrides(config, argv):
     """nanoGPT-style configurator: `config` is a dict of defaults (usually the script's globals).
 
@@ -76,7 +91,7 @@ def apply_overrides(config, argv):
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise SystemExit(f"--{key} expects true/false, got {raw!r}")
-            value = raw.lower() in ("1", "true", "yes")
+            value = boolean(raw)
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             try:
                 value = type(default)(raw) if not (isinstance(default, int) and "." in raw) else float(raw)

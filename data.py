@@ -1,26 +1,29 @@
-"""From JSONL records (LLaVA/ShareGPT form, see DESIGN.md) to model inputs, for every script.
+"""Records (LLaVA/ShareGPT-form JSONL, see DESIGN.md) and everything between them and model inputs, for every script:
+reading and writing prepared folders, LLaVA-JSON instruction data, batching, the training data mix.
 
-    from data import load_records, encode_batch
+    from data import load_records, encode_batch, Mixer
     records = load_records(["data/demo"], "train")
     batch = encode_batch(processor, records[:8], train=True)  # input_ids, attention_mask, pixel_values, labels
+    mixer = Mixer(["data/demo_score", "data/demo_interpret"], "score:1.0,interpret:2.5")  # train.py --mix
 
 Prompts go through the processor's own chat template, so the tiny model and real checkpoints take the
-same path. Loss is on assistant turns only (labels -100 elsewhere).
+same path. Loss is on assistant turns only (labels -100 elsewhere). The label sets below are those of the
+data format; each study owns its prompts.
 """
+import json
+import math
 import os
+import random
+from collections import Counter
 
 import torch
 from PIL import Image
 
-from common import read_jsonl
+from common import atomic_write_json, atomic_write_jsonl, read_jsonl
 
 IGNORE = -100
 LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]  # 8 classes
 LEVELS = ["bad", "poor", "fair", "good", "excellent"]  # quality levels, worst to best
-DISTORTION_QUESTION = "Looking at the image above, what is the synthetic distortion in the image?"
-DISTORTION_PREFIX = "The image has some"  # the answer is "The image has some {label}."
-OPTIONS_SUFFIX = ("Select from the following options: 1. Blur; 2. Noise; 3. Brightness; 4. Compression; "
-                  "5. Contrast; 6. Colorfulness; 7. Jitter; 8. Clean")
 
 
 def load_records(data_dirs, split):
@@ -79,7 +82,7 @@ def render(processor, messages, add_generation_prompt=False):
     return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
 
-def _tokenize(processor, texts, images, padding_side="right", records=()):
+def tokenize_batch(processor, texts, images, padding_side="right", records=()):
     """Text-only batches (stage 2) go through the tokenizer alone; a batch is all-image or all-text."""
     if images and len(images) != len(texts):
         without = [r.get("id") for r in records if not r.get("image")][:3]
@@ -125,7 +128,7 @@ def encode_batch(processor, records, train=True, transform=None):
         if not turn_ids:
             raise ValueError(f"record {r.get('id')}: no assistant turn to learn from")
         turns.append(turn_ids)
-    enc = _tokenize(processor, texts, images, records=records)
+    enc = tokenize_batch(processor, texts, images, records=records)
     labels = torch.full_like(enc["input_ids"], IGNORE)
     for b, turn_ids in enumerate(turns):
         ids = enc["input_ids"][b].tolist()
@@ -166,12 +169,12 @@ def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_
             images.append(load_image(r["image"]))
         texts.append(answer_prefix_text(processor, msgs, prefix) if prefix
                      else render(processor, msgs, add_generation_prompt=True))
-    enc = _tokenize(processor, texts, images, padding_side, records)
+    enc = tokenize_batch(processor, texts, images, padding_side, records)
     last = enc["attention_mask"].sum(1) - 1 if padding_side == "right" else torch.full((len(texts),), enc["input_ids"].shape[1] - 1)
     return enc, last
 
 
-def closed_set_token_ids(processor, words, answer_prefix=DISTORTION_PREFIX):
+def closed_set_token_ids(processor, words, answer_prefix):
     """Token id of each word's first sub-token as it follows `answer_prefix` in an answer.
 
     Uses the tokenizer's own leading-space handling. Two words sharing a first token cannot be told
@@ -190,3 +193,284 @@ def closed_set_token_ids(processor, words, answer_prefix=DISTORTION_PREFIX):
     if tok.unk_token_id is not None and tok.unk_token_id in ids:
         raise ValueError(f"some words of the closed set are unknown to the tokenizer: {pieces}")
     return ids
+
+
+def with_system(record, text):
+    """A copy of the record with a system turn `text` first (unchanged if it already has one)."""
+    if record["conversations"] and record["conversations"][0]["from"] == "system":
+        return record
+    return {**record, "conversations": [{"from": "system", "value": text}] + record["conversations"]}
+
+
+# ----------------------------------------------------------------------------- prepared folders and instruction data
+def write_splits(out, splits, meta):
+    """OUT/{train,val,test}.jsonl then OUT/meta.json last (a folder with meta.json is complete)."""
+    os.makedirs(out, exist_ok=True)
+    if os.path.exists(os.path.join(out, "meta.json")):
+        os.unlink(os.path.join(out, "meta.json"))
+    for name, recs in splits.items():
+        atomic_write_jsonl(os.path.join(out, f"{name}.jsonl"), recs)
+    meta["counts"] = {name: {"n": len(recs), "by_source": dict(sorted(Counter(r["source"] for r in recs).items())),
+                             "by_level": dict(Counter(r["level"] for r in recs if r.get("level")))}
+                      for name, recs in splits.items()}
+    atomic_write_json(os.path.join(out, "meta.json"), meta)
+    print(f"wrote {', '.join(f'{len(r)} {n}' for n, r in splits.items())} records -> {out}")
+    return meta
+
+
+def read_instruction(path, image_root=None, task="describe", source=None):
+    """Instruction data in LLaVA JSON form (a list of {id, image, conversations}; also JSONL) -> records in the
+    project's JSONL form, every turn of multi-turn conversations kept. Image paths are resolved against
+    image_root (default: the JSON's folder) and made absolute. Records whose image is missing are dropped and
+    counted (an error if all images are missing: a wrong --image_root). Returns (records, report)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError:
+        entries = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{no}: neither a JSON list nor JSON lines ({e.msg})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of {{id, image, conversations}}, found {type(entries).__name__}")
+    image_root = os.path.abspath(image_root or os.path.dirname(os.path.abspath(path)))
+    source = source or os.path.splitext(os.path.basename(path))[0]
+    roles = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
+    records, missing, skipped, turns, found = [], [], Counter(), Counter(), 0
+    for i, e in enumerate(entries, 1):
+        where = f"{path} entry {i}"
+        conv = e.get("conversations") if isinstance(e, dict) else None
+        if not isinstance(conv, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv):
+            raise ValueError(f"{where}: expected 'conversations', a list of {{from, value}} turns")
+        bad = [t.get("from") for t in conv if t.get("from") not in roles]
+        if bad:
+            raise ValueError(f"{where}: unknown role(s) {bad}; expected human/gpt (or user/assistant, system)")
+        conv = [{"from": roles[t["from"]], "value": t["value"]} for t in conv]
+        if not any(t["from"] == "gpt" for t in conv):
+            skipped["no answer turn"] += 1
+            continue
+        image = e.get("image")
+        if isinstance(image, list):
+            if len(image) != 1:
+                skipped["several images"] += 1
+                continue
+            image = image[0]
+        n_tags = sum(t["value"].count("<image>") for t in conv)
+        if image:
+            image = image if os.path.isabs(image) else os.path.join(image_root, image)
+            if not os.path.isfile(image):
+                missing.append(image)
+                continue
+            found += 1
+            if n_tags > 1:
+                skipped["several <image> tags"] += 1
+                continue
+            if n_tags == 0:  # LLaVA puts the tag in the first human turn; add it where it is absent
+                k = next(j for j, t in enumerate(conv) if t["from"] == "human")
+                conv[k] = {"from": "human", "value": "<image>\n" + conv[k]["value"]}
+        elif n_tags:
+            skipped["<image> tag without an image"] += 1
+            continue
+        turns[sum(t["from"] == "gpt" for t in conv)] += 1
+        records.append({"id": f"{source}/{e.get('id', i)}", **({"image": image} if image else {}),
+                        "conversations": conv, "task": task, "source": source})
+    if missing and not found:
+        raise ValueError(f"{path}: none of the {len(missing)} images was found below {image_root} "
+                         f"(e.g. {missing[0]}); pass --image_root DIR")
+    report = {"entries": len(entries), "kept": len(records), "missing_images": len(missing),
+              "missing_examples": missing[:5], "skipped": dict(skipped), "image_root": image_root,
+              "answer_turns": {str(k): v for k, v in sorted(turns.items())}}
+    return records, report
+
+
+def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=0.05):
+    """LLaVA-form instruction data -> OUT/train.jsonl, val.jsonl (val_frac, seeded), an empty test.jsonl."""
+    records, report = read_instruction(path, image_root, task)
+    rng, splits = random.Random(f"{seed}:{path}"), {"train": [], "val": [], "test": []}
+    for r in records:
+        splits["val" if rng.random() < val_frac else "train"].append(r)
+    print(f"{path}: {report['kept']} of {report['entries']} conversations kept, {report['missing_images']} with a "
+          f"missing image dropped{' (e.g. ' + report['missing_examples'][0] + ')' if report['missing_examples'] else ''}, "
+          f"skipped {report['skipped'] or 'none'}; answer turns per conversation {report['answer_turns']}")
+    return write_splits(out, splits, {"task": task, "source_file": os.path.abspath(path), "seed": seed, "report": report})
+
+
+# ----------------------------------------------------------------------------- the data mix (train.py --mix)
+# A --mix name matches a --data folder by its base name, or records by task group (or by the task itself).
+MIX_GROUPS = {"score": ("score",), "interpret": ("describe", "reason"), "general": ("vqa",),
+              "distortion": ("distortion",)}
+
+
+def parse_mix(spec):
+    """'score:1.0,interpret:2.5' -> {'score': 1.0, 'interpret': 2.5} (order kept; weights >= 0, one > 0)."""
+    mix = {}
+    for item in [s.strip() for s in str(spec).split(",") if s.strip()]:
+        name, sep, w = item.partition(":")
+        try:
+            weight = float(w) if sep else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if not name or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"--mix: {item!r} is not NAME:WEIGHT with a weight >= 0 (e.g. score:1.0,interpret:2.5)")
+        if name in mix:
+            raise ValueError(f"--mix: {name!r} given twice")
+        mix[name] = weight
+    if not mix or not any(w > 0 for w in mix.values()):
+        raise ValueError(f"--mix {spec!r}: expected NAME:WEIGHT pairs with at least one weight > 0")
+    return mix
+
+
+def source_name(record, folder, names):
+    """Which --mix name a record belongs to: its folder's base name, else its task's group, else its task."""
+    base = os.path.basename(os.path.normpath(folder))
+    if base in names:
+        return base
+    task = record.get("task", "distortion")
+    for name in names:
+        if task in MIX_GROUPS.get(name, ()) or task == name:
+            return name
+    return None
+
+
+def epoch_sample(sizes, mix, seed, epoch):
+    """[(name, index in that source)] for one epoch, shuffled: weight w gives floor(w) full passes over the
+    source plus a seeded random round(frac(w) * n) of its records (so n * w records in all)."""
+    rng = random.Random(f"mix:{seed}:{epoch}")
+    out = []
+    for name, w in mix.items():
+        n = sizes.get(name, 0)
+        if n == 0 or w <= 0:
+            continue
+        full = int(w)
+        out += [(name, i) for _ in range(full) for i in range(n)]
+        out += [(name, i) for i in rng.sample(range(n), min(n, round((w - full) * n)))]
+    rng.shuffle(out)
+    return out
+
+
+def balance_mix(mix, val_loss, lam, step=0.1, tol=0.02, score="score", interp="interpret"):
+    """Q-SiT Alg. 1, step 3: ratio = val_loss[score] / val_loss[interp] against the reference lam. A ratio above
+    lam * (1 + tol) means scoring falls behind: its weight is multiplied by (1 + step) and interpreting's divided
+    by it; below lam * (1 - tol) the other way round; else unchanged. -> (new mix, ratio, action)."""
+    ratio = val_loss[score] / max(val_loss[interp], 1e-12)
+    new = dict(mix)
+    if ratio > lam * (1 + tol):
+        new[score], new[interp], action = mix[score] * (1 + step), mix[interp] / (1 + step), f"more {score}"
+    elif ratio < lam * (1 - tol):
+        new[score], new[interp], action = mix[score] / (1 + step), mix[interp] * (1 + step), f"more {interp}"
+    else:
+        action = "keep"
+    return {k: round(v, 6) for k, v in new.items()}, ratio, action
+
+
+def uses_system_prefix(mix_spec):
+    """Scoring data gets the system turn (scoring.SYSTEM_PREFIX) when the mix draws on more than one source (Q-SiT)."""
+    return bool(mix_spec) and sum(w > 0 for w in parse_mix(mix_spec).values()) > 1
+
+
+class Mixer:
+    """train.py --mix: the --data folders as named sources, a per-epoch sampled order, validation sets, --balance.
+
+    Validation records of a source come from its folder's val.jsonl, else a seeded val_frac of its train
+    records (held out of training). With more than one source, scoring records get the system turn `score_system`
+    (train.py passes scoring.SYSTEM_PREFIX)."""
+
+    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=256, score="score", interp="interpret",
+                 score_system=None):
+        dirs = [d for d in data_dirs.split(",") if d] if isinstance(data_dirs, str) else list(data_dirs)
+        self.mix, self.seed, self.score, self.interp = parse_mix(spec), seed, score, interp
+        self.system = score_system if score_system and uses_system_prefix(spec) else None
+        names = list(self.mix)
+        self.records, self.groups, self.val = [], {n: [] for n in names}, {n: [] for n in names}
+        for d in dirs:
+            has_val = os.path.exists(os.path.join(d, "val.jsonl"))
+            rng = random.Random(f"val:{seed}:{os.path.basename(os.path.normpath(d))}")
+            for split in (["train", "val"] if has_val else ["train"]):
+                for r in load_records([d], split):
+                    name = source_name(r, d, names)
+                    if name is None:
+                        raise ValueError(f"--mix {spec!r}: a record of {d} (task {r.get('task', 'distortion')!r}) matches "
+                                         f"no name; names match a --data folder's base name or a task group "
+                                         f"{ {k: list(v) for k, v in MIX_GROUPS.items()} }")
+                    if self.system and r.get("task") == "score":
+                        r = with_system(r, self.system)
+                    if split == "val" or (not has_val and rng.random() < val_frac):
+                        self.val[name].append(r)
+                    else:
+                        self.groups[name].append(len(self.records))
+                        self.records.append(r)
+        empty = [n for n in names if not self.groups[n] and self.mix[n] > 0]
+        if empty:
+            raise ValueError(f"--mix: no training records for {empty} in {dirs}")
+        for n in names:  # a fixed, seeded subset keeps each evaluation comparable and quick
+            random.Random(f"valpick:{seed}:{n}").shuffle(self.val[n])
+            self.val[n] = self.val[n][:val_max]
+        self.lam = None  # the balance reference; set by the first evaluation unless given
+
+    def sizes(self):
+        return {n: len(ix) for n, ix in self.groups.items()}
+
+    def epoch_size(self):
+        return len(epoch_sample(self.sizes(), self.mix, self.seed, 0))
+
+    def order(self, epoch):
+        """Indices into self.records for one epoch under the current mix."""
+        return [self.groups[name][i] for name, i in epoch_sample(self.sizes(), self.mix, self.seed, epoch)]
+
+    def describe(self):
+        return "mix: " + ", ".join(f"{n} x{w:g} ({len(self.groups[n])} train, {len(self.val[n])} val)"
+                                   for n, w in self.mix.items()) + ("; system turn on scoring data" if self.system else "")
+
+    def restore(self, log):
+        """After --resume: the mix and reference of the last balance record in the log."""
+        for rec in reversed(log):
+            if "mix" in rec:
+                self.mix, self.lam = dict(rec["mix"]), rec.get("lambda")
+                return
+
+    @torch.no_grad()
+    def val_losses(self, net, processor, batch_size=32, device="cpu", amp_dtype=None):
+        """Mean answer-token NLL (no label smoothing) per source with validation records."""
+        from kernels import level_cross_entropy
+        module = getattr(net, "module", net)  # past DDP: every rank evaluates the same records itself
+        was_training = module.training
+        module.eval()
+        out = {}
+        for name, recs in self.val.items():
+            if not recs:
+                continue
+            total, count = 0.0, 0
+            for s in range(0, len(recs), batch_size):
+                batch = {k: v.to(device) for k, v in encode_batch(processor, recs[s:s + batch_size]).items()}
+                with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
+                    logits, targets = module(**batch)
+                    loss = level_cross_entropy(logits.float(), targets)[0]
+                total, count = total + float(loss.sum()), count + loss.numel()
+            out[name] = total / max(count, 1)
+        module.train(was_training)
+        return out
+
+    def balance(self, val_loss, lam=0.0, step=0.1, tol=0.02, ddp=False):
+        """One balance step from the validation losses; returns the log record (mix before -> after)."""
+        for k in (self.score, self.interp):
+            if k not in val_loss:
+                raise ValueError(f"--balance needs validation records of {self.score!r} and {self.interp!r}; "
+                                 f"have {sorted(val_loss)} (--mix names: {list(self.mix)})")
+        ratio = val_loss[self.score] / max(val_loss[self.interp], 1e-12)
+        if self.lam is None:
+            self.lam = lam if lam > 0 else ratio
+        new, ratio, action = balance_mix(self.mix, val_loss, self.lam, step, tol, self.score, self.interp)
+        if ddp:  # rank 0's decision, so every rank samples the same mix
+            names = list(new)
+            t = torch.tensor([new[n] for n in names], dtype=torch.float64,
+                             device="cuda" if torch.cuda.is_available() else "cpu")
+            torch.distributed.broadcast(t, 0)
+            new = {n: float(v) for n, v in zip(names, t.tolist())}
+        before, self.mix = self.mix, new
+        return {"ratio": round(ratio, 5), "lambda": round(self.lam, 5), "action": action,
+                "mix_before": before, "mix": new}

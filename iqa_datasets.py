@@ -32,20 +32,19 @@ Problems raise DatasetError (a ValueError) naming the file, the line/row/entry (
 and what was expected: a missing folder or metadata file, malformed metadata, an image listed but absent, an
 image PIL cannot identify (header read only, no decode; `check_images=False` skips it).
 """
-import csv
-import math
 import os
 import random
 import re
 from collections import Counter
 
+import iqa_io as F
 from data import LABELS, LEVELS
+from iqa_io import PYIQA_META, DatasetError  # noqa: F401  (importers read them from here too)
 
 CLASSES = LABELS  # the 8 distortion classes (data.py holds the project's label sets)
 
 
-class DatasetError(ValueError):
-    """A dataset on disk is not as expected; the message names the file (line/row) and what was expected."""
+
 
 
 # ----------------------------------------------------------------------------- distortion type -> class
@@ -85,263 +84,7 @@ TID2013_CLASSES = {8: "blur", 1: "noise", 2: "noise", 3: "noise", 4: "noise", 5:
                    19: "noise", 20: "noise", 16: "brightness", 10: "compression", 11: "compression",
                    17: "contrast", 18: "colorfulness"}
 
-PYIQA_META = {"live": "meta_info_LIVEIQADataset.csv", "csiq": "meta_info_CSIQDataset.csv",
-              "kadid10k": "meta_info_KADID10kDataset.csv", "tid2013": "meta_info_TID2013Dataset.csv",
-              "koniq10k": "meta_info_KonIQ10kDataset.csv", "spaq": "meta_info_SPAQDataset.csv",
-              "livec": "meta_info_LIVEChallengeDataset.csv"}
 
-
-# ----------------------------------------------------------------------------- shared helpers
-def _root(root, source):
-    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-    if not os.path.isdir(root):
-        raise DatasetError(f"{source}: dataset folder {root} not found")
-    return root
-
-
-def _find_meta(root, source, official, meta_file=None):
-    """(layout, path) of the metadata: meta_file (a pyiqa CSV) if given, else the first official file present
-    (relative names in `official`), else the pyiqa CSV next to or above root."""
-    if meta_file is not None:
-        meta_file = os.path.abspath(os.fspath(meta_file))
-        if not os.path.isfile(meta_file):
-            raise DatasetError(f"{source}: metadata file {meta_file} not found")
-        return "pyiqa", meta_file
-    looked = []
-    for rel in official:
-        path = os.path.join(root, rel)
-        looked.append(path)
-        if os.path.isfile(path):
-            return "official", path
-    name = PYIQA_META.get(source)
-    if name:
-        parent = os.path.dirname(root)
-        for folder in (root, os.path.join(root, "meta_info"), os.path.join(parent, "meta_info"), parent):
-            path = os.path.join(folder, name)
-            looked.append(path)
-            if os.path.isfile(path):
-                return "pyiqa", path
-    what = "official release, then IQA-PyTorch layout" if name else "official release"
-    raise DatasetError(f"{source}: no metadata found for {root}; looked for ({what}): {', '.join(looked)}"
-                       + ("; or pass meta_file=PATH to a pyiqa meta_info CSV" if name else ""))
-
-
-def _num(value, where, column):
-    """A finite float from a metadata cell, or a DatasetError naming where it came from."""
-    try:
-        v = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise DatasetError(f"{where}: {column} is {value!r}, expected a number") from None
-    if not math.isfinite(v):
-        raise DatasetError(f"{where}: {column} is {value!r}, expected a finite number")
-    return v
-
-
-def _opt_num(value, where, column):
-    return None if value is None or (isinstance(value, str) and not value.strip()) else _num(value, where, column)
-
-
-def _read_csv(path, required):
-    """Header CSV -> (header, [(line, {column: text})]); checks columns and every row's field count.
-    A repeated column name (SPAQ has two 'Brightness') maps to its first occurrence."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DatasetError(f"{path}: empty file, expected a header line with columns {', '.join(required)}")
-            header = [h.strip() for h in header]
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise DatasetError(f"{path}:1: missing column(s) {', '.join(missing)}; expected columns "
-                                   f"{', '.join(required)}, found {', '.join(header)}")
-            index = {}
-            for i, h in enumerate(header):
-                index.setdefault(h, i)
-            rows = []
-            for fields in reader:
-                if not any(x.strip() for x in fields):
-                    continue
-                if len(fields) != len(header):
-                    raise DatasetError(f"{path}:{reader.line_num}: expected {len(header)} fields "
-                                       f"({','.join(header)}), found {len(fields)}")
-                rows.append((reader.line_num, {h: fields[i].strip() for h, i in index.items()}))
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-    return header, rows
-
-
-def _read_table(path, n_fields, what):
-    """Whitespace-separated text without header -> [(line, fields)], each line with exactly n_fields fields."""
-    rows = []
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for line_no, line in enumerate(f, 1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != n_fields:
-                    raise DatasetError(f"{path}:{line_no}: expected {n_fields} fields ({what}), found "
-                                       f"{len(fields)}: {line.strip()!r}")
-                rows.append((line_no, fields))
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not a text file ({e.reason})") from None
-    return rows
-
-
-def _read_xlsx(path, columns, optional=(), sheet=None):
-    """Rows of the first sheet (or `sheet`) holding a header row with all `columns` (case-insensitive), as
-    [(where, {name: value})] for `columns` + `optional`; fully empty rows are skipped."""
-    import openpyxl
-    try:
-        wb = openpyxl.load_workbook(path, data_only=True)
-    except Exception as e:  # zipfile.BadZipFile, KeyError, InvalidFileException ...
-        raise DatasetError(f"{path}: cannot open as an Excel workbook ({type(e).__name__}: {e})") from None
-    want = [c.lower() for c in columns]
-    sheets = sorted(wb.worksheets, key=lambda ws: ws.title != sheet)  # the named sheet first, if any
-    for ws in sheets:
-        rows = list(ws.iter_rows(min_row=1, values_only=True))
-        for hi, row in enumerate(rows[:50]):
-            names = [str(v).strip().lower() if v is not None else "" for v in row]
-            if all(c in names for c in want):
-                index = {c: names.index(c.lower()) for c in list(columns) + [o for o in optional if o.lower() in names]}
-                out = []
-                for rno, values in enumerate(rows[hi + 1:], hi + 2):
-                    cells = {c: (values[i] if i < len(values) else None) for c, i in index.items()}
-                    if all(v is None or (isinstance(v, str) and not v.strip()) for v in cells.values()):
-                        continue
-                    out.append((f"{path} (sheet {ws.title!r}, row {rno})", cells))
-                return out
-    raise DatasetError(f"{path}: no sheet has a header row with columns {', '.join(columns)} "
-                       f"(sheets: {', '.join(wb.sheetnames)})")
-
-
-def _loadmat(path):
-    import scipy.io
-    try:
-        return scipy.io.loadmat(path)
-    except Exception as e:
-        raise DatasetError(f"{path}: cannot read as a MATLAB .mat file ({type(e).__name__}: {e})") from None
-
-
-def _mat_field(mat, key, path):
-    if key not in mat:
-        found = ", ".join(k for k in mat if not k.startswith("__"))
-        raise DatasetError(f"{path}: no variable {key!r} (found: {found})")
-    return mat[key]
-
-
-def _mat_numbers(mat, key, path):
-    import numpy as np
-    arr = _mat_field(mat, key, path)
-    try:
-        return [float(v) for v in np.asarray(arr, dtype=float).ravel()]
-    except (TypeError, ValueError):
-        raise DatasetError(f"{path}: variable {key!r} is not numeric") from None
-
-
-def _mat_strings(mat, key, path):
-    """A MATLAB cell array of strings (any shape, nested 1-element arrays) -> list of str."""
-    import numpy as np
-    out = []
-    for i, v in enumerate(np.asarray(_mat_field(mat, key, path), dtype=object).ravel(), 1):
-        while isinstance(v, np.ndarray) and v.size == 1 and v.dtype.kind not in "US":
-            v = v.ravel()[0]
-        if isinstance(v, np.ndarray) and v.dtype.kind in "US":
-            v = "".join(str(x) for x in v.ravel())
-        if not isinstance(v, str) or not v.strip():
-            raise DatasetError(f"{path}: {key} entry {i} is {v!r}, expected a file name")
-        out.append(v.strip())
-    return out
-
-
-class _Files:
-    """Looks up listed names below root: exact name first, then ignoring case; one listdir per folder."""
-
-    def __init__(self, root):
-        self.root, self.listings, self.case_matches = root, {}, 0
-
-    def find(self, name, subdirs=(".",)):
-        head, base = os.path.split(name.replace("\\", "/"))
-        for sub in subdirs:
-            folder = os.path.normpath(os.path.join(self.root, sub, head))
-            if folder not in self.listings:
-                try:
-                    names = os.listdir(folder)
-                except OSError:
-                    names = []
-                self.listings[folder] = (set(names), {n.lower(): n for n in names})
-            exact, lower = self.listings[folder]
-            if base in exact:
-                return os.path.join(folder, base)
-            if base.lower() in lower:
-                self.case_matches += 1
-                return os.path.join(folder, lower[base.lower()])
-        return None
-
-
-def _item(files, source, name, dirs, where, ref, dist=None, level_idx=None, mos=None, std=None, label=None,
-          is_ref=False, **extra):
-    """One item; `_name`/`_dirs`/`_where` say what was listed where, for error messages (removed by _finish)."""
-    it = dict(image=files.find(name, dirs), id=None, source=source, ref=ref, dist=dist, level_idx=level_idx,
-              mos=mos, std=std, label=label, is_ref=is_ref)
-    it.update(extra)
-    it.update(_name=name, _dirs=dirs, _where=where)
-    return it
-
-
-def _problems(problems, what):
-    if len(problems) == 1:
-        raise DatasetError(problems[0])
-    shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
-    raise DatasetError(f"{len(problems)} {what}:\n  " + "\n  ".join(shown))
-
-
-def _finish(items, files, info, check_images):
-    """Checks every listed image exists (and opens, if check_images), sets ids, fills the counts in info."""
-    missing = []
-    for it in items:
-        if it["image"] is None:
-            looked = ", ".join(os.path.normpath(os.path.join(files.root, d)) for d in it["_dirs"])
-            kind = "reference image" if it["is_ref"] else "image"
-            missing.append(f"{it['_where']}: {kind} {it['_name']!r} is listed but not found (looked in {looked})")
-    if missing:
-        _problems(missing, "listed images are missing")
-    if check_images:
-        from PIL import Image
-        bad = []
-        for it in items:
-            try:
-                with Image.open(it["image"]) as im:  # reads the header only, no decode
-                    im.size
-            except Exception as e:
-                bad.append(f"{it['_where']}: cannot read image {it['image']} ({type(e).__name__}: {e})")
-        if bad:
-            _problems(bad, "listed images cannot be read")
-    for it in items:
-        rel = os.path.relpath(it["image"], files.root).replace(os.sep, "/")
-        it["id"] = f"{it['source']}/{rel}"
-        for k in ("_name", "_dirs", "_where"):
-            del it[k]
-    scores = [it["mos"] for it in items if it["mos"] is not None]
-    excluded = Counter(it["dist"] for it in items if it["label"] is None and not it["is_ref"] and it["dist"] is not None)
-    info.update(
-        score_range=[min(scores), max(scores)] if scores else None,
-        excluded=dict(sorted(excluded.items(), key=lambda kv: (isinstance(kv[0], str), kv[0]))),
-        n_items=len(items), n_scored=len(scores), n_refs=sum(it["is_ref"] for it in items),
-        labels=dict(sorted(Counter(it["label"] for it in items if it["label"]).items(), key=lambda kv: CLASSES.index(kv[0]))),
-        case_insensitive_matches=files.case_matches)
-    return items, info
-
-
-def _add_refs(items, files, source, refs, dirs):
-    """Reference images (label clean, no score) in order of first mention; refs: {ref id: (name, where)}."""
-    for ref, (name, where) in refs.items():
-        items.append(_item(files, source, name, dirs, where, ref, label="clean", is_ref=True))
-
-
-def _stem(name):
-    return os.path.splitext(os.path.basename(name))[0]
 
 
 # ----------------------------------------------------------------------------- synthetic distortion datasets
@@ -356,19 +99,19 @@ def read_live(root, meta_file=None, check_images=True, realigned=False):
     pyiqa: meta_info_LIVEIQADataset.csv (ref_name, dist_name, mos), names relative to root
     (dist 'jp2k/img2.bmp', ref 'refimgs/x.bmp'); pyiqa already left out the orgs copies."""
     source = "live"
-    root = _root(root, source)
+    root = F.root(root, source)
     official = ["dmos_realigned.mat", "dmos.mat"] if realigned else ["dmos.mat", "dmos_realigned.mat"]
-    layout, meta = _find_meta(root, source, official, meta_file)
-    files, rows, extra = _Files(root), [], {}
+    layout, meta = F.find_meta(root, source, official, meta_file)
+    files, rows, extra = F.Files(root), [], {}
     if layout == "official":
         names_path = os.path.join(root, "refnames_all.mat")
         if not os.path.isfile(names_path):
             raise DatasetError(f"{source}: {names_path} not found (the LIVE release has it next to {os.path.basename(meta)})")
-        mat = _loadmat(meta)
+        mat = F.loadmat(meta)
         key = "dmos_new" if "dmos_new" in mat else "dmos"
-        dmos, orgs = _mat_numbers(mat, key, meta), _mat_numbers(mat, "orgs", meta)
-        stds = _mat_numbers(mat, "dmos_std", meta) if "dmos_std" in mat else None
-        refnames = _mat_strings(_loadmat(names_path), "refnames_all", names_path)
+        dmos, orgs = F.mat_numbers(mat, key, meta), F.mat_numbers(mat, "orgs", meta)
+        stds = F.mat_numbers(mat, "dmos_std", meta) if "dmos_std" in mat else None
+        refnames = F.mat_strings(F.loadmat(names_path), "refnames_all", names_path)
         n = sum(c for _, c in LIVE_FOLDERS)
         layout_text = ", ".join(f"{f} {c}" for f, c in LIVE_FOLDERS)
         for what, arr, path in ((key, dmos, meta), ("orgs", orgs, meta), ("refnames_all", refnames, names_path),
@@ -386,22 +129,22 @@ def read_live(root, meta_file=None, check_images=True, realigned=False):
                 k += 1
         extra = dict(score_variable=key, n_ref_copies=copies, refnames_file=names_path)
     else:
-        for line, r in _read_csv(meta, ["ref_name", "dist_name", "mos"])[1]:
+        for line, r in F.read_csv(meta, ["ref_name", "dist_name", "mos"])[1]:
             where = f"{meta}:{line}"
-            rows.append((where, r["ref_name"], r["dist_name"], _num(r["mos"], where, "mos"), None))
+            rows.append((where, r["ref_name"], r["dist_name"], F.num(r["mos"], where, "mos"), None))
     items, refs = [], {}
     for where, ref_name, dist_name, mos, std in rows:
         folder = dist_name.replace("\\", "/").split("/")[0] if "/" in dist_name.replace("\\", "/") else None
         if folder is None:
             raise DatasetError(f"{where}: dist_name {dist_name!r}, expected '<folder>/imgN.bmp' (e.g. jp2k/img2.bmp)")
-        ref = _stem(ref_name)
+        ref = F.stem(ref_name)
         refs.setdefault(ref, (ref_name, where))
-        items.append(_item(files, source, dist_name, ["."], where, ref, dist=folder, mos=mos, std=std,
+        items.append(F.item(files, source, dist_name, ["."], where, ref, dist=folder, mos=mos, std=std,
                            label=LIVE_CLASSES.get(folder)))
-    _add_refs(items, files, source, refs, ["."])
+    F.add_refs(items, files, source, refs, ["."])
     info = dict(source=source, layout=layout, direction="lower_better", metadata_file=meta, n_rows=len(rows),
                 root=root, **extra)
-    return _finish(items, files, info, check_images)
+    return F.finish(items, files, info, check_images)
 
 
 def _csiq_name(name, where):
@@ -424,46 +167,46 @@ def read_csiq(root, meta_file=None, check_images=True):
     src_imgs/ directly. Both folder forms (dst_imgs/<type>/ and a flat dst_imgs/ or dst_imgs_all/) are searched.
     dist is the canonical type: awgn, jpeg, jpeg2000, fnoise, blur, contrast."""
     source = "csiq"
-    root = _root(root, source)
-    layout, meta = _find_meta(root, source, ["csiq.DMOS.xlsx", "csiq_label.txt"], meta_file)
-    files, rows, extra = _Files(root), [], {}
+    root = F.root(root, source)
+    layout, meta = F.find_meta(root, source, ["csiq.DMOS.xlsx", "csiq_label.txt"], meta_file)
+    files, rows, extra = F.Files(root), [], {}
     if meta.endswith(".xlsx") and layout == "official":
-        for where, r in _read_xlsx(meta, ["image", "dst_type", "dst_lev", "dmos"], ["dmos_std"], sheet="all_by_image"):
+        for where, r in F.read_xlsx(meta, ["image", "dst_type", "dst_lev", "dmos"], ["dmos_std"], sheet="all_by_image"):
             image, kind = r["image"], r["dst_type"]
             if image is None or kind is None or not str(kind).strip():
                 raise DatasetError(f"{where}: empty image or dst_type cell, expected e.g. image 1600, dst_type noise")
             ref = str(int(image)) if isinstance(image, (int, float)) and float(image).is_integer() else str(image).strip()
             kind = str(kind).strip().lower()
             kind = CSIQ_ALIASES.get(kind, kind)
-            level = _num(r["dst_lev"], where, "dst_lev")
+            level = F.num(r["dst_lev"], where, "dst_lev")
             if not level.is_integer():
                 raise DatasetError(f"{where}: dst_lev is {r['dst_lev']!r}, expected an integer level")
             folder, token = CSIQ_FILES.get(kind, (kind, kind))
             rows.append((where, ref, kind, int(level), f"{ref}.{token}.{int(level)}.png", folder,
-                         _num(r["dmos"], where, "dmos"), _opt_num(r.get("dmos_std"), where, "dmos_std")))
+                         F.num(r["dmos"], where, "dmos"), F.opt_num(r.get("dmos_std"), where, "dmos_std")))
         extra = dict(sheet="all_by_image")
     elif layout == "official":
-        for line, (name, value) in _read_table(meta, 2, "image name, dmos"):
+        for line, (name, value) in F.read_table(meta, 2, "image name, dmos"):
             where = f"{meta}:{line}"
             ref, kind, level = _csiq_name(name, where)
-            rows.append((where, ref, kind, level, name, CSIQ_FILES.get(kind, (kind,))[0], _num(value, where, "dmos"), None))
+            rows.append((where, ref, kind, level, name, CSIQ_FILES.get(kind, (kind,))[0], F.num(value, where, "dmos"), None))
     else:
-        for line, r in _read_csv(meta, ["ref_name", "dist_name", "dmos"])[1]:
+        for line, r in F.read_csv(meta, ["ref_name", "dist_name", "dmos"])[1]:
             where = f"{meta}:{line}"
             ref, kind, level = _csiq_name(r["dist_name"], where)
-            if _stem(r["ref_name"]) != ref:
+            if F.stem(r["ref_name"]) != ref:
                 raise DatasetError(f"{where}: ref_name {r['ref_name']!r} does not match dist_name {r['dist_name']!r}")
             rows.append((where, ref, kind, level, r["dist_name"], CSIQ_FILES.get(kind, (kind,))[0],
-                         _num(r["dmos"], where, "dmos"), None))
+                         F.num(r["dmos"], where, "dmos"), None))
     items, refs = [], {}
     for where, ref, kind, level, name, folder, dmos, std in rows:
         refs.setdefault(ref, (f"{ref}.png", where))
-        items.append(_item(files, source, name, [f"dst_imgs/{folder}", "dst_imgs", "dst_imgs_all", "."], where, ref,
+        items.append(F.item(files, source, name, [f"dst_imgs/{folder}", "dst_imgs", "dst_imgs_all", "."], where, ref,
                            dist=kind, level_idx=level, mos=dmos, std=std, label=CSIQ_CLASSES.get(kind)))
-    _add_refs(items, files, source, refs, ["src_imgs", "."])
+    F.add_refs(items, files, source, refs, ["src_imgs", "."])
     info = dict(source=source, layout=layout, direction="lower_better", metadata_file=meta, n_rows=len(rows),
                 root=root, **extra)
-    return _finish(items, files, info, check_images)
+    return F.finish(items, files, info, check_images)
 
 
 _KADID_NAME = re.compile(r"^(I\d+)_(\d+)_(\d+)\.\w+$", re.IGNORECASE)
@@ -477,14 +220,14 @@ def read_kadid10k(root, meta_file=None, check_images=True):
     pyiqa: meta_info_KADID10kDataset.csv (ref_name, dist_name, dmos, std), names joined to kadid10k/images.
     `std` holds the value of the official 'var' column as given (pyiqa copies it into its 'std' column)."""
     source = "kadid10k"
-    root = _root(root, source)
-    layout, meta = _find_meta(root, source, ["dmos.csv"], meta_file)
+    root = F.root(root, source)
+    layout, meta = F.find_meta(root, source, ["dmos.csv"], meta_file)
     if layout == "official":
         dist_col, ref_col, score_col, spread_col = cols = ["dist_img", "ref_img", "dmos", "var"]
     else:
         ref_col, dist_col, score_col, spread_col = cols = ["ref_name", "dist_name", "dmos", "std"]
-    files, items, refs = _Files(root), [], {}
-    rows = _read_csv(meta, cols)[1]
+    files, items, refs = F.Files(root), [], {}
+    rows = F.read_csv(meta, cols)[1]
     for line, r in rows:
         where = f"{meta}:{line}"
         m = _KADID_NAME.match(r[dist_col])
@@ -493,15 +236,15 @@ def read_kadid10k(root, meta_file=None, check_images=True):
         kind, level = int(m.group(2)), int(m.group(3))
         if kind not in KADID_TYPES:
             raise DatasetError(f"{where}: distortion type {kind} in {r[dist_col]!r}, expected 1..25")
-        ref = _stem(r[ref_col])
+        ref = F.stem(r[ref_col])
         refs.setdefault(ref, (r[ref_col], where))
-        items.append(_item(files, source, r[dist_col], ["images", "."], where, ref, dist=kind, level_idx=level,
-                           mos=_num(r[score_col], where, score_col), std=_opt_num(r[spread_col], where, spread_col),
+        items.append(F.item(files, source, r[dist_col], ["images", "."], where, ref, dist=kind, level_idx=level,
+                           mos=F.num(r[score_col], where, score_col), std=F.opt_num(r[spread_col], where, spread_col),
                            label=KADID_CLASSES.get(kind)))
-    _add_refs(items, files, source, refs, ["images", "."])
+    F.add_refs(items, files, source, refs, ["images", "."])
     info = dict(source=source, layout=layout, direction="higher_better", metadata_file=meta, n_rows=len(rows),
                 root=root, dist_names=KADID_TYPES, std_column=spread_col)
-    return _finish(items, files, info, check_images)
+    return F.finish(items, files, info, check_images)
 
 
 _TID_NAME = re.compile(r"^i(\d\d)_(\d\d)_(\d)\.bmp$", re.IGNORECASE)
@@ -517,27 +260,27 @@ def read_tid2013(root, meta_file=None, check_images=True):
     reference_images/. The release mixes upper- and lower-case names (i01_01_1.bmp, I01_11_1.BMP, I01.BMP,
     i25.bmp), so names are matched ignoring case (info["case_insensitive_matches"])."""
     source = "tid2013"
-    root = _root(root, source)
-    layout, meta = _find_meta(root, source, ["mos_with_names.txt"], meta_file)
-    files, rows, extra = _Files(root), [], {}
+    root = F.root(root, source)
+    layout, meta = F.find_meta(root, source, ["mos_with_names.txt"], meta_file)
+    files, rows, extra = F.Files(root), [], {}
     if layout == "official":
-        table = _read_table(meta, 2, "mos, image name")
+        table = F.read_table(meta, 2, "mos, image name")
         std_path = os.path.join(root, "mos_std.txt")
         stds = [None] * len(table)
         if os.path.isfile(std_path):
-            std_rows = _read_table(std_path, 1, "std")
+            std_rows = F.read_table(std_path, 1, "std")
             if len(std_rows) != len(table):
                 raise DatasetError(f"{std_path}: {len(std_rows)} values, expected {len(table)} (one per line of {meta})")
-            stds = [_num(v[0], f"{std_path}:{line}", "std") for line, v in std_rows]
+            stds = [F.num(v[0], f"{std_path}:{line}", "std") for line, v in std_rows]
             extra["std_file"] = std_path
         for (line, (mos, name)), std in zip(table, stds):
             where = f"{meta}:{line}"
-            rows.append((where, None, name, _num(mos, where, "mos"), std))
+            rows.append((where, None, name, F.num(mos, where, "mos"), std))
     else:
-        for line, r in _read_csv(meta, ["ref_name", "dist_name", "mos", "std"])[1]:
+        for line, r in F.read_csv(meta, ["ref_name", "dist_name", "mos", "std"])[1]:
             where = f"{meta}:{line}"
-            rows.append((where, r["ref_name"], r["dist_name"], _num(r["mos"], where, "mos"),
-                         _opt_num(r["std"], where, "std")))
+            rows.append((where, r["ref_name"], r["dist_name"], F.num(r["mos"], where, "mos"),
+                         F.opt_num(r["std"], where, "std")))
     items, refs = [], {}
     for where, ref_name, name, mos, std in rows:
         m = _TID_NAME.match(name)
@@ -547,12 +290,12 @@ def read_tid2013(root, meta_file=None, check_images=True):
         if kind not in TID2013_TYPES:
             raise DatasetError(f"{where}: distortion type {kind} in {name!r}, expected 1..24")
         refs.setdefault(ref, (ref_name or f"{ref}.BMP", where))
-        items.append(_item(files, source, name, ["distorted_images", "."], where, ref, dist=kind, level_idx=level,
+        items.append(F.item(files, source, name, ["distorted_images", "."], where, ref, dist=kind, level_idx=level,
                            mos=mos, std=std, label=TID2013_CLASSES.get(kind)))
-    _add_refs(items, files, source, refs, ["reference_images", "."])
+    F.add_refs(items, files, source, refs, ["reference_images", "."])
     info = dict(source=source, layout=layout, direction="higher_better", metadata_file=meta, n_rows=len(rows),
                 root=root, dist_names=TID2013_TYPES, **extra)
-    return _finish(items, files, info, check_images)
+    return F.finish(items, files, info, check_images)
 
 
 # ----------------------------------------------------------------------------- authentic / scoring datasets
@@ -574,13 +317,13 @@ def read_koniq10k(root, meta_file=None, check_images=True, resolution=None):
     koniq10k_distributions_sets.csv when present -> info["split"] {id: set} and item["split"].
     pyiqa: meta_info_KonIQ10kDataset.csv (img_name, mos, std, split with 0/1/2 = training/validation/test)."""
     source = "koniq10k"
-    root = _root(root, source)
+    root = F.root(root, source)
     sets_names = ["koniq10k_distributions_sets.csv", "metadata/koniq10k_distributions_sets.csv"]
-    layout, meta = _find_meta(root, source, ["koniq10k_scores_and_distributions.csv"] + sets_names, meta_file)
+    layout, meta = F.find_meta(root, source, ["koniq10k_scores_and_distributions.csv"] + sets_names, meta_file)
     image_dir = resolution or _image_dir(root, ["1024x768", "512x384"])
-    files, items, extra = _Files(root), [], {}
+    files, items, extra = F.Files(root), [], {}
     if layout == "official":
-        header, rows = _read_csv(meta, ["image_name"])
+        header, rows = F.read_csv(meta, ["image_name"])
         score_col = next((c for c in ("MOS_zscore", "MOS") if c in header), None)
         if score_col is None:
             raise DatasetError(f"{meta}:1: no MOS_zscore or MOS column; found {', '.join(header)}")
@@ -590,7 +333,7 @@ def read_koniq10k(root, meta_file=None, check_images=True, resolution=None):
         sets_path = meta if "set" in header else next(
             (p for p in (os.path.join(root, s) for s in sets_names) if os.path.isfile(p)), None)
         if sets_path:
-            for line, r in _read_csv(sets_path, ["image_name", "set"])[1]:
+            for line, r in F.read_csv(sets_path, ["image_name", "set"])[1]:
                 if r["set"] not in ("training", "validation", "test"):
                     raise DatasetError(f"{sets_path}:{line}: set is {r['set']!r}, expected training, validation or test")
                 sets[r["image_name"]] = r["set"]
@@ -598,12 +341,12 @@ def read_koniq10k(root, meta_file=None, check_images=True, resolution=None):
         for line, r in rows:
             where = f"{meta}:{line}"
             extra_item = {"split": sets.get(r["image_name"])} if sets else {}
-            items.append(_item(files, source, r["image_name"], [image_dir], where, _stem(r["image_name"]),
-                               mos=_num(r[score_col], where, score_col),
-                               std=_opt_num(r[std_col], where, std_col) if std_col else None, **extra_item))
+            items.append(F.item(files, source, r["image_name"], [image_dir], where, F.stem(r["image_name"]),
+                               mos=F.num(r[score_col], where, score_col),
+                               std=F.opt_num(r[std_col], where, std_col) if std_col else None, **extra_item))
         extra["score_column"] = score_col
     else:
-        header, rows = _read_csv(meta, ["img_name", "mos", "std"])
+        header, rows = F.read_csv(meta, ["img_name", "mos", "std"])
         for line, r in rows:
             where = f"{meta}:{line}"
             extra_item = {}
@@ -611,12 +354,12 @@ def read_koniq10k(root, meta_file=None, check_images=True, resolution=None):
                 if r["split"] not in KONIQ_SPLIT:
                     raise DatasetError(f"{where}: split is {r['split']!r}, expected 0 (training), 1 (validation) or 2 (test)")
                 extra_item["split"] = KONIQ_SPLIT[r["split"]]
-            items.append(_item(files, source, r["img_name"], [image_dir], where, _stem(r["img_name"]),
-                               mos=_num(r["mos"], where, "mos"), std=_opt_num(r["std"], where, "std"), **extra_item))
+            items.append(F.item(files, source, r["img_name"], [image_dir], where, F.stem(r["img_name"]),
+                               mos=F.num(r["mos"], where, "mos"), std=F.opt_num(r["std"], where, "std"), **extra_item))
         extra["score_column"] = "mos"
     info = dict(source=source, layout=layout, direction="higher_better", metadata_file=meta, n_rows=len(rows),
                 root=root, image_dir=image_dir, **extra)
-    _finish(items, files, info, check_images)
+    F.finish(items, files, info, check_images)
     if any(it.get("split") for it in items):
         info["split"] = {it["id"]: it["split"] for it in items if it.get("split")}
         info["split_counts"] = dict(Counter(info["split"].values()))
@@ -634,26 +377,26 @@ def read_spaq(root, meta_file=None, check_images=True):
     attribute scores. pyiqa: meta_info_SPAQDataset.csv (Image name, MOS, the same attributes, scene and EXIF
     columns), names joined to SPAQ/TestImage."""
     source = "spaq"
-    root = _root(root, source)
+    root = F.root(root, source)
     name = "MOS and Image attribute scores.xlsx"
-    layout, meta = _find_meta(root, source, [f"Annotations/{name}", name], meta_file)
-    files, items, rows = _Files(root), [], []
+    layout, meta = F.find_meta(root, source, [f"Annotations/{name}", name], meta_file)
+    files, items, rows = F.Files(root), [], []
     if layout == "official":
-        for where, r in _read_xlsx(meta, ["Image name", "MOS"], SPAQ_ATTRIBUTES):
+        for where, r in F.read_xlsx(meta, ["Image name", "MOS"], SPAQ_ATTRIBUTES):
             rows.append((where, r))
     else:
-        rows = [(f"{meta}:{line}", r) for line, r in _read_csv(meta, ["Image name", "MOS"])[1]]
+        rows = [(f"{meta}:{line}", r) for line, r in F.read_csv(meta, ["Image name", "MOS"])[1]]
     for where, r in rows:
         image = r["Image name"]
         if image is None or not str(image).strip():
             raise DatasetError(f"{where}: empty 'Image name' cell, expected a file name like 00001.jpg")
         image = str(image).strip()
-        attrs = {a: _opt_num(r.get(a), where, a) for a in SPAQ_ATTRIBUTES if a in r}
-        items.append(_item(files, source, image, ["TestImage", "."], where, _stem(image), mos=_num(r["MOS"], where, "MOS"),
+        attrs = {a: F.opt_num(r.get(a), where, a) for a in SPAQ_ATTRIBUTES if a in r}
+        items.append(F.item(files, source, image, ["TestImage", "."], where, F.stem(image), mos=F.num(r["MOS"], where, "MOS"),
                            attributes=attrs))
     info = dict(source=source, layout=layout, direction="higher_better", metadata_file=meta, n_rows=len(rows),
                 root=root)
-    return _finish(items, files, info, check_images)
+    return F.finish(items, files, info, check_images)
 
 
 def read_livec(root, meta_file=None, check_images=True):
@@ -666,17 +409,17 @@ def read_livec(root, meta_file=None, check_images=True):
     split_items keeps them in train). pyiqa: meta_info_LIVEChallengeDataset.csv (img_name, mos, std) joined
     to the LIVEC folder; Images/ and Images/trainingImages/ are searched too."""
     source = "livec"
-    root = _root(root, source)
-    layout, meta = _find_meta(root, source, ["Data/AllMOS_release.mat", "AllMOS_release.mat"], meta_file)
-    files, rows, extra = _Files(root), [], {}
+    root = F.root(root, source)
+    layout, meta = F.find_meta(root, source, ["Data/AllMOS_release.mat", "AllMOS_release.mat"], meta_file)
+    files, rows, extra = F.Files(root), [], {}
     if layout == "official":
         folder = os.path.dirname(meta)
         names_path, std_path = (os.path.join(folder, f) for f in ("AllImages_release.mat", "AllStdDev_release.mat"))
         if not os.path.isfile(names_path):
             raise DatasetError(f"{source}: {names_path} not found (the release has it next to {os.path.basename(meta)})")
-        names = _mat_strings(_loadmat(names_path), "AllImages_release", names_path)
-        mos = _mat_numbers(_loadmat(meta), "AllMOS_release", meta)
-        std = _mat_numbers(_loadmat(std_path), "AllStdDev_release", std_path) if os.path.isfile(std_path) else None
+        names = F.mat_strings(F.loadmat(names_path), "AllImages_release", names_path)
+        mos = F.mat_numbers(F.loadmat(meta), "AllMOS_release", meta)
+        std = F.mat_numbers(F.loadmat(std_path), "AllStdDev_release", std_path) if os.path.isfile(std_path) else None
         for what, arr, path in (("AllMOS_release", mos, meta), ("AllStdDev_release", std, std_path)):
             if arr is not None and len(arr) != len(names):
                 raise DatasetError(f"{path}: {what} has {len(arr)} entries, expected {len(names)} (as in {names_path})")
@@ -684,15 +427,15 @@ def read_livec(root, meta_file=None, check_images=True):
             rows.append((f"{names_path} entry {i + 1}", name, mos[i], std[i] if std else None))
         extra = dict(names_file=names_path, std_file=std_path if std else None)
     else:
-        for line, r in _read_csv(meta, ["img_name", "mos"])[1]:
+        for line, r in F.read_csv(meta, ["img_name", "mos"])[1]:
             where = f"{meta}:{line}"
-            rows.append((where, r["img_name"], _num(r["mos"], where, "mos"), _opt_num(r.get("std"), where, "std")))
-    items = [_item(files, source, name, ["Images", "Images/trainingImages", "."], where, _stem(name), mos=mos, std=std,
-                   is_train_only=bool(re.fullmatch(r"t\d+", _stem(name))))
+            rows.append((where, r["img_name"], F.num(r["mos"], where, "mos"), F.opt_num(r.get("std"), where, "std")))
+    items = [F.item(files, source, name, ["Images", "Images/trainingImages", "."], where, F.stem(name), mos=mos, std=std,
+                   is_train_only=bool(re.fullmatch(r"t\d+", F.stem(name))))
              for where, name, mos, std in rows]
     info = dict(source=source, layout=layout, direction="higher_better", metadata_file=meta, n_rows=len(rows),
                 root=root, n_train_only=sum(it["is_train_only"] for it in items), **extra)
-    return _finish(items, files, info, check_images)
+    return F.finish(items, files, info, check_images)
 
 
 def read_agiqa3k(root, meta_file=None, check_images=True):
@@ -702,26 +445,26 @@ def read_agiqa3k(root, meta_file=None, check_images=True):
     meta_file may point at a data.csv elsewhere. item keys prompt, mos_align, std_align are added; ref is the
     image's own name (images sharing a prompt are not grouped)."""
     source = "agiqa3k"
-    root = _root(root, source)
+    root = F.root(root, source)
     if meta_file is not None:
         meta_file = os.path.abspath(os.fspath(meta_file))
         if not os.path.isfile(meta_file):
             raise DatasetError(f"{source}: metadata file {meta_file} not found")
         layout, meta = "official", meta_file
     else:
-        layout, meta = _find_meta(root, source, ["data.csv"])
-    header, rows = _read_csv(meta, ["name", "mos_quality"])
-    files, items = _Files(root), []
+        layout, meta = F.find_meta(root, source, ["data.csv"])
+    header, rows = F.read_csv(meta, ["name", "mos_quality"])
+    files, items = F.Files(root), []
     for line, r in rows:
         where = f"{meta}:{line}"
-        items.append(_item(files, source, r["name"], ["images", "AGIQA-3K", "AGIQA-3k", "."], where, _stem(r["name"]),
-                           mos=_num(r["mos_quality"], where, "mos_quality"),
-                           std=_opt_num(r.get("std_quality"), where, "std_quality"),
-                           prompt=r.get("prompt"), mos_align=_opt_num(r.get("mos_align"), where, "mos_align"),
-                           std_align=_opt_num(r.get("std_align"), where, "std_align")))
+        items.append(F.item(files, source, r["name"], ["images", "AGIQA-3K", "AGIQA-3k", "."], where, F.stem(r["name"]),
+                           mos=F.num(r["mos_quality"], where, "mos_quality"),
+                           std=F.opt_num(r.get("std_quality"), where, "std_quality"),
+                           prompt=r.get("prompt"), mos_align=F.opt_num(r.get("mos_align"), where, "mos_align"),
+                           std_align=F.opt_num(r.get("std_align"), where, "std_align")))
     info = dict(source=source, layout=layout, direction="higher_better", metadata_file=meta, n_rows=len(rows),
                 root=root, score_column="mos_quality")
-    return _finish(items, files, info, check_images)
+    return F.finish(items, files, info, check_images)
 
 
 READERS = {"live": read_live, "csiq": read_csiq, "kadid10k": read_kadid10k, "tid2013": read_tid2013,
@@ -729,6 +472,12 @@ READERS = {"live": read_live, "csiq": read_csiq, "kadid10k": read_kadid10k, "tid
 
 
 # ----------------------------------------------------------------------------- split and scores
+def reference_images(items):
+    """{(source, ref): path of the reference image} from a reader's reference items (LIVE, CSIQ, KADID-10k,
+    TID2013); records of distorted images carry it as `ref_image` for full-reference prompting."""
+    return {(it["source"], it["ref"]): it["image"] for it in items if it["is_ref"]}
+
+
 def split_items(items, test_frac=0.2, by="ref", seed=0):
     """Seeded train/test split, done per source so each dataset is split test_frac on its own.
 

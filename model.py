@@ -8,11 +8,14 @@
 Parts (see DESIGN.md): encoder (vision tower), projector (vision -> LM embedding space), llm (decoder
 layers + final norm; `llm:A-B` = layers A..B only), head (lm_head and the token embeddings).
 """
+import json
+import os
 import re
 
 import torch
 
-from data import LABELS, LEVELS
+from data import IGNORE
+from tiny_models import build_tiny
 
 # ----------------------------------------------------------------------------- parts per family
 # Attribute paths (transformers 5.x) of each part, per model family. `llm_layers` is the ModuleList
@@ -215,7 +218,6 @@ class SupervisedLogits(torch.nn.Module):
         self.vlm = vlm
 
     def forward(self, labels, **inputs):
-        from data import IGNORE
         hidden = self.vlm.model(**inputs).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE  # position t predicts token t+1
@@ -223,6 +225,36 @@ class SupervisedLogits(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------- pieces for analyses
+def last_token_logits(model, enc, last):
+    """Next-token logits at each row's `last` position (the LM head on those rows only)."""
+    hidden = model.model(**enc).last_hidden_state
+    return model.lm_head(hidden[torch.arange(hidden.shape[0]), last.to(hidden.device)])
+
+
+def to_device(enc, model, device):
+    """A processor's output on `device`, floating tensors (pixel values) in the model's dtype."""
+    return {k: v.to(device, model.dtype) if v.is_floating_point() else v.to(device) for k, v in enc.items()}
+
+
+def eval_device():
+    """(device, dtype) for evaluation: bf16 on a GPU, fp32 on the CPU."""
+    on_gpu = torch.cuda.is_available()
+    return ("cuda", torch.bfloat16) if on_gpu else ("cpu", torch.float32)
+
+
+def load_evaluated(ckpt=None, model=None, device="cpu", dtype=torch.float32):
+    """What an evaluation runs on: a train.py output folder (`ckpt`) or an untuned model (`model`: tiny, a hub id or a
+    path). -> (model in eval mode, processor, the run's config ({} untuned), a name for tables)."""
+    if ckpt:
+        vlm, processor, cfg = load_checkpoint(ckpt, dtype=dtype, device=device)
+        name = f"{cfg['model']} [{cfg['trainable']}]"
+    elif model:
+        (vlm, processor), cfg, name = load_model(model, dtype=dtype, device=device), {}, f"{model} untuned"
+    else:
+        raise SystemExit("give --ckpt DIR (a train.py output folder) or --model NAME (untuned)")
+    return vlm.eval(), processor, cfg, name
+
+
 def visual_tokens(model, image_inputs):
     """The projected visual tokens that enter the LM, one (tokens, hidden) tensor per image.
 
@@ -241,108 +273,13 @@ def lm_readout(model):
     return get_module(model, fam["final_norm"]), get_module(model, fam["lm_head"])
 
 
-# ----------------------------------------------------------------------------- the tiny built-in model
-# Everything runs on a CPU with no download: transformers' own LLaVA class (CLIP vision + Llama text),
-# random init from a fixed seed, and a word-level tokenizer over the project's own vocabulary.
-# text_init_std: the frozen random LM must let visual tokens steer its output, as a pretrained one does.
-# With transformers' default 0.02 the visual tokens barely steer it, so training only
-# the encoder+projector learns far less (measured: 25.7% vs 44.5% at 0.2 after 1,500 steps; README).
-TINY = dict(image_size=64, patch_size=8, hidden=64, layers=2, heads=4, seed=0, text_init_std=0.2)
-
-# Words of the prompts and answers the scripts write (templates, options, descriptions, numbers).
-TINY_WORDS = """
-user assistant system looking at the image above what is synthetic distortion in select from following
-options has some a an of this how would you rate quality it its assume are evaluator describe low level
-and or but with very slightly quite highly heavily strongly severely mildly moderately no not visible
-noticeable clear clearly sharp sharpness blurry blurred noisy grain grainy bright brighter dark darker
-darkened brightened exposure overexposed underexposed compressed compression artifacts blocky blocking
-ringing low high contrast faded washed out saturated saturation colors color colorful colorfulness dull
-vivid jitter jittered jittery displaced pixels edges details texture textures fine overall therefore so
-thus which score from to between first second third fourth better worse same rank ranking images image
-compare two four lowest highest reference distorted please answer only number think step by let us
-these there be can see look looks seems overall quality rating is are was were for on as
-""".split()
-# the prompting study's prompts (prompting.py)
-TINY_WORDS += """
-perceptual best worst compared versions equal example human here now your question give get one numbers per order
-if they then that where write last line starts followed separated commas
-""".split()
-
-
-def tiny_vocab():
-    words = []
-    for w in TINY_WORDS + LABELS + LEVELS + [str(i) for i in range(101)] + list(".,:;?!()/%-'\"#"):
-        if w not in words:
-            words.append(w)
-    return words
-
-
-# "role: content" lines; an assistant turn ends with </s> so the model learns where to stop.
-TINY_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }}: "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>{{ '\\n' }}"
-    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}</s>{% endif %}{{ '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
-
-
-def build_tiny_processor():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
-    from transformers import PreTrainedTokenizerFast, LlavaProcessor, CLIPImageProcessorPil
-
-    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
-    vocab = {w: i for i, w in enumerate(specials + tiny_vocab())}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # words and runs of punctuation
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins with spaces, tidies " ."
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                        unk_token="<unk>", pad_token="<pad>",
-                                        extra_special_tokens={"image_token": "<image>"})
-    # CLIPImageProcessorPil: there is no CPU torchvision here. Resize to the tiny input, not 224.
-    s = TINY["image_size"]
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY["patch_size"],
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=TINY_CHAT_TEMPLATE)
-
-
-def build_tiny_model(processor):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    tok = processor.tokenizer
-    h, n_layers, n_heads = TINY["hidden"], TINY["layers"], TINY["heads"]
-    vision = CLIPVisionConfig(image_size=TINY["image_size"], patch_size=TINY["patch_size"], hidden_size=h,
-                              intermediate_size=4 * h, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                              projection_dim=h)
-    text = LlamaConfig(vocab_size=len(tok), hidden_size=h, intermediate_size=4 * h, num_hidden_layers=n_layers,
-                       num_attention_heads=n_heads, num_key_value_heads=n_heads, max_position_embeddings=512,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                       tie_word_embeddings=False, initializer_range=TINY["text_init_std"])
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-1,  # the default -2 would leave the last vision layer without gradient
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
-    with torch.random.fork_rng():  # same weights in every process, whatever the caller's RNG state
-        torch.manual_seed(TINY["seed"])
-        model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    return model
-
-
 # ----------------------------------------------------------------------------- loading
 def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code=False):
     """Returns (model, processor). `name`: 'tiny' (the demo's model), 'tiny:FAMILY' (a tiny random member of
-    another family, tiny_models.py), a Hugging Face id or a local path. Remote-code families (mPLUG-Owl2)
+    another family; tiny_models.py), a Hugging Face id or a local path. Remote-code families (mPLUG-Owl2)
     need trust_remote_code=True."""
-    if name == "tiny":
-        processor = build_tiny_processor()
-        model = build_tiny_model(processor)
-    elif name.startswith("tiny:"):
-        from tiny_models import build_tiny
-        model, processor = build_tiny(name.split(":", 1)[1])
+    if name == "tiny" or name.startswith("tiny:"):
+        model, processor = build_tiny(name.split(":", 1)[1] if ":" in name else "llava")
     else:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -354,10 +291,29 @@ def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code
     return model.to(device=device, dtype=dtype), processor
 
 
+def read_run_config(ckpt, who=""):
+    """config.json of a train.py output folder, checked before any model is loaded. Errors name the command (`who`),
+    the folder or file and the field."""
+    say = f"{who}: " if who else ""
+    path = os.path.join(ckpt, "config.json")
+    if not os.path.isdir(ckpt):
+        raise SystemExit(f"{say}--ckpt {ckpt}: no such folder (expected a train.py output folder)")
+    for name in ("config.json", "trainable.safetensors"):
+        if not os.path.isfile(os.path.join(ckpt, name)):
+            raise SystemExit(f"{say}--ckpt {ckpt}: {name} not found (expected a train.py output folder)")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{say}{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    for field in ("model", "trainable"):
+        if not isinstance(cfg, dict) or not cfg.get(field):
+            raise SystemExit(f"{say}{path}: field {field!r} missing or empty")
+    return cfg
+
+
 def load_checkpoint(ckpt_dir, dtype=torch.float32, device="cpu"):
     """A train.py output folder -> (model with the trained tensors loaded, processor, its config)."""
-    import json
-    import os
 
     cfg_path = os.path.join(ckpt_dir, "config.json")
     weights = os.path.join(ckpt_dir, "trainable.safetensors")
@@ -394,7 +350,6 @@ def load_trained_tensors(model, weights, model_name):
 def export_checkpoint(ckpt_dir, out_dir):
     """A train.py output folder -> a plain Hugging Face folder (save_pretrained): the base model with the
     trained tensors in place and LoRA merged, loadable by from_pretrained with no code from this repo."""
-    import os
     model, processor, cfg = load_checkpoint(ckpt_dir)
     if cfg.get("lora"):
         merge_lora(model)

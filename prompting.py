@@ -1,13 +1,16 @@
-"""Prompting study (Wu et al., ECCV 2024): 3 psychophysical protocols x 3 prompting styles, no-reference or full-reference.
+"""Prompting study: 3 psychophysical protocols x 3 prompting styles, no-reference or full-reference.
 
-    python evaluate.py --protocol single --prompting standard --model tiny --data data/demo --limit 32
-    python evaluate.py --protocol double --prompting cot --model llava-hf/llava-onevision-qwen2-7b-ov-hf --data data/score
-    python evaluate.py --protocol multiple --prompting icl --reference --model ... --data data/distortion
+Wu, Ma, Liang, Yang, Zhang, "A comprehensive study of multimodal large language models for image quality
+assessment" (ECCV 2024); the difficult-sample selection of the same paper is in hard_samples.py.
+
+    python evaluate.py prompting --protocol single --prompting standard --model tiny --data data/demo --limit 32
+    python evaluate.py prompting --protocol double --prompting cot --model llava-hf/llava-onevision-qwen2-7b-ov-hf --data data/score
+    python evaluate.py prompting --protocol multiple --prompting icl --reference true --model ... --data data/distortion
 
 Protocols: single (one image -> a score 0..100), double (two images -> 1 first better, 0 second better, 2 same),
 multiple (four images -> one rank per image, 0 lowest .. 3 highest, ties allowed). Prompting: standard (ask, answer
 only), cot (describe the perceptual quality first, then a last line starting with "Answer"), icl (one worked example
-from the train split, with the human answer, before the query). --reference (FR): the reference image comes first.
+from the train split, with the human answer, before the query). reference=True (FR): the reference image comes first.
 
 All images of a query go into one user turn ({"type": "image"} items rendered by the processor's chat template).
 Many LLaVA templates move every image ahead of the text, so the text names images by their position ("image 2"),
@@ -19,7 +22,6 @@ Writes OUT/eval_prompting_{protocol}_{prompting}[_fr].json, OUT/answers_promptin
 images, the raw answer, what it parsed to) and OUT/scores_prompting_...jsonl (one row per image: id, score), which
 `analyze.py hard-samples --pred` reads.
 """
-import json
 import os
 import random
 import re
@@ -29,6 +31,11 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+
+from common import atomic_write_json, atomic_write_jsonl
+from data import load_image, load_records
+from metrics import srcc
+from model import eval_device, load_evaluated, read_run_config, to_device
 
 N_IMAGES = {"single": 1, "double": 2, "multiple": 4}   # images judged per query (plus the reference in FR)
 PROMPTINGS = ("standard", "cot", "icl")
@@ -341,7 +348,6 @@ def check_multi_image(processor, n, name):
 @torch.no_grad()
 def generate_answers(model, processor, prompts, batch_size=8, max_new_tokens=24, device="cpu"):
     """[(content, image paths, ...)] -> greedy free answers, one string each (left padding for batched generation)."""
-    from data import load_image
     answers, t0 = [], time.time()
     processor.tokenizer.padding_side = "left"
     for start in range(0, len(prompts), batch_size):
@@ -350,7 +356,7 @@ def generate_answers(model, processor, prompts, batch_size=8, max_new_tokens=24,
                  for p in batch]
         images = [[load_image(path) for path in p[1]] for p in batch]
         enc = processor(text=texts, images=images, return_tensors="pt", padding=True)
-        enc = {k: v.to(device, model.dtype) if v.is_floating_point() else v.to(device) for k, v in enc.items()}
+        enc = to_device(enc, model, device)
         new = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)[:, enc["input_ids"].shape[1]:]
         answers += processor.tokenizer.batch_decode(new, skip_special_tokens=True)
         done = min(start + batch_size, len(prompts))
@@ -359,10 +365,9 @@ def generate_answers(model, processor, prompts, batch_size=8, max_new_tokens=24,
     return [a.strip() for a in answers]
 
 
-# ----------------------------------------------------------------------------- evaluate.py --protocol
+# ----------------------------------------------------------------------------- evaluate.py prompting
 def load_prompting_records(data_dirs, split, reference):
     """Records with an image and a MOS (any task), each id once; FR needs each record's reference image path."""
-    from data import load_records
     seen, records = set(), []
     for r in load_records(data_dirs, split):
         if r.get("image") and r.get("mos") is not None and r.get("id") not in seen:
@@ -380,7 +385,6 @@ def load_prompting_records(data_dirs, split, reference):
 
 def srcc_per_source(per_image):
     """{source (and 'all' when there are several): n_images, n_scored, srcc of score vs target} over scored images."""
-    from scoring import srcc
     out, sources = {}, sorted({p["source"] for p in per_image}, key=str)
     for src in sources + (["all"] if len(sources) > 1 else []):
         mine = [p for p in per_image if src == "all" or p["source"] == src]
@@ -390,78 +394,28 @@ def srcc_per_source(per_image):
     return out
 
 
-def main_prompting(args, ap):
-    from common import atomic_write_json, atomic_write_jsonl
-    from model import load_checkpoint, load_model
-    protocol, prompting, reference = args.protocol, args.prompting, args.reference
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    if args.ckpt and len(args.ckpt) > 1:
-        ap.error("--protocol takes one --ckpt")
-    if not args.ckpt and not args.model:
-        ap.error("give --ckpt DIR or --model NAME")
-    if args.ckpt:
-        cfg_path = os.path.join(args.ckpt[0], "config.json")
-        if not os.path.exists(cfg_path):
-            raise SystemExit(f"--ckpt {args.ckpt[0]}: config.json not found (expected a train.py output folder)")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        name, data_dirs, out = f"{cfg['model']} [{cfg['trainable']}]", args.data or cfg["data"], args.out or args.ckpt[0]
-    else:
-        name, data_dirs = args.model, args.data or "data/demo"
-        out = args.out or os.path.join("out", "prompting_" + os.path.basename(args.model.rstrip("/")))
-    tag = f"{protocol}_{prompting}{'_fr' if reference else ''}"
-    records = load_prompting_records(data_dirs, args.split, reference)  # before the model: bad data fails fast
-    if args.limit and args.limit < len(records):
-        # a seeded draw, not the first N (test files are ordered by content); FR draws whole references, so that
-        # the images compared in one query still share theirs
-        rng = random.Random(f"limit:{args.seed}")
-        if reference:
-            refs = sorted({r["ref_image"] for r in records})
-            rng.shuffle(refs)
-            keep_refs, n = set(), 0
-            for ref in refs:
-                if n >= args.limit:
-                    break
-                keep_refs.add(ref)
-                n += sum(r["ref_image"] == ref for r in records)
-            records = [r for r in records if r["ref_image"] in keep_refs]
-        else:
-            keep = sorted(rng.sample(range(len(records)), args.limit))
-            records = [records[i] for i in keep]
-    if len(records) < N_IMAGES[protocol]:
-        raise SystemExit(f"{len(records)} records with an image and a MOS in {data_dirs} ({args.split}); "
-                         f"the {protocol} protocol needs at least {N_IMAGES[protocol]}")
-    if args.ckpt:
-        model, processor, _ = load_checkpoint(args.ckpt[0], dtype=dtype, device=device)
-    else:
-        model, processor = load_model(args.model, dtype=dtype, device=device)
-    model.eval()
-    per_prompt = (N_IMAGES[protocol] + reference) * (2 if prompting == "icl" else 1)
-    try:
-        check_multi_image(processor, per_prompt, name)
-    except ValueError as e:
-        raise SystemExit(f"--protocol {protocol} --prompting {prompting}: {e}") from None
-    example = None
-    if prompting == "icl":
-        train = load_prompting_records(data_dirs, args.icl_split, reference)
-        try:
-            example = pick_example(train, protocol, reference, args.seed)
-        except ValueError as e:
-            raise SystemExit(f"--prompting icl draws its worked example from the {args.icl_split} split of {data_dirs}: {e}") from None
-    queries, skipped = sample_queries(records, protocol, reference, args.rounds or ROUNDS[protocol], args.seed)
-    if not queries:
-        raise SystemExit(f"no {protocol} query could be formed: no group (same source{', same reference' if reference else ''}) "
-                         f"has {N_IMAGES[protocol]} images")
-    prompts = [build_prompt(protocol, prompting, [records[i]["image"] for i in q],
-                            records[q[0]]["ref_image"] if reference else None, example) for q in queries]
-    max_new = args.max_new_tokens or MAX_NEW_TOKENS[prompting]
-    print(f"{name}: {protocol} stimulus, {prompting} prompting, {'FR' if reference else 'NR'}: {len(records)} images, "
-          f"{len(queries)} queries of {per_prompt} images, max_new_tokens {max_new}", file=sys.stderr)
-    t0 = time.time()
-    answers = generate_answers(model, processor, prompts, args.batch_size, max_new, device)
-    seconds = time.time() - t0
+def draw_limit(records, limit, seed, reference):
+    """At most `limit` records, a seeded draw (test files are ordered by content, so not the first N); FR draws whole
+    references, so that the images compared in one query still share theirs."""
+    if not limit or limit >= len(records):
+        return records
+    rng = random.Random(f"limit:{seed}")
+    if not reference:
+        return [records[i] for i in sorted(rng.sample(range(len(records)), limit))]
+    refs = sorted({r["ref_image"] for r in records})
+    rng.shuffle(refs)
+    keep, n = set(), 0
+    for ref in refs:
+        if n >= limit:
+            break
+        keep.add(ref)
+        n += sum(r["ref_image"] == ref for r in records)
+    return [r for r in records if r["ref_image"] in keep]
 
+
+def aggregate(protocol, records, queries, prompts, answers, bt_prior):
+    """Answers -> (rows: one per query, per_image: one per record with its score, or None when no answer about it
+    parsed). single: the parsed score; double / multiple: Bradley-Terry over the pairwise preferences."""
     rows, pairs, single_scores = [], [], {}
     for q, (content, paths, idx), answer in zip(queries, prompts, answers):
         ids = [records[i]["id"] for i in q]
@@ -472,7 +426,7 @@ def main_prompting(args, ap):
             single_scores[ids[0]] = parsed
         elif protocol != "single":
             pairs += to_pairs(protocol, ids, parsed)
-    scores = single_scores if protocol == "single" else (bradley_terry(pairs, args.bt_prior) if pairs else {})
+    scores = single_scores if protocol == "single" else (bradley_terry(pairs, bt_prior) if pairs else {})
     n_answers = defaultdict(int)
     for row in rows:
         for i in row["ids"]:
@@ -480,15 +434,63 @@ def main_prompting(args, ap):
     per_image = [{"id": r["id"], "source": r.get("source"), "mos": r["mos"], "mos_norm": r.get("mos_norm"), "target": target(r),
                   "score": None if r["id"] not in scores else round(scores[r["id"]], 6), "parsed_queries": n_answers[r["id"]]}
                  for r in records]
+    return rows, per_image
+
+
+def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None, model=None, data=None, split="test",
+             out=None, batch_size=32, limit=0, seed=0, max_new_tokens=0, rounds=0, icl_split="train", bt_prior=BT_PRIOR):
+    """evaluate.py prompting: one protocol x prompting style, NR or FR (`reference`), on a checkpoint or an untuned
+    model. Writes OUT/eval_prompting_{tag}.json, answers_prompting_{tag}.jsonl and scores_prompting_{tag}.jsonl."""
+    if protocol not in N_IMAGES or prompting not in PROMPTINGS:
+        raise SystemExit(f"--protocol must be one of {list(N_IMAGES)} and --prompting one of {list(PROMPTINGS)}")
+    if ckpt:
+        cfg = read_run_config(ckpt)
+        name, data_dirs, out = f"{cfg['model']} [{cfg['trainable']}]", data or cfg["data"], out or ckpt
+    elif model:
+        name, data_dirs = model, data or "data/demo"
+        out = out or os.path.join("out", "prompting_" + os.path.basename(model.rstrip("/")))
+    else:
+        raise SystemExit("give --ckpt DIR or --model NAME")
+    tag = f"{protocol}_{prompting}{'_fr' if reference else ''}"
+    records = draw_limit(load_prompting_records(data_dirs, split, reference), limit, seed, reference)  # bad data fails fast
+    if len(records) < N_IMAGES[protocol]:
+        raise SystemExit(f"{len(records)} records with an image and a MOS in {data_dirs} ({split}); "
+                         f"the {protocol} protocol needs at least {N_IMAGES[protocol]}")
+    device, dtype = eval_device()
+    vlm, processor, _, _ = load_evaluated(ckpt, model, device, dtype)
+    per_prompt = (N_IMAGES[protocol] + reference) * (2 if prompting == "icl" else 1)
+    try:
+        check_multi_image(processor, per_prompt, name)
+    except ValueError as e:
+        raise SystemExit(f"--protocol {protocol} --prompting {prompting}: {e}") from None
+    example = None
+    if prompting == "icl":
+        try:
+            example = pick_example(load_prompting_records(data_dirs, icl_split, reference), protocol, reference, seed)
+        except ValueError as e:
+            raise SystemExit(f"--prompting icl draws its worked example from the {icl_split} split of {data_dirs}: {e}") from None
+    queries, skipped = sample_queries(records, protocol, reference, rounds or ROUNDS[protocol], seed)
+    if not queries:
+        raise SystemExit(f"no {protocol} query could be formed: no group (same source{', same reference' if reference else ''}) "
+                         f"has {N_IMAGES[protocol]} images")
+    prompts = [build_prompt(protocol, prompting, [records[i]["image"] for i in q],
+                            records[q[0]]["ref_image"] if reference else None, example) for q in queries]
+    max_new = max_new_tokens or MAX_NEW_TOKENS[prompting]
+    print(f"{name}: {protocol} stimulus, {prompting} prompting, {'FR' if reference else 'NR'}: {len(records)} images, "
+          f"{len(queries)} queries of {per_prompt} images, max_new_tokens {max_new}", file=sys.stderr)
+    t0 = time.time()
+    answers = generate_answers(vlm, processor, prompts, batch_size, max_new, device)
+    seconds = time.time() - t0
+    rows, per_image = aggregate(protocol, records, queries, prompts, answers, bt_prior)
     per_source = srcc_per_source(per_image)
     n_parsed = sum(row["parsed"] is not None for row in rows)
     result = {"task": "prompting", "protocol": protocol, "prompting": prompting, "reference": bool(reference),
-              "model": name, "data": data_dirs, "split": args.split, "seed": args.seed, "limit": args.limit,
+              "model": name, "data": data_dirs, "split": split, "seed": seed, "limit": limit,
               "n_images": len(records), "skipped_images": skipped, "n_queries": len(rows), "images_per_prompt": per_prompt,
               "max_new_tokens": max_new, "parsed": n_parsed, "unparsed": len(rows) - n_parsed,
               "unparsed_examples": [row["answer"] for row in rows if row["parsed"] is None][:5],
               "aggregation": "parsed score (0..100)" if protocol == "single" else
-              f"Bradley-Terry log-strength (MM fit; ties = half a win; prior {args.bt_prior} virtual tied games vs an average image)",
+              f"Bradley-Terry log-strength (MM fit; ties = half a win; prior {bt_prior} virtual tied games vs an average image)",
               "target": "mos_norm (else mos)", "per_source": per_source, "example": example,
               "prompt_example": prompt_text(prompts[0][0]), "seconds": round(seconds, 1), "device": device}
     os.makedirs(out, exist_ok=True)

@@ -1,24 +1,34 @@
-"""Quality scoring (Q-Align / Q-SiT): prompts, closed-set scores, SRCC/PLCC, data mix and its balance.
+"""Quality scoring (Q-Align / Q-SiT): MOS -> five text levels, the closed-set softmax over the level tokens, the
+cross-dataset table, what the level conversion keeps, and the mix ratio of scoring to interpreting data.
 
-    import scoring as S
-    rec = S.score_record("koniq10k/1.jpg", "/data/koniq/512x384/1.jpg", "good", "koniq10k", "1", rng)
-    probs, score, nll = S.closed_set_scores(logits, level_ids, target)   # through kernels.level_cross_entropy
-    S.srcc(pred, mos), S.plcc(pred, mos), S.plcc(pred, mos, logistic=True)
-    mixer = S.Mixer(["data/demo_score", "data/demo_interpret"], "score:1.0,interpret:2.5")  # train.py --mix
-    new_mix, ratio, action = S.balance_mix(mix, {"score": 0.9, "interpret": 1.2}, lam=0.8)
-    x_best, coeffs = S.poly_argmax(ratios, scores, degree=4)             # analyze.py mix-ratio
+Zhang, Wu, Jia, Lin, Zhai, "Teaching LMMs for image quality scoring and interpreting" (Q-SiT): levels in equal
+intervals between the dataset's min and max (Table II), score = softmax over the five level logits @ [1..5],
+scoring data mixed with interpreting and general data at a ratio found on a small model (Algorithm 1, steps 1-2:
+mix_ratio below; step 3: data.Mixer.balance). The question and answer are Q-Align's.
 
-Used by prepare_data.py (--task score / interpret), train.py (--mix, --balance), evaluate.py (--task score) and
-analyze.py (mix-ratio, level-precision). Formulas: ../shared/DESIGN.md ("Levels", "Scores", "Mix ratio").
+    python prepare_data.py --task score --koniq /data/koniq10k --out data/score     # make_score
+    python evaluate.py score --ckpt out/A --ckpt out/B --data data/score             # evaluate (the table)
+    python analyze.py level-precision --meta ../shared/iqa_meta                      # level_precision_report
+    python analyze.py mix-ratio --points points.csv                                  # mix_ratio
 """
-import math
+import csv
+import json
 import os
 import random
+import subprocess
+import sys
+import time
+from collections import Counter
 
 import numpy as np
 import torch
 
-from data import LEVELS
+import iqa_datasets as D
+import iqa_io
+from common import atomic_write, atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot
+from data import LEVELS, closed_set_token_ids, encode_prompts, load_records, uses_system_prefix, with_system, write_splits
+from metrics import closed_set_scores, plcc, score_metrics, srcc
+from model import eval_device, last_token_logits, load_evaluated, to_device
 
 # ----------------------------------------------------------------------------- prompts (Q-Align form)
 SCORE_QUESTION = "How would you rate the quality of this image?"   # the canonical question (val/test)
@@ -27,7 +37,6 @@ SCORE_PARAPHRASES = [SCORE_QUESTION, "Can you rate the quality of this image?", 
                      "Rate the quality of the image."]
 SCORE_PREFIX = "The quality of the image is"    # the answer is "The quality of the image is {level}."
 SYSTEM_PREFIX = "Assume you are an image quality evaluator."   # system turn for scoring data in a mix
-LEVEL_WEIGHTS = [1.0, 2.0, 3.0, 4.0, 5.0]       # score = probs @ weights (1..5); on [0, 1]: (score - 1) / 4
 
 
 def score_record(rid, image, level, source, ref, rng=None, **extra):
@@ -39,109 +48,143 @@ def score_record(rid, image, level, source, ref, rng=None, **extra):
             "task": "score", "source": source, "ref": ref, "level": level, **extra}
 
 
-def with_system(record, text=SYSTEM_PREFIX):
-    """A copy of the record with a system turn first (unchanged if it already has one)."""
-    if record["conversations"] and record["conversations"][0]["from"] == "system":
-        return record
-    return {**record, "conversations": [{"from": "system", "value": text}] + record["conversations"]}
+# ----------------------------------------------------------------------------- records
+SCORE_DATASETS = {"koniq10k": "koniq", "spaq": "spaq", "livec": "livec", "agiqa3k": "agiqa", "kadid10k": "kadid",
+                  "live": "live", "csiq": "csiq", "tid2013": "tid2013"}  # source -> command-line flag
 
 
-# ----------------------------------------------------------------------------- closed-set scores
-def closed_set_scores(logits, level_ids, target=None):
-    """logits [N, V] at the answer position -> (probs [N, K], score [N] = probs @ 1..K, nll [N] or None).
-
-    Goes through kernels.level_cross_entropy (the op): its closed-set softmax gives probs, its loss the NLL of
-    the true level token over the whole vocabulary. target: [N] index into level_ids (-1 = unknown), or None."""
-    from kernels import level_cross_entropy, level_scores
-    ids = torch.as_tensor(level_ids, dtype=torch.long, device=logits.device)
-    if target is None:
-        tgt = torch.full((logits.shape[0],), -100, dtype=torch.long, device=logits.device)
-    else:
-        t = torch.as_tensor(target, dtype=torch.long, device=logits.device)
-        tgt = torch.where(t >= 0, ids[t.clamp(min=0)], torch.full_like(t, -100))
-    loss, probs = level_cross_entropy(logits.float().contiguous(), tgt, ids)
-    return probs, level_scores(probs), (loss if target is not None else None)
-
-
-# ----------------------------------------------------------------------------- correlation metrics
-def _valid(pred, mos):
-    pred, mos = np.asarray(pred, dtype=float), np.asarray(mos, dtype=float)
-    if pred.shape != mos.shape:
-        raise ValueError(f"pred has {pred.shape} values, mos {mos.shape}")
-    ok = len(pred) >= 3 and np.ptp(pred) > 0 and np.ptp(mos) > 0
-    return pred, mos, ok
-
-
-def srcc(pred, mos):
-    """Spearman rank correlation; None when undefined (fewer than 3 points or a constant input)."""
-    from scipy.stats import spearmanr
-    pred, mos, ok = _valid(pred, mos)
-    return float(spearmanr(pred, mos)[0]) if ok else None
-
-
-def logistic4(x, b1, b2, b3, b4):
-    """The 4-parameter logistic of the IQA literature: (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2."""
-    z = np.clip(-(np.asarray(x, dtype=float) - b3) / max(abs(b4), 1e-12), -60, 60)
-    return (b1 - b2) / (1 + np.exp(z)) + b2
-
-
-def fit_logistic(pred, mos):
-    """Least-squares fit of logistic4 mapping pred -> mos; returns [b1, b2, b3, b4] or None if it fails."""
-    from scipy.optimize import curve_fit
-    pred, mos = np.asarray(pred, dtype=float), np.asarray(mos, dtype=float)
-    p0 = [mos.max(), mos.min(), float(np.median(pred)), float(pred.std()) or 1.0]
-
-    def jac(x, b1, b2, b3, b4):  # analytic: MINPACK's finite-difference step is |b|*eps, ~0 for a b3 near 0
-        s = abs(b4) if abs(b4) > 1e-12 else 1e-12
-        sig = 1 / (1 + np.exp(np.clip(-(x - b3) / s, -60, 60)))
-        d = (b1 - b2) * sig * (1 - sig)
-        return np.stack([sig, 1 - sig, -d / s, -d * (x - b3) / s ** 2 * np.sign(b4 or 1.0)], axis=1)
-    try:
-        params, _ = curve_fit(logistic4, pred, mos, p0=p0, jac=jac, maxfev=20000)
-    except (RuntimeError, ValueError):
-        return None
-    return [float(p) for p in params]
+def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05, check_images=True):
+    """Scoring records (Q-Align form) from IQA datasets: MOS -> level by equal intervals between the dataset's
+    min and max (iqa_datasets.norm_scores). KonIQ-10k keeps its official training/validation/test split when the
+    metadata has it; the others are split test_frac by reference content (or randomly), then val_frac of all
+    items is held out of train for validation. LIVE Challenge's t1..t7 stay in train. Reference images without a
+    score are left out. Train questions are seeded paraphrases; val/test use the canonical question."""
+    splits, infos = {"train": [], "val": [], "test": []}, {}
+    for source, root in datasets.items():
+        t0 = time.time()
+        items, info = D.READERS[source](root, check_images=check_images)
+        D.norm_scores(items, info)
+        scored = [it for it in items if it["mos"] is not None]
+        ref_image = D.reference_images(items)
+        if any(it.get("split") for it in scored):
+            official = {"training": "train", "validation": "val", "test": "test"}
+            parts = {k: [it for it in scored if official.get(it.get("split"), "train") == k] for k in splits}
+            info["split_policy"] = "official split (training/validation/test)"
+        else:
+            train, test = D.split_items(scored, test_frac=test_frac, by=split, seed=seed)
+            train, val = D.split_items(train, test_frac=val_frac / (1 - test_frac), by=split, seed=seed + 1) \
+                if val_frac > 0 else (train, [])
+            parts = {"train": train, "val": val, "test": test}
+            info["split_policy"] = f"{'by reference content' if split == 'ref' else 'random'}, test {test_frac:.0%}, val {val_frac:.0%}"
+        rng = random.Random(f"{seed}:{source}")
+        for name, part in parts.items():
+            for it in part:
+                extra = {k: it[k] for k in ("mos", "mos_norm", "std", "label", "dist", "level_idx", "is_train_only")
+                         if it.get(k) is not None and it.get(k) is not False}
+                if not it["is_ref"] and (source, it["ref"]) in ref_image:
+                    extra["ref_image"] = ref_image[(source, it["ref"])]
+                splits[name].append(score_record(it["id"], it["image"], it["level"], source, it["ref"],
+                                                 rng if name == "train" else None, **extra))
+        info.update(n_scored=len(scored), n_unscored_refs=len(items) - len(scored),
+                    levels=dict(Counter(it["level"] for it in scored)), split_counts={k: len(v) for k, v in parts.items()})
+        infos[source] = info
+        print(f"{source}: {len(scored)} scored images ({info['layout']} layout, range {info['score_range']}, "
+              f"{info['direction']}), split {info['split_counts']}, {time.time() - t0:.1f}s")
+    meta = {"task": "score", "seed": seed, "datasets": infos,
+            "score_direction": {s: i.get("direction") for s, i in infos.items()},
+            "score_range": {s: i.get("score_range") for s, i in infos.items()}}
+    return write_splits(out, splits, meta)
 
 
-def plcc(pred, mos, logistic=False):
-    """Pearson linear correlation, after mapping pred through the fitted logistic4 when logistic=True
-    (falls back to the raw predictions if the fit fails). None when undefined."""
-    from scipy.stats import pearsonr
-    pred, mos, ok = _valid(pred, mos)
-    if not ok:
-        return None
-    if logistic:
-        params = fit_logistic(pred, mos)
-        if params is not None:
-            fitted = logistic4(pred, *params)
-            pred = fitted if np.ptp(fitted) > 0 else pred
-    return float(pearsonr(pred, mos)[0])
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def eval_score(model, processor, records, batch_size=32, device="cpu", system=None):
+    """Scoring: closed-set softmax over the 5 level tokens after the teacher-forced "The quality of the image is"
+    (through the op, metrics.closed_set_scores) -> score = probs @ [1..5]; one prediction dict per record."""
+    level_ids = closed_set_token_ids(processor, LEVELS, SCORE_PREFIX)
+    preds, t0 = [], time.time()
+    for start in range(0, len(records), batch_size):
+        recs = records[start:start + batch_size]
+        enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=SCORE_PREFIX)
+        logits = last_token_logits(model, to_device(enc, model, device), last)
+        target = [LEVELS.index(r["level"]) if r.get("level") in LEVELS else -1 for r in recs]
+        probs, score, nll = closed_set_scores(logits, level_ids, target)
+        for r, p, s, l in zip(recs, probs.tolist(), score.tolist(), nll.tolist()):
+            preds.append({"id": r.get("id"), "source": r.get("source"), "mos": r.get("mos"), "mos_norm": r.get("mos_norm"),
+                          "level": r.get("level"), "probs": [round(x, 5) for x in p], "score": round(s, 5),
+                          "score01": round((s - 1) / 4, 5), "nll": round(l, 5) if r.get("level") in LEVELS else None})
+        done = min(start + batch_size, len(records))
+        print(f"\reval score: {done}/{len(records)} ({done / (time.time() - t0):.0f} samples/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return preds
 
 
-def score_metrics(preds, logistic=False):
-    """Per-source and overall metrics of prediction dicts (score, mos, level, nll) -> {source: {...}}."""
-    out = {}
-    sources = sorted({p["source"] for p in preds})
-    for name in sources + (["all"] if len(sources) > 1 else []):
-        part = [p for p in preds if name == "all" or p["source"] == name]
-        score, mos = [p["score"] for p in part], [p["mos"] for p in part]
-        m = {"n": len(part), "srcc": srcc(score, mos), "plcc": plcc(score, mos)}
-        if logistic:
-            m["plcc_logistic"] = plcc(score, mos, logistic=True)
-        lv = [p for p in part if p.get("level") in LEVELS]
-        if lv:
-            m["level_accuracy"] = sum(LEVELS[int(np.argmax(p["probs"]))] == p["level"] for p in lv) / len(lv)
-        nll = [p["nll"] for p in part if p.get("nll") is not None]
-        if nll:
-            m["nll"] = float(np.mean(nll))
-        out[name] = m
-    return out
+def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size=32, limit=0, logistic=False,
+             system="auto", table=None):
+    """evaluate.py score: one row per checkpoint in `ckpts` (and the untuned `model`), one column per test source.
+    system: the system turn SYSTEM_PREFIX before the question (auto: if the run trained on a --mix of several sources).
+    Writes per row OUT/eval_score.json and OUT/predictions_score.jsonl, and the cross-dataset table (rows: trained
+    on, columns: tested on) to `table` (default OUT/score_table.json), also printed."""
+    if system not in ("auto", "yes", "no"):
+        raise SystemExit(f"--system must be auto, yes or no, got {system!r}")
+    runs = [("ckpt", c) for c in ckpts or []] + ([("model", model)] if model else [])
+    if not runs:
+        raise SystemExit("give --ckpt DIR (one or more) or --model NAME")
+    device, dtype = eval_device()
+    rows, columns = {}, []
+    for kind, name in runs:
+        vlm, processor, cfg, _ = load_evaluated(*((name, None) if kind == "ckpt" else (None, name)), device, dtype)
+        if kind == "ckpt":
+            data_dirs, row, trained_on = data or cfg["data"], os.path.basename(os.path.normpath(name)), cfg["data"]
+            run_out = os.path.join(out, row) if out and len(runs) > 1 else (out or name)
+        else:
+            data_dirs, row, trained_on = data or "data/demo_score", f"untuned {name}", None
+            run_out = out or os.path.join("out", "untuned_" + os.path.basename(name.rstrip("/")))
+            run_out = os.path.join(run_out, "untuned") if out and len(runs) > 1 else run_out
+        turn = SYSTEM_PREFIX if system == "yes" or (system == "auto" and uses_system_prefix(cfg.get("mix"))) else None
+        records = [r for r in load_records(data_dirs, split) if r.get("task") == "score"]
+        records = records[:limit] if limit else records
+        if not records:
+            raise SystemExit(f"no score records in {data_dirs} ({split}); make them with prepare_data.py --task score")
+        preds = eval_score(vlm, processor, records, batch_size, device, turn)
+        for p in preds:  # correlations against mos_norm: higher = better for every source (DMOS flipped)
+            p["target"] = p["mos_norm"] if p["mos_norm"] is not None else p["mos"]
+        metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=logistic)
+        os.makedirs(run_out, exist_ok=True)
+        atomic_write_json(os.path.join(run_out, "eval_score.json"), {
+            "task": "score", "model": name, "trained_on": trained_on, "data": data_dirs, "split": split,
+            "system_prefix": turn, "logistic": logistic, "per_source": metrics})
+        atomic_write_jsonl(os.path.join(run_out, "predictions_score.jsonl"), preds)
+        rows[row] = {"trained_on": trained_on, "results": metrics}
+        columns += [s for s in metrics if s not in columns]
+        print(f"{row}: " + ", ".join(f"{s} SRCC {fmt(m['srcc'])} PLCC {fmt(m['plcc'])}" for s, m in metrics.items())
+              + f"  -> {run_out}/eval_score.json, predictions_score.jsonl")
+    key = "plcc_logistic" if logistic else "plcc"
+    print(f"SRCC/{'PLCC (logistic)' if logistic else 'PLCC'}, split {split}:\n" + score_table_text(rows, columns, key))
+    table = table or os.path.join(out or (ckpts[0] if ckpts and len(runs) == 1 else "out"), "score_table.json")
+    atomic_write_json(table, {"rows": list(rows), "columns": columns, "metric": ["srcc", key], "split": split, "table": rows})
+    print(f"table -> {table}")
+    return rows
 
 
+def fmt(x):
+    return "-" if x is None else f"{x:.4f}"
+
+
+def score_table_text(rows, columns, key):
+    """Rows: trained on; columns: tested on; cells SRCC/PLCC."""
+    def cell(m):
+        return "/".join("  -  " if m.get(k) is None else f"{m[k]:.3f}" for k in ("srcc", key))
+    lines = ["trained on \\ tested on".ljust(28) + "".join(c.rjust(14) for c in columns)]
+    for row, entry in rows.items():
+        lines.append(row[:28].ljust(28) + "".join(cell(entry["results"].get(c, {})).rjust(14) for c in columns))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- level precision (Table II)
 def level_precision(scores, direction="higher_better"):
     """How much the 5-level conversion keeps: SRCC/PLCC between the level index (1..5) and the scores, the
     levels from iqa_datasets.norm_scores (equal intervals between the scores' min and max)."""
-    import iqa_datasets as D
     items = [{"source": "x", "mos": float(s)} for s in scores]
     D.norm_scores(items, {"source": "x", "direction": direction})
     idx = [LEVELS.index(it["level"]) + 1 for it in items]
@@ -150,7 +193,47 @@ def level_precision(scores, direction="higher_better"):
             "levels": {lv: idx.count(i + 1) for i, lv in enumerate(LEVELS)}}
 
 
-# ----------------------------------------------------------------------------- polynomial fit (mix ratio)
+# pyiqa metadata (../shared/iqa_meta): score column and direction of each dataset
+LEVEL_META = {"koniq10k": ("mos", "higher_better"), "spaq": ("MOS", "higher_better"), "livec": ("mos", "higher_better"),
+              "kadid10k": ("dmos", "higher_better"), "tid2013": ("mos", "higher_better"), "live": ("mos", "lower_better"),
+              "csiq": ("dmos", "lower_better")}
+
+
+def level_precision_report(meta=None, data=None, out="out"):
+    """How much the MOS -> level conversion keeps: SRCC/PLCC between the 5 levels (1..5; equal intervals between
+    the dataset's min and max, iqa_datasets.norm_scores) and the scores they come from, per dataset (the check of
+    Table II). Reads IQA-PyTorch meta_info CSVs (`meta`, a folder; no images needed) and/or prepared score folders
+    (`data`). Writes OUT/level_precision.json and prints the table."""
+    results = {}
+    if meta:
+        for source, (col, direction) in LEVEL_META.items():
+            path = os.path.join(meta, D.PYIQA_META[source])
+            if os.path.isfile(path):
+                rows = iqa_io.read_csv(path, [col])[1]
+                scores = [iqa_io.num(r[col], f"{path}:{line}", col) for line, r in rows]
+                results[source] = {"file": path, "direction": direction, **level_precision(scores, direction)}
+    for d in [d for d in (data or "").split(",") if d]:
+        with open(os.path.join(d, "meta.json")) as f:
+            directions = json.load(f).get("score_direction", {})
+        recs = [r for split in ("train", "val", "test") if os.path.exists(os.path.join(d, f"{split}.jsonl"))
+                for r in load_records([d], split) if r.get("task") == "score" and r.get("mos") is not None]
+        for source in sorted({r["source"] for r in recs}):
+            scores = [r["mos"] for r in recs if r["source"] == source]
+            direction = directions.get(source, "higher_better")
+            results[f"{os.path.basename(os.path.normpath(d))}/{source}"] = {"direction": direction,
+                                                                           **level_precision(scores, direction)}
+    if not results:
+        raise SystemExit("level-precision: nothing read; give --meta DIR (pyiqa meta_info CSVs) and/or --data DIR")
+    print(f"{'dataset':24s} {'n':>6s} {'SRCC':>7s} {'PLCC':>7s}   images per level (bad..excellent)")
+    for name, r in results.items():
+        print(f"{name:24s} {r['n']:6d} {r['srcc']:7.4f} {r['plcc']:7.4f}   {list(r['levels'].values())}")
+    path = os.path.join(out, "level_precision.json")
+    atomic_write_json(path, {"what": "SRCC/PLCC of level index (1..5) vs the dataset's scores", "results": results})
+    print(f"-> {path}")
+    return results
+
+
+# ----------------------------------------------------------------------------- mix ratio (Algorithm 1, steps 1-2)
 def poly_argmax(x, y, degree=4, grid=2001):
     """Fits a polynomial of `degree` (lowered to len(x) - 1 when there are fewer points) and returns
     (argmax over [min x, max x] on a dense grid, coefficients highest power first, degree used)."""
@@ -163,178 +246,67 @@ def poly_argmax(x, y, degree=4, grid=2001):
     return float(xs[int(np.argmax(np.polyval(coeffs, xs)))]), [float(c) for c in coeffs], deg
 
 
-# ----------------------------------------------------------------------------- data mix (train.py --mix)
-# A --mix name matches a --data folder by its base name, or records by task group (or by the task itself).
-MIX_GROUPS = {"score": ("score",), "interpret": ("describe", "reason"), "general": ("vqa",),
-              "distortion": ("distortion",)}
+def run_ratios(ratios, data, out, model="tiny", max_steps=300, split="val", train_args=""):
+    """Trains the small model at each ratio (--mix score:1,interpret:RATIO) and scores it on the score data's `split`;
+    -> [(ratio, score, srcc, plcc)], score = (SRCC + PLCC) / 2. data: 'SCORE_DIR,INTERPRET_DIR'."""
+    score_dir, interp_dir = data.split(",")
+    points = []
+    for ratio in ratios:
+        run_out = os.path.join(out, f"ratio_{ratio:g}")
+        cmd = [sys.executable, "train.py", *train_args.split(), "--model", model, "--data", f"{score_dir},{interp_dir}",
+               "--mix", f"score:1.0,interpret:{ratio:g}", "--max_steps", str(max_steps), "--out", run_out, "--log_every", "50"]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        subprocess.run([sys.executable, "evaluate.py", "score", "--ckpt", run_out, "--data", score_dir, "--split", split],
+                       check=True)
+        with open(os.path.join(run_out, "eval_score.json")) as f:
+            m = json.load(f)["per_source"]
+        m = m.get("all", next(iter(m.values())))
+        points.append((ratio, (m["srcc"] + m["plcc"]) / 2, m["srcc"], m["plcc"]))
+        print(f"ratio {ratio:g}: SRCC {m['srcc']:.4f} PLCC {m['plcc']:.4f}", flush=True)
+    return points
 
 
-def parse_mix(spec):
-    """'score:1.0,interpret:2.5' -> {'score': 1.0, 'interpret': 2.5} (order kept; weights >= 0, one > 0)."""
-    mix = {}
-    for item in [s.strip() for s in str(spec).split(",") if s.strip()]:
-        name, sep, w = item.partition(":")
-        try:
-            weight = float(w) if sep else float("nan")
-        except ValueError:
-            weight = float("nan")
-        if not name or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"--mix: {item!r} is not NAME:WEIGHT with a weight >= 0 (e.g. score:1.0,interpret:2.5)")
-        if name in mix:
-            raise ValueError(f"--mix: {name!r} given twice")
-        mix[name] = weight
-    if not mix or not any(w > 0 for w in mix.values()):
-        raise ValueError(f"--mix {spec!r}: expected NAME:WEIGHT pairs with at least one weight > 0")
-    return mix
+def mix_ratio(points=None, degree=4, out="out/mix_ratio", run=False, ratios="0.25,0.5,1,2,4",
+              data="data/demo_score,data/demo_interpret", model="tiny", max_steps=300, split="val", train_args=""):
+    """Algorithm 1, steps 1-2: fit a degree-4 polynomial to (ratio, score) points and report its argmax, the mix
+    ratio to map to the primary model. Points from a CSV (`points`, columns ratio,score), or run=True: train the
+    small model at each of `ratios` (interpreting : scoring) and score it first. Writes OUT/mix_ratio.json,
+    OUT/mix_ratio.png (points + curve) and, with run, OUT/points.csv."""
+    if run:
+        if not data or len(data.split(",")) != 2:
+            raise SystemExit("mix-ratio --run needs --data SCORE_DIR,INTERPRET_DIR")
+        rows = run_ratios([float(r) for r in ratios.split(",")], data, out, model, max_steps, split, train_args)
+        points = points or os.path.join(out, "points.csv")
+        atomic_write(points, "ratio,score,srcc,plcc\n" + "".join(f"{r:g},{s:.6f},{a:.6f},{b:.6f}\n" for r, s, a, b in rows))
+    if not points:
+        raise SystemExit("mix-ratio: give --points CSV (columns ratio,score) or --run true")
+    with open(points, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"ratio", "score"} <= set(rows[0]):
+        raise SystemExit(f"{points}: expected a CSV with columns ratio,score")
+    x, y = np.array([float(r["ratio"]) for r in rows]), np.array([float(r["score"]) for r in rows])
+    best, coeffs, deg = poly_argmax(x, y, degree)
+    result = {"points": [[float(a), float(b)] for a, b in zip(x, y)], "degree": deg, "coefficients": coeffs,
+              "argmax_ratio": best, "fitted_score_at_argmax": float(np.polyval(coeffs, best)),
+              "best_measured": [float(x[np.argmax(y)]), float(y.max())]}
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, "mix_ratio.json"), result)
+    mix_ratio_png(os.path.join(out, "mix_ratio.png"), x, y, coeffs, deg, best)
+    print(f"degree-{deg} fit over {len(x)} points: argmax ratio {best:.4g} (fitted score {result['fitted_score_at_argmax']:.4f}); "
+          f"best measured {result['best_measured'][0]:g} ({result['best_measured'][1]:.4f}) -> {out}/mix_ratio.json, mix_ratio.png")
+    return result
 
 
-def source_name(record, folder, names):
-    """Which --mix name a record belongs to: its folder's base name, else its task's group, else its task."""
-    base = os.path.basename(os.path.normpath(folder))
-    if base in names:
-        return base
-    task = record.get("task", "distortion")
-    for name in names:
-        if task in MIX_GROUPS.get(name, ()) or task == name:
-            return name
-    return None
-
-
-def epoch_sample(sizes, mix, seed, epoch):
-    """[(name, index in that source)] for one epoch, shuffled: weight w gives floor(w) full passes over the
-    source plus a seeded random round(frac(w) * n) of its records (so n * w records in all)."""
-    rng = random.Random(f"mix:{seed}:{epoch}")
-    out = []
-    for name, w in mix.items():
-        n = sizes.get(name, 0)
-        if n == 0 or w <= 0:
-            continue
-        full = int(w)
-        out += [(name, i) for _ in range(full) for i in range(n)]
-        out += [(name, i) for i in rng.sample(range(n), min(n, round((w - full) * n)))]
-    rng.shuffle(out)
-    return out
-
-
-def balance_mix(mix, val_loss, lam, step=0.1, tol=0.02, score="score", interp="interpret"):
-    """Q-SiT Alg. 1, step 3: ratio = val_loss[score] / val_loss[interp] against the reference lam. A ratio above
-    lam * (1 + tol) means scoring falls behind: its weight is multiplied by (1 + step) and interpreting's divided
-    by it; below lam * (1 - tol) the other way round; else unchanged. -> (new mix, ratio, action)."""
-    ratio = val_loss[score] / max(val_loss[interp], 1e-12)
-    new = dict(mix)
-    if ratio > lam * (1 + tol):
-        new[score], new[interp], action = mix[score] * (1 + step), mix[interp] / (1 + step), f"more {score}"
-    elif ratio < lam * (1 - tol):
-        new[score], new[interp], action = mix[score] / (1 + step), mix[interp] * (1 + step), f"more {interp}"
-    else:
-        action = "keep"
-    return {k: round(v, 6) for k, v in new.items()}, ratio, action
-
-
-def uses_system_prefix(mix_spec):
-    """Scoring data gets the system turn when the mix draws on more than one source."""
-    return bool(mix_spec) and sum(w > 0 for w in parse_mix(mix_spec).values()) > 1
-
-
-class Mixer:
-    """train.py --mix: the --data folders as named sources, a per-epoch sampled order, validation sets, --balance.
-
-    Validation records of a source come from its folder's val.jsonl, else a seeded val_frac of its train
-    records (held out of training). With more than one source, scoring records get the system turn."""
-
-    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=256, score="score", interp="interpret"):
-        from data import load_records
-        dirs = [d for d in data_dirs.split(",") if d] if isinstance(data_dirs, str) else list(data_dirs)
-        self.mix, self.seed, self.score, self.interp = parse_mix(spec), seed, score, interp
-        self.system = uses_system_prefix(spec)
-        names = list(self.mix)
-        self.records, self.groups, self.val = [], {n: [] for n in names}, {n: [] for n in names}
-        for d in dirs:
-            has_val = os.path.exists(os.path.join(d, "val.jsonl"))
-            rng = random.Random(f"val:{seed}:{os.path.basename(os.path.normpath(d))}")
-            for split in (["train", "val"] if has_val else ["train"]):
-                for r in load_records([d], split):
-                    name = source_name(r, d, names)
-                    if name is None:
-                        raise ValueError(f"--mix {spec!r}: a record of {d} (task {r.get('task', 'distortion')!r}) matches "
-                                         f"no name; names match a --data folder's base name or a task group "
-                                         f"{ {k: list(v) for k, v in MIX_GROUPS.items()} }")
-                    if self.system and r.get("task") == "score":
-                        r = with_system(r)
-                    if split == "val" or (not has_val and rng.random() < val_frac):
-                        self.val[name].append(r)
-                    else:
-                        self.groups[name].append(len(self.records))
-                        self.records.append(r)
-        empty = [n for n in names if not self.groups[n] and self.mix[n] > 0]
-        if empty:
-            raise ValueError(f"--mix: no training records for {empty} in {dirs}")
-        for n in names:  # a fixed, seeded subset keeps each evaluation comparable and quick
-            random.Random(f"valpick:{seed}:{n}").shuffle(self.val[n])
-            self.val[n] = self.val[n][:val_max]
-        self.lam = None  # the balance reference; set by the first evaluation unless given
-
-    def sizes(self):
-        return {n: len(ix) for n, ix in self.groups.items()}
-
-    def epoch_size(self):
-        return len(epoch_sample(self.sizes(), self.mix, self.seed, 0))
-
-    def order(self, epoch):
-        """Indices into self.records for one epoch under the current mix."""
-        return [self.groups[name][i] for name, i in epoch_sample(self.sizes(), self.mix, self.seed, epoch)]
-
-    def describe(self):
-        return "mix: " + ", ".join(f"{n} x{w:g} ({len(self.groups[n])} train, {len(self.val[n])} val)"
-                                   for n, w in self.mix.items()) + ("; system turn on scoring data" if self.system else "")
-
-    def restore(self, log):
-        """After --resume: the mix and reference of the last balance record in the log."""
-        for rec in reversed(log):
-            if "mix" in rec:
-                self.mix, self.lam = dict(rec["mix"]), rec.get("lambda")
-                return
-
-    @torch.no_grad()
-    def val_losses(self, net, processor, batch_size=32, device="cpu", amp_dtype=None):
-        """Mean answer-token NLL (no label smoothing) per source with validation records."""
-        from data import encode_batch
-        from kernels import level_cross_entropy
-        module = getattr(net, "module", net)  # past DDP: every rank evaluates the same records itself
-        was_training = module.training
-        module.eval()
-        out = {}
-        for name, recs in self.val.items():
-            if not recs:
-                continue
-            total, count = 0.0, 0
-            for s in range(0, len(recs), batch_size):
-                batch = {k: v.to(device) for k, v in encode_batch(processor, recs[s:s + batch_size]).items()}
-                with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    logits, targets = module(**batch)
-                    loss = level_cross_entropy(logits.float(), targets)[0]
-                total, count = total + float(loss.sum()), count + loss.numel()
-            out[name] = total / max(count, 1)
-        module.train(was_training)
-        return out
-
-    def balance(self, val_loss, lam=0.0, step=0.1, tol=0.02, ddp=False):
-        """One balance step from the validation losses; returns the log record (mix before -> after)."""
-        for k in (self.score, self.interp):
-            if k not in val_loss:
-                raise ValueError(f"--balance needs validation records of {self.score!r} and {self.interp!r}; "
-                                 f"have {sorted(val_loss)} (--mix names: {list(self.mix)})")
-        ratio = val_loss[self.score] / max(val_loss[self.interp], 1e-12)
-        if self.lam is None:
-            self.lam = lam if lam > 0 else ratio
-        new, ratio, action = balance_mix(self.mix, val_loss, self.lam, step, tol, self.score, self.interp)
-        if ddp:  # rank 0's decision, so every rank samples the same mix
-            names = list(new)
-            t = torch.tensor([new[n] for n in names], dtype=torch.float64,
-                             device="cuda" if torch.cuda.is_available() else "cpu")
-            torch.distributed.broadcast(t, 0)
-            new = {n: float(v) for n, v in zip(names, t.tolist())}
-        before, self.mix = self.mix, new
-        return {"ratio": round(ratio, 5), "lambda": round(self.lam, 5), "action": action,
-                "mix_before": before, "mix": new}
+def mix_ratio_png(path, x, y, coeffs, deg, best):
+    plt = pyplot()
+    xs = np.linspace(x.min(), x.max(), 400)
+    fig, ax = plt.subplots(figsize=(5.6, 4))
+    ax.plot(xs, np.polyval(coeffs, xs), label=f"degree-{deg} fit")
+    ax.scatter(x, y, color="k", zorder=3, label="measured")
+    ax.axvline(best, ls="--", color="r", label=f"argmax {best:.3g}")
+    ax.set_xlabel("mix ratio (interpreting : scoring)")
+    ax.set_ylabel("validation score")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write_png(path, fig)

@@ -1,19 +1,23 @@
 """Fine-tune chosen parts of a VLM on prepared JSONL data (loss on answer tokens only).
 
-    python train.py                                              # tiny model, demo data, encoder+projector
-    python train.py --trainable projector --max_minutes 5 --out out/projector
-    torchrun --standalone --nproc_per_node=2 train.py --trainable encoder,projector --max_steps 20
-    python train.py config/my_experiment.py --lr 3e-4            # a config file, then overrides
-    python train.py --data data/demo_score,data/demo_interpret --mix score:1.0,interpret:2.5 --balance true
-    python train.py --stage 1 --data data/demo_pathway --trainable encoder,projector,llm --out out/pw_stage1
-    python train.py --stage 2 --data data/demo_pathway --init out/pw_stage1 --trainable llm --out out/pw_stage2
+    python train.py config/demo.py --max_minutes 5 --out out/demo                 # the tiny demo (its settings: config/demo.py)
+    torchrun --standalone --nproc_per_node=4 train.py config/distortion_llava15_7b.py --trainable encoder,projector
+    python train.py config/qsit_mini.py --lr 2e-5                                  # a recipe, then overrides
+    python train.py config/demo.py --data data/demo_score,data/demo_interpret --mix score:1.0,interpret:2.5 --balance true
+    python train.py config/demo.py --stage 1 --data data/demo_pathway --trainable encoder,projector,llm --out out/pw_stage1
+    python train.py config/demo.py --stage 2 --data data/demo_pathway --init out/pw_stage1 --trainable llm --out out/pw_stage2
+
+The defaults below are those of a real 7B fine-tune (Q-Align's released recipe where the papers are silent: peak lr
+2e-5, cosine after 3 % warmup, 3 epochs, no weight decay, no augmentation, gradient checkpointing); the tiny demo's
+settings and each paper's recipe live in config/*.py. A config file is Python setting any of these keys; flags after
+it override it (`--key value` or `--key=value`; booleans true / false); unknown keys are an error.
 
 --mix samples each named source by weight per epoch (a name is a --data folder's base name or a task group:
 score; interpret = describe/reason; general = vqa); with several sources, scoring records get the system turn
-"Assume you are an image quality evaluator.". --balance evaluates the validation loss per source every
---eval_every steps and shifts the mix (from the next epoch) toward the task whose loss ratio falls behind λ.
+"Assume you are an image quality evaluator." (scoring.SYSTEM_PREFIX). --balance evaluates the validation loss per
+source every --eval_every steps and shifts the mix (from the next epoch) toward the task whose loss ratio falls behind λ.
 
---stage 1|2 (two-stage reasoning, pathway.py): stage 1 learns image -> low-level description, stage 2 the description
+--stage 1|2 (two-stage reasoning, two_stage.py): stage 1 learns image -> low-level description, stage 2 the description
 alone (no image) -> "The quality of the image is {level}."; --data DIR reads DIR/stage1 or DIR/stage2 where they exist.
 --init DIR starts from a previous run's trained tensors and saves them again with this run's, so the output folder
 holds every stage. The one-stage baseline is a plain run on DIR/one_stage.
@@ -33,30 +37,33 @@ import time
 import torch
 
 from common import apply_overrides, atomic_write, atomic_write_json, atomic_write_jsonl, setup_distributed
-from data import LABELS, encode_batch, load_records
+from data import LABELS, Mixer, encode_batch, load_records
 from kernels import backend, level_cross_entropy
-from model import SupervisedLogits, load_model, set_trainable
+from model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
+                   parse_trainable, set_trainable)
+from scoring import SYSTEM_PREFIX
 
-# ----------------------------------------------------------------------------- config (defaults)
-model = "tiny"                 # 'tiny', a Hugging Face id, or a local path
+# ----------------------------------------------------------------------------- config (defaults: a real 7B fine-tune)
+model = "tiny"                 # 'tiny' (the CPU demo's model), 'tiny:FAMILY', a Hugging Face id, or a local path
 data = "data/demo"             # prepared folder(s), comma-separated
 out = "out/run"                # output folder
 trainable = "encoder,projector"  # parts: encoder, projector, llm, llm:A-B, head (comma list)
-batch_size = 32                # per process, per micro-step
+batch_size = 8                 # per process, per micro-step (Q-Align's per-device 8)
 grad_accum = 1                 # micro-steps per optimizer step
 max_steps = 0                  # optimizer steps; 0 = run until max_minutes or epochs
 max_minutes = 0.0              # wall-clock budget; the cosine schedule follows time when set
-epochs = 10                    # used when neither max_steps nor max_minutes is set
-lr = 2e-3                      # peak learning rate
+epochs = 3                     # used when neither max_steps nor max_minutes is set (Q-Align, Q-SiT: 3)
+lr = 2e-5                      # peak learning rate (Q-Align's full fine-tune; its LoRA runs use 2e-4)
 lr_encoder = 0.0               # peak lr of the vision encoder; 0 = same as lr
-min_lr_frac = 0.05             # cosine decays to lr * min_lr_frac
-warmup_steps = 50
+min_lr_frac = 0.0              # cosine decays to lr * min_lr_frac (transformers' cosine: to 0)
+warmup_steps = 0               # linear warmup steps; 0 = warmup_frac of the run
+warmup_frac = 0.03             # warmup as a share of the run's steps (or minutes), when warmup_steps is 0
 weight_decay = 0.0
 grad_clip = 1.0
-label_smoothing = 0.1          # over the vocabulary (F.cross_entropy semantics)
-augment = "flip_rot"           # none | flip | flip_rot (flips and 90-degree turns: no distortion class depends on them)
+label_smoothing = 0.0          # over the vocabulary (F.cross_entropy semantics); Q-Align / Q-SiT train plain CE
+augment = "none"               # none | flip | flip_rot (flips and 90-degree turns; the demo uses flip_rot)
 dtype = "auto"                 # auto = bf16 autocast on GPU, fp32 on CPU; or float32 / bfloat16
-grad_ckpt = False              # gradient checkpointing (non-reentrant: gradients flow with frozen inputs)
+grad_ckpt = True               # gradient checkpointing (non-reentrant: gradients flow with frozen inputs)
 log_every = 20
 ckpt_every = 0                 # save every N steps (0 = only at the end)
 resume = False                 # continue from OUT's last checkpoint (optimizer and data position too)
@@ -64,7 +71,7 @@ seed = 1337
 num_threads = 0                # torch CPU threads; 0 = torch's default
 check_ddp_sync = False         # at the end, compare a hash of the trained tensors across ranks
 mix = ""                       # sample the --data sources per epoch by weight, e.g. score:1.0,interpret:2.5,general:1.04
-                               # (names: a folder's base name or a task group; scoring.py); "" = every record once
+                               # (names: a folder's base name or a task group; data.py); "" = every record once
 balance = False                # with --mix: after each evaluation, shift the mix from the val-loss ratio (Q-SiT Alg. 1)
 balance_lambda = 0.0           # reference ratio λ of val loss score/interpret; 0 = the ratio at the first evaluation
 balance_step = 0.1             # a balance step multiplies one weight by (1 + step) and divides the other by it
@@ -109,7 +116,6 @@ if stage:
                     for d in data.split(",") if d)
     config["data"] = data
 if stage == 2:
-    from model import parse_trainable
     named = [name for name, _ in parse_trainable(trainable)]
     if not {"llm", "head"} & set(named):
         raise SystemExit(f"--stage 2 batches carry no image, so --trainable {trainable} would learn nothing: "
@@ -148,7 +154,6 @@ for p in vlm.parameters():  # trained tensors in float32 (AdamW on bf16 weights 
         p.data = p.data.float()
 init_names = set()
 if init:  # after the float32 copies are made, so the tensors trained here start from the init's exact values
-    from model import load_trained_tensors
     try:
         init_names = set(load_trained_tensors(vlm, os.path.join(init, "trainable.safetensors"), model))
     except KeyError as e:  # LoRA adapters rename the layers they wrap (q_proj.weight -> q_proj.base_layer.weight)
@@ -157,12 +162,10 @@ if init:  # after the float32 copies are made, so the tensors trained here start
     print0(f"--init {init}: {len(init_names)} trained tensors loaded (its trainable {init_cfg.get('trainable')!r}, "
            f"stage {init_cfg.get('stage', 0)}); saved again with this run's")
 if grad_ckpt:
-    from model import enable_checkpointing
     enable_checkpointing(vlm)
 mixer = None
-if mix:  # named sources sampled by weight per epoch, validation sets, --balance (scoring.Mixer)
-    from scoring import Mixer
-    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac)
+if mix:  # named sources sampled by weight per epoch, validation sets, --balance (data.Mixer)
+    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, score_system=SYSTEM_PREFIX)
     eval_every = eval_every or (100 if balance else 0)
     print0(mixer.describe())
 elif balance:
@@ -228,10 +231,15 @@ total_steps = max_steps or (0 if max_minutes else epochs * steps_per_epoch)
 
 
 def lr_factor(step, elapsed_min):
-    """Linear warmup, then cosine to min_lr_frac over steps, or over wall-clock time with max_minutes."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
+    """Linear warmup (warmup_steps, else the first warmup_frac of the run), then cosine to min_lr_frac, over steps or
+    over wall-clock time with max_minutes."""
     progress = min(1.0, max(step / total_steps if total_steps else 0.0, elapsed_min / max_minutes if max_minutes else 0.0))
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not warmup_steps and progress < warmup_frac:  # the first step must not run at lr 0
+        done = (step + 1) / total_steps if total_steps else max(progress, 1e-3)
+        return min(1.0, done / warmup_frac)
+    progress = (progress - (0 if warmup_steps else warmup_frac)) / (1 - (0 if warmup_steps else warmup_frac))
     return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -244,7 +252,6 @@ if resume:
     state_path = os.path.join(out, "resume.pt")
     if not os.path.exists(state_path):
         raise SystemExit(f"--resume: {state_path} not found")
-    from model import load_trained_tensors
     state = torch.load(state_path, map_location=device, weights_only=False)
     load_trained_tensors(vlm, os.path.join(out, "trainable.safetensors"), model)
     optimizer.load_state_dict(state["optimizer"])
@@ -341,7 +348,6 @@ while True:
 save(final=True)
 print0(f"done: {step} steps in {elapsed_min:.1f} min -> {out}")
 if export and master:
-    from model import export_checkpoint
     export_checkpoint(out, export)
 if ddp and check_ddp_sync:  # DDP keeps replicas equal by construction; this proves it, bit for bit
     import hashlib
@@ -350,9 +356,8 @@ if ddp and check_ddp_sync:  # DDP keeps replicas equal by construction; this pro
     torch.distributed.all_gather_object(digests, digest)
     print0(f"trained tensors per rank: {[d[:12] for d in digests]}; ranks identical: {len(set(digests)) == 1}")
 if ddp:
-    # the DDP reducer holds the process group; left alive past destroy_process_group, it was torn down at
-    # interpreter exit and a gloo rank aborted ("terminate called without an active exception"): 7 of 30
-    # runs of a minimal 2-process DDP script, 2 of 18 of this script's 20-step run. Freed first: 0 of 30 and 0 of 25.
+    # the DDP reducer holds the process group: left alive past destroy_process_group, the group is torn down at
+    # interpreter exit, where a gloo rank can abort ("terminate called without an active exception")
     del net
     gc.collect()
     torch.distributed.barrier()

@@ -44,7 +44,7 @@ def test_lora_train_export_reload_same_logits(model, score_data, tmp_path):
     from transformers import AutoModelForImageTextToText
     from model import load_checkpoint
     out, hf = tmp_path / "run", tmp_path / "hf"
-    sh("train.py", "--model", model, "--data", str(score_data), "--out", str(out), "--trainable", "projector,llm",
+    sh("train.py", "config/demo.py", "--model", model, "--data", str(score_data), "--out", str(out), "--trainable", "projector,llm",
        "--lora", "4", "--max_steps", "3", "--batch_size", "4", "--lr", "1e-2", "--warmup_steps", "1", "--export", str(hf))
     cfg = json.load(open(out / "config.json"))
     assert cfg["lora"] == 4 and set(cfg["parts"]) == {"projector", "lora(llm)"}
@@ -87,7 +87,7 @@ def test_dry_run_arithmetic():
 @pytest.mark.slow
 def test_fsdp_two_cpu_processes(score_data, tmp_path):
     out = tmp_path / "fsdp"
-    log = sh("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", "--data", str(score_data),
+    log = sh("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", "config/demo.py", "--data", str(score_data),
              "--out", str(out), "--fsdp", "true", "--trainable", "projector,llm:1-1", "--max_steps", "2", "--batch_size", "2")
     assert "done: 2 steps" in log
     from safetensors.torch import load_file

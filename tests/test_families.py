@@ -11,7 +11,8 @@ from PIL import Image
 from data import LEVELS, closed_set_token_ids, encode_batch, encode_prompts
 from kernels import level_cross_entropy
 from model import FAMILIES, SupervisedLogits, enable_checkpointing, family_of, part_params, set_trainable
-from scoring import SCORE_PREFIX, closed_set_scores, score_record
+from metrics import closed_set_scores
+from scoring import SCORE_PREFIX, score_record
 from tiny_models import TINY_FAMILIES, build_tiny
 
 # tensors that get no gradient by design: pooling heads and norms that serve only a pooled output the VLM ignores

@@ -41,6 +41,7 @@ def test_demo_set_is_deterministic_and_split_by_photo(demo, tmp_path):
 
 
 def test_train_evaluate_resume(demo, tmp_path):
+    """train.py's own defaults (a real 7B fine-tune's: gradient checkpointing, warmup share, lr 2e-5) on the tiny model."""
     out = tmp_path / "run"
     log = sh("train.py", "--data", str(demo), "--out", str(out), "--max_steps", "3", "--batch_size", "4", "--log_every", "1")
     assert "samples/s" in log and "loss" in log
@@ -48,7 +49,7 @@ def test_train_evaluate_resume(demo, tmp_path):
     assert cfg["finished"] and cfg["steps_done"] == 3 and cfg["trainable"] == "encoder,projector"
     tensors = load_file(out / "trainable.safetensors")
     assert tensors and all(k.startswith(("model.vision_tower", "model.multi_modal_projector")) for k in tensors)
-    sh("evaluate.py", "--ckpt", str(out), "--limit", "16", "--batch_size", "8")
+    sh("evaluate.py", "distortion", "--ckpt", str(out), "--limit", "16", "--batch_size", "8")
     res = json.load(open(out / "eval_distortion.json"))
     assert res["n"] == 16 and 0 <= res["accuracy"] <= 1 and len(res["confusion"]) == 8
     assert sum(map(sum, res["confusion"])) == 16 and os.path.getsize(out / "confusion.png") > 1000
@@ -68,7 +69,7 @@ def test_unknown_config_key_is_an_error(demo):
 def test_ddp_two_processes_end_identical(demo, tmp_path):
     out = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "train.py", "--data", str(demo), "--out", str(out), "--max_steps", "20", "--batch_size", "4",
+                        "train.py", "config/demo.py", "--data", str(demo), "--out", str(out), "--max_steps", "20", "--batch_size", "4",
                         "--log_every", "5", "--check_ddp_sync", "true"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-4000:]
@@ -87,7 +88,7 @@ def test_prepare_distortion_on_real_pyiqa_metadata(tmp_path):
     shutil.copy(kadid_meta, kadid / "meta_info_KADID10kDataset.csv")  # found next to the images
     build_pyiqa("live", live)
     out = tmp_path / "out"
-    sh("prepare_data.py", "--task", "distortion", "--kadid", str(kadid), "--live", str(live), "--out", str(out), "--no_image_check")
+    sh("prepare_data.py", "--task", "distortion", "--kadid", str(kadid), "--live", str(live), "--out", str(out), "--check_images", "false")
     meta = json.load(open(out / "meta.json"))
     counts = {}
     for split in ("train", "test"):
@@ -109,3 +110,32 @@ def test_prepare_distortion_on_real_pyiqa_metadata(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "I01_01_03.png" in r.stderr and "meta_info_KADID10kDataset.csv" in r.stderr
     assert not (tmp_path / "o2" / "meta.json").exists()
+
+
+def train_defaults():
+    """train.py's config block (every top-level constant assigned before apply_overrides), read without running it."""
+    import ast
+    tree = ast.parse(open(os.path.join(ROOT, "train.py")).read())
+    defaults = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and len(node.targets) == 1:
+            defaults[node.targets[0].id] = node.value.value
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "config":
+            break
+    return defaults
+
+
+def test_defaults_are_for_a_real_fine_tune():
+    d = train_defaults()
+    assert d["lr"] <= 1e-4 and d["augment"] == "none" and d["label_smoothing"] == 0.0 and d["grad_ckpt"] is True
+
+
+@pytest.mark.parametrize("recipe", sorted(f for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py")))
+def test_every_recipe_sets_only_known_keys(recipe):
+    from common import apply_overrides
+    resolved = apply_overrides(train_defaults(), [os.path.join(ROOT, "config", recipe)])
+    keys = {}
+    exec(open(os.path.join(ROOT, "config", recipe)).read(), {}, keys)
+    assert keys and all(resolved[k] == v for k, v in keys.items()), recipe
+    if recipe != "demo.py":  # the paper recipes: a real checkpoint, a peak lr a 7B survives
+        assert resolved["model"] != "tiny" and resolved["lr"] <= 2e-4

@@ -1,4 +1,5 @@
-"""Prompting study (prompting.py, evaluate.py --protocol) and difficult-sample selection (analyze.py hard-samples).
+"""Prompting study (prompting.py, evaluate.py prompting) and difficult-sample selection (hard_samples.py, analyze.py
+hard-samples).
 CPU only, a few seconds.
 
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_prompting.py
@@ -13,6 +14,7 @@ from PIL import Image
 
 import analyze
 import evaluate
+import hard_samples as H
 import prompting as P
 
 
@@ -82,7 +84,7 @@ def test_full_reference_prompts_show_the_reference_first():
 
 def test_tiny_model_takes_several_images_in_one_prompt():
     """Every prompt word is in the tiny vocabulary, and the 10 images of FR multiple icl all become image tokens."""
-    from model import build_tiny_processor
+    from tiny_models import build_tiny_processor
     processor = build_tiny_processor()
     P.check_multi_image(processor, 10, "tiny")
     img = Image.new("RGB", (64, 64), (10, 200, 30))
@@ -236,19 +238,19 @@ def test_greedy_selection_hand_computed():
     # pick 2: Div to {0} = 0.1, 1.0, 0.4 -> 4.5 + 0.4 = 4.9, 1 + 4 = 5.0, 3 + 1.6 = 4.6 -> sample 2 (far, though easy).
     # pick 3: Div to {0, 2} = 0.1, 0.4 -> 4.9, 4.6 -> sample 1; then 3, whose Div to {0, 2, 1} is |0.4 - 0.1| = 0.3.
     error, feats = [5, 4.5, 1, 3], [[0.0], [0.1], [1.0], [0.4]]
-    picks = analyze.greedy_select(error, feats, 4, lam=4)
+    picks = H.greedy_select(error, feats, 4, lam=4)
     assert [k for k, _, _ in picks] == [0, 2, 1, 3]
     assert [d for _, _, d in picks] == pytest.approx([0, 1.0, 0.1, 0.3])
-    assert [k for k, _, _ in analyze.greedy_select(error, feats, 4, lam=0)] == [0, 1, 3, 2]  # error alone
-    assert analyze.difficulty([0.6, 0.5], [0.2, 0.5], [0.2, 0.1], eps=0) == pytest.approx([4, 0])
+    assert [k for k, _, _ in H.greedy_select(error, feats, 4, lam=0)] == [0, 1, 3, 2]  # error alone
+    assert H.difficulty([0.6, 0.5], [0.2, 0.5], [0.2, 0.1], eps=0) == pytest.approx([4, 0])
 
 
 def test_fr_two_level_selection_hand_computed():
     # references 0 (samples 0, 1, 2: errors 1, 3, 2, mean 2) and 1 (samples 3, 4: errors 8, 0, mean 4)
     error, group, ref_feats = [1, 3, 2, 8, 0], [0, 0, 0, 1, 1], [[0.0], [1.0]]
-    refs, samples = analyze.select_fr(error, group, ref_feats, n_refs=1, per_ref=1, lam=0)
+    refs, samples = H.select_fr(error, group, ref_feats, n_refs=1, per_ref=1, lam=0)
     assert [g for g, _, _ in refs] == [1] and samples == [3]
-    refs, samples = analyze.select_fr(error, group, ref_feats, n_refs=2, per_ref=2, lam=0)
+    refs, samples = H.select_fr(error, group, ref_feats, n_refs=2, per_ref=2, lam=0)
     assert [g for g, _, _ in refs] == [1, 0] and samples == [3, 4, 1, 2]
 
 
@@ -281,7 +283,7 @@ def test_hard_samples_command_hand_computed(tmp_path):
     assert (out / "hard_samples.png").read_bytes()[:4] == b"\x89PNG"
     assert analyze.main(base + ["--lam", "0"])["selected"] == ["s/0", "s/3", "s/1"]
     # FR without ref_image: references by (source, ref); all four share one here -> its 2 hardest
-    res = analyze.main(base + ["--fr", "--n_refs", "1", "--per_ref", "2"])
+    res = analyze.main(base + ["--fr", "true", "--n_refs", "1", "--per_ref", "2"])
     assert res["selected"] == ["s/0", "s/3"] and (out / "hard_samples_fr.png").exists()
     with open(tmp_path / "bad.jsonl", "w") as f:
         f.write(json.dumps({"id": "s/0", "prediction": 3}) + "\n")
@@ -314,8 +316,8 @@ def make_fr_set(root):
 def test_end_to_end_with_the_tiny_model(tmp_path):
     data, out = tmp_path / "gen", tmp_path / "out"
     make_fr_set(data)
-    res = evaluate.main(["--model", "tiny", "--data", str(data), "--protocol", "multiple", "--prompting", "icl",
-                         "--reference", "--max_new_tokens", "8", "--batch_size", "2", "--out", str(out)])
+    res = evaluate.main(["prompting", "--model", "tiny", "--data", str(data), "--protocol", "multiple", "--prompting", "icl",
+                         "--reference", "true", "--max_new_tokens", "8", "--batch_size", "2", "--out", str(out)])
     # 2 references x 4 images, 2 rounds -> 4 quadruples, each prompt: example ref + 4, query ref + 4
     assert res["n_queries"] == 4 and res["parsed"] + res["unparsed"] == 4 and res["images_per_prompt"] == 10
     assert res["example"]["ids"][0].startswith("gen/r2_") and res["example"]["ref_path"].endswith("r2.png")
@@ -329,9 +331,9 @@ def test_end_to_end_with_the_tiny_model(tmp_path):
     saved = json.load(open(out / "eval_prompting_multiple_icl_fr.json"))
     assert saved["per_source"]["gen"]["n_images"] == 8 and "Bradley-Terry" in saved["aggregation"]
     # NR single stimulus through the same door; its per-image scores feed hard-samples
-    res = evaluate.main(["--model", "tiny", "--data", str(data), "--protocol", "single", "--max_new_tokens", "6", "--out", str(out)])
+    res = evaluate.main(["prompting", "--model", "tiny", "--data", str(data), "--protocol", "single", "--max_new_tokens", "6", "--out", str(out)])
     assert res["n_queries"] == 8 and res["parsed"] + res["unparsed"] == 8
-    preds, null = analyze.read_predictions(out / "scores_prompting_single_standard.jsonl")
+    preds, null = H.read_predictions(out / "scores_prompting_single_standard.jsonl")
     assert len(preds) == res["parsed"] and null == res["unparsed"]
 
 
@@ -342,7 +344,7 @@ def test_full_reference_without_ref_image_is_a_clear_error(tmp_path):
     with open(data / "test.jsonl", "w") as f:
         f.writelines(json.dumps({k: v for k, v in r.items() if k != "ref_image"}) + "\n" for r in rows)
     with pytest.raises(SystemExit, match="no 'ref_image' field"):
-        evaluate.main(["--model", "tiny", "--data", str(data), "--protocol", "double", "--reference", "--out", str(tmp_path / "o")])
+        evaluate.main(["prompting", "--model", "tiny", "--data", str(data), "--protocol", "double", "--reference", "true", "--out", str(tmp_path / "o")])
 
 
 def test_prepare_data_writes_ref_image(tmp_path):

@@ -1,4 +1,4 @@
-"""Quality scoring (issue 5): closed-set scores through the op, SRCC/PLCC and the logistic fit, the score-task
+"""Quality scoring: closed-set scores through the op, SRCC/PLCC and the logistic fit, the score-task
 parsers on the real IQA-PyTorch metadata, instruction data, the data mix and its balance, the mix-ratio fit.
 
     python -m pytest tests/test_scoring.py -q
@@ -22,6 +22,8 @@ sys.path.insert(0, str(ROOT))
 import iqa_datasets as D  # noqa: E402
 import kernels  # noqa: E402
 import prepare_data as P  # noqa: E402
+import data as DM  # noqa: E402
+import metrics as M  # noqa: E402
 import scoring as S  # noqa: E402
 from data import LEVELS  # noqa: E402
 
@@ -30,7 +32,7 @@ needs_meta = pytest.mark.skipif(not META.is_dir(), reason=f"real pyiqa metadata 
 
 
 def spy_op(monkeypatch):
-    """Counts calls of kernels.level_cross_entropy (scoring imports it at call time)."""
+    """Counts calls of kernels.level_cross_entropy (metrics calls it through the module)."""
     calls, real = [], kernels.level_cross_entropy
 
     def spy(*a, **k):
@@ -49,7 +51,7 @@ def test_closed_set_score_is_manual_softmax_times_weights(monkeypatch, path):
     target = torch.tensor([0, 4, 2, -1, 1, 3, 3])
     calls = spy_op(monkeypatch)
     with kernels.force_backend(path):
-        probs, score, nll = S.closed_set_scores(logits, ids, target)
+        probs, score, nll = M.closed_set_scores(logits, ids, target)
     assert len(calls) == 1 and list(calls[0]) == ids  # through the op, with the level ids as its closed set
     manual = torch.softmax(logits[:, ids].double(), -1)
     torch.testing.assert_close(probs.double(), manual, atol=1e-6, rtol=1e-6)
@@ -57,7 +59,7 @@ def test_closed_set_score_is_manual_softmax_times_weights(monkeypatch, path):
     ce = torch.nn.functional.cross_entropy(logits, torch.tensor(ids)[target.clamp(min=0)], reduction="none")
     torch.testing.assert_close(nll[target >= 0], ce[target >= 0], atol=1e-5, rtol=1e-5)
     assert nll[3] == 0  # unknown level: ignored row
-    assert torch.allclose(S.closed_set_scores(logits, ids)[1], score)
+    assert torch.allclose(M.closed_set_scores(logits, ids)[1], score)
 
 
 def tiny_images(folder, n=6):
@@ -72,21 +74,20 @@ def tiny_images(folder, n=6):
 
 
 def test_eval_score_on_tiny_model_matches_manual_and_uses_op(tmp_path, monkeypatch):
-    import evaluate
     from data import closed_set_token_ids, encode_prompts
-    from model import load_model
+    from model import last_token_logits, load_model
     model, processor = load_model("tiny")
     model.eval()
     recs = [S.score_record(f"x/{i}", p, LEVELS[i % 5], "x", str(i), mos=1.0 + i % 5, mos_norm=(i % 5) / 4)
             for i, p in enumerate(tiny_images(tmp_path))]
     calls = spy_op(monkeypatch)
-    preds = evaluate.eval_score(model, processor, recs, batch_size=4, system=S.SYSTEM_PREFIX)
+    preds = S.eval_score(model, processor, recs, batch_size=4, system=S.SYSTEM_PREFIX)
     assert len(calls) == 2 and len(preds) == len(recs)
     ids = closed_set_token_ids(processor, LEVELS, S.SCORE_PREFIX)
-    enc, last = encode_prompts(processor, [S.with_system(r) for r in recs], answer_prefix=S.SCORE_PREFIX)
+    enc, last = encode_prompts(processor, [DM.with_system(r, S.SYSTEM_PREFIX) for r in recs], answer_prefix=S.SCORE_PREFIX)
     assert processor.tokenizer.decode(enc["input_ids"][0]).startswith("system : assume you are an image quality evaluator.")
     with torch.no_grad():
-        z = evaluate.last_token_logits(model, enc, last)[:, ids].double()
+        z = last_token_logits(model, enc, last)[:, ids].double()
     manual = torch.softmax(z, -1) @ torch.arange(1, 6, dtype=torch.double)
     np.testing.assert_allclose([p["score"] for p in preds], manual.numpy(), atol=1e-4)
     assert all(abs(p["score01"] - (p["score"] - 1) / 4) < 1e-4 and abs(sum(p["probs"]) - 1) < 1e-3 for p in preds)
@@ -94,26 +95,26 @@ def test_eval_score_on_tiny_model_matches_manual_and_uses_op(tmp_path, monkeypat
 
 # ============================================================================ correlation metrics
 def test_srcc_plcc_on_known_inputs():
-    assert S.srcc([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
-    assert S.srcc([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert S.srcc([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)           # 1 - 6 * 4 / (5 * 24)
-    assert S.plcc([1, 2, 3], [1, 2, 4]) == pytest.approx(9 / np.sqrt(84))           # cov 3 / sqrt(2 * 42/9)
-    assert S.srcc([1, 1, 1], [1, 2, 3]) is None and S.plcc([1, 2], [1, 2]) is None  # undefined
+    assert M.srcc([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert M.srcc([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert M.srcc([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)           # 1 - 6 * 4 / (5 * 24)
+    assert M.plcc([1, 2, 3], [1, 2, 4]) == pytest.approx(9 / np.sqrt(84))           # cov 3 / sqrt(2 * 42/9)
+    assert M.srcc([1, 1, 1], [1, 2, 3]) is None and M.plcc([1, 2], [1, 2]) is None  # undefined
 
 
 def test_logistic_fit_recovers_known_params():
     x = np.linspace(-3, 3, 200)
     true = [5.0, 1.0, 0.3, 0.5]
-    y = S.logistic4(x, *true)
-    fit = S.fit_logistic(x, y)
+    y = M.logistic4(x, *true)
+    fit = M.fit_logistic(x, y)
     np.testing.assert_allclose([fit[0], fit[1], fit[2], abs(fit[3])], true, atol=1e-3)
-    assert S.plcc(x, y) < 0.97 and S.plcc(x, y, logistic=True) == pytest.approx(1.0, abs=1e-6)
+    assert M.plcc(x, y) < 0.97 and M.plcc(x, y, logistic=True) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_score_metrics_per_source():
     preds = [{"source": s, "score": v, "mos": v * 2 + (0.1 if s == "b" else 0), "level": "good",
               "probs": [0, 0, 0, 1, 0], "nll": 0.5} for s in "ab" for v in (1.0, 2.0, 3.5, 4.0)]
-    m = S.score_metrics(preds, logistic=True)
+    m = M.score_metrics(preds, logistic=True)
     assert set(m) == {"a", "b", "all"} and m["a"]["n"] == 4 and m["a"]["srcc"] == pytest.approx(1.0)
     assert m["a"]["level_accuracy"] == 1.0 and m["all"]["nll"] == pytest.approx(0.5) and "plcc_logistic" in m["b"]
 
@@ -143,7 +144,7 @@ def test_make_score_on_real_pyiqa_metadata(tmp_path):
         shutil.copy(META / f"meta_info_{name}Dataset.csv", folder)  # found next to the images
     out = tmp_path / "score"
     P.main(["--task", "score", "--koniq", str(koniq), "--spaq", str(spaq), "--livec", str(livec), "--out", str(out),
-            "--no_image_check"])
+            "--check_images", "false"])
     meta = json.load(open(out / "meta.json"))
     splits = {s: [json.loads(l) for l in open(out / f"{s}.jsonl")] for s in ("train", "val", "test")}
     by = {s: Counter(r["source"] for r in recs) for s, recs in splits.items()}
@@ -183,7 +184,7 @@ def test_level_precision_on_real_metadata(tmp_path):
 # ============================================================================ instruction data
 def test_instruction_reader_keeps_multi_turn(tmp_path):
     from data import encode_batch
-    from model import build_tiny_processor
+    from tiny_models import build_tiny_processor
     imgs = tiny_images(tmp_path / "imgs", 2)
     entries = [
         {"id": "a", "image": "im0.png", "conversations": [
@@ -198,7 +199,7 @@ def test_instruction_reader_keeps_multi_turn(tmp_path):
                                                          {"from": "gpt", "value": "Sharp."}]}]
     path = tmp_path / "instruct.json"
     path.write_text(json.dumps(entries))
-    recs, report = P.read_instruction(path, image_root=tmp_path / "imgs", task="describe")
+    recs, report = DM.read_instruction(path, image_root=tmp_path / "imgs", task="describe")
     assert [r["id"] for r in recs] == ["instruct/a", "instruct/c", "instruct/d"]
     assert report["missing_images"] == 1 and report["kept"] == 3 and report["answer_turns"] == {"1": 2, "3": 1}
     assert recs[0]["conversations"] == entries[0]["conversations"] and recs[0]["image"] == imgs[0]
@@ -208,7 +209,7 @@ def test_instruction_reader_keeps_multi_turn(tmp_path):
     assert int((labels[1:] - labels[:-1] == 1).sum()) == 3
     # every image missing: a wrong --image_root is an error, not an empty set
     with pytest.raises(ValueError, match="--image_root"):
-        P.read_instruction(path, image_root=tmp_path / "nowhere")
+        DM.read_instruction(path, image_root=tmp_path / "nowhere")
     P.main(["--task", "interpret", "--llava_json", str(path), "--image_root", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"),
             "--val_frac", "0"])
     assert len((tmp_path / "o" / "train.jsonl").read_text().splitlines()) == 3
@@ -216,28 +217,28 @@ def test_instruction_reader_keeps_multi_turn(tmp_path):
 
 # ============================================================================ data mix and balance
 def test_mix_sampling_proportions():
-    sizes, mix = {"score": 100, "interpret": 40, "general": 50}, S.parse_mix("score:1.0,interpret:2.5,general:1.04")
+    sizes, mix = {"score": 100, "interpret": 40, "general": 50}, DM.parse_mix("score:1.0,interpret:2.5,general:1.04")
     assert mix == {"score": 1.0, "interpret": 2.5, "general": 1.04}
-    sample = S.epoch_sample(sizes, mix, seed=0, epoch=0)
+    sample = DM.epoch_sample(sizes, mix, seed=0, epoch=0)
     counts = Counter(name for name, _ in sample)
     assert counts == {"score": 100, "interpret": 100, "general": 52}  # n * w (floor(w) passes + a random frac)
     per = Counter(sample)
     assert all(per[("score", i)] == 1 for i in range(100)) and all(per[("interpret", i)] >= 2 for i in range(40))
-    assert sample == S.epoch_sample(sizes, mix, 0, 0) and sample != S.epoch_sample(sizes, mix, 0, 1)
+    assert sample == DM.epoch_sample(sizes, mix, 0, 0) and sample != DM.epoch_sample(sizes, mix, 0, 1)
     for bad in ("score", "score:-1", "score:x", "score:1,score:2", "a:0"):
         with pytest.raises(ValueError):
-            S.parse_mix(bad)
+            DM.parse_mix(bad)
 
 
 def test_balance_moves_the_mix_toward_the_task_behind():
     mix = {"score": 1.0, "interpret": 2.0}
-    new, ratio, action = S.balance_mix(mix, {"score": 2.0, "interpret": 1.0}, lam=1.0, step=0.1)
+    new, ratio, action = DM.balance_mix(mix, {"score": 2.0, "interpret": 1.0}, lam=1.0, step=0.1)
     assert ratio == 2.0 and action == "more score" and new["score"] > 1.0 and new["interpret"] < 2.0
-    new, _, action = S.balance_mix(mix, {"score": 0.5, "interpret": 1.0}, lam=1.0)
+    new, _, action = DM.balance_mix(mix, {"score": 0.5, "interpret": 1.0}, lam=1.0)
     assert action == "more interpret" and new["score"] < 1.0 and new["interpret"] > 2.0
-    assert S.balance_mix(mix, {"score": 1.01, "interpret": 1.0}, lam=1.0)[0] == mix  # within tolerance
+    assert DM.balance_mix(mix, {"score": 1.01, "interpret": 1.0}, lam=1.0)[0] == mix  # within tolerance
     # a scripted run: λ from the first evaluation, then the scoring loss drifts up, then down
-    m = S.Mixer.__new__(S.Mixer)
+    m = DM.Mixer.__new__(DM.Mixer)
     m.mix, m.lam, m.score, m.interp = dict(mix), None, "score", "interpret"
     recs = [m.balance({"score": s, "interpret": 1.0}) for s in (0.8, 0.8, 1.2, 1.2, 0.5)]
     assert recs[0]["lambda"] == 0.8 and [r["action"] for r in recs] == ["keep", "keep", "more score", "more score", "more interpret"]
@@ -266,14 +267,15 @@ def test_demo_views_and_mixer(tmp_path):
     assert all(os.path.exists(tmp_path / "demo_score" / r["image"]) for r in sc)
     assert sc[0]["level"] == D.score_level(sc[0]["mos"], 1.0, 5.0) and it[0]["task"] == "describe"
     assert it[0]["conversations"][1]["value"].endswith(f"Overall, the quality of the image is {it[0]['level']}.")
-    mixer = S.Mixer(f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}", "score:1,interpret:2", seed=0, val_frac=0.25)
+    mixer = DM.Mixer(f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}", "score:1,interpret:2", seed=0, val_frac=0.25,
+                       score_system=S.SYSTEM_PREFIX)
     n_score, n_interp = len(mixer.groups["score"]), len(mixer.groups["interpret"])
     assert n_score + len(mixer.val["score"]) == 18 and mixer.val["score"] and mixer.val["interpret"]
     assert Counter(mixer.records[i]["task"] for i in mixer.order(0)) == {"score": n_score, "describe": 2 * n_interp}
     assert all(r["conversations"][0] == {"from": "system", "value": S.SYSTEM_PREFIX}
                for r in mixer.records if r["task"] == "score")  # several sources: the system turn on scoring
     assert all(r["conversations"][0]["from"] == "human" for r in mixer.records if r["task"] == "describe")
-    by_folder = S.Mixer(str(tmp_path / "demo_score"), "demo_score:1")  # a name may be a folder's base name
+    by_folder = DM.Mixer(str(tmp_path / "demo_score"), "demo_score:1", score_system=S.SYSTEM_PREFIX)  # a name may be a folder's base name
     assert not by_folder.system and len(by_folder.records) + len(by_folder.val["demo_score"]) == 18
 
 
@@ -283,7 +285,7 @@ def test_train_mix_balance_end_to_end(tmp_path):
     for task in ("score", "interpret"):
         P.main(["--task", task, "--demo", str(tmp_path / "demo"), "--out", str(tmp_path / f"demo_{task}"), "--val_frac", "0.2"])
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "train.py", "--data", f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}",
+    r = subprocess.run([sys.executable, "train.py", "config/demo.py", "--data", f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}",
                         "--mix", "score:1,interpret:2", "--balance", "true", "--eval_every", "2", "--max_steps", "4",
                         "--batch_size", "4", "--out", str(out), "--balance_step", "0.5"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

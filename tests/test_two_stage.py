@@ -1,4 +1,4 @@
-"""Two-stage reasoning (issue 6): the pathway splitter, the three views, stage 2 text-only training and --init, the
+"""Two-stage reasoning: the pathway splitter, the three views, stage 2 text-only training and --init, the
 instability ratio, the logit lens and the attention shares at the quality token.
 
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_two_stage.py
@@ -17,8 +17,10 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import pathway as PW  # noqa: E402
+import two_stage as PW  # noqa: E402
+import quality_token as QT  # noqa: E402
 from data import LEVELS  # noqa: E402
+from metrics import mean_std  # noqa: E402
 
 
 def sh(*args, ok=True):
@@ -77,7 +79,7 @@ def test_splitter_without_a_usable_conclusion(text, reason):
 
 
 def test_every_demo_description_splits_back_into_description_and_level():
-    from prepare_data import DEMO_DESCRIPTIONS, demo_description
+    from demo_set import DEMO_DESCRIPTIONS, demo_description
     for label in DEMO_DESCRIPTIONS:
         for severity in ([0] if label == "clean" else range(1, 6)):
             for level in LEVELS:
@@ -178,7 +180,7 @@ def test_stage2_with_init_end_to_end(demo_pathway, tmp_path):
     s1.mkdir()
     save_file(tensors, s1 / "trainable.safetensors")
     (s1 / "config.json").write_text(json.dumps({"model": "tiny", "trainable": "encoder,projector,llm", "stage": 1}))
-    log = sh("train.py", "--stage", "2", "--data", str(demo_pathway), "--init", str(s1), "--trainable", "llm",
+    log = sh("train.py", "config/demo.py", "--stage", "2", "--data", str(demo_pathway), "--init", str(s1), "--trainable", "llm",
              "--max_steps", "2", "--batch_size", "4", "--log_every", "1", "--out", str(s2))
     assert "--init" in log and "loss" in log
     cfg = json.loads((s2 / "config.json").read_text())
@@ -190,7 +192,7 @@ def test_stage2_with_init_end_to_end(demo_pathway, tmp_path):
             assert torch.equal(t1[name], t2[name]), name
     assert any(not torch.equal(t1[n], t2[n]) for n in t1 if n.startswith("model.language_model.layers"))
     # stage 2 with only image parts named would learn nothing: an error before any model loads
-    out = sh("train.py", "--stage", "2", "--data", str(demo_pathway), "--trainable", "encoder,projector", "--out",
+    out = sh("train.py", "config/demo.py", "--stage", "2", "--data", str(demo_pathway), "--trainable", "encoder,projector", "--out",
              str(tmp_path / "x"), ok=False)
     assert "--stage 2 batches carry no image" in out
 
@@ -208,27 +210,28 @@ def test_instability_ratio_on_scripted_answers():
     texts = ["The quality of the image is poor.", "the quality of the image is poor .", "The image is blurry.",
              "The quality of the image is very good."]
     assert [PW.answer_level(t) for t in texts] == ["poor", "poor", None, "excellent"]
-    assert PW.mean_std([0.5, 0.25, 0.75]) == (0.5, 0.25)
-    assert PW.mean_std([0.3]) == (0.3, 0.0)
+    assert mean_std([0.5, 0.25, 0.75]) == (0.5, 0.25)
+    assert mean_std([0.3]) == (0.3, 0.0)
 
 
 def test_evaluate_two_stage_and_instability_run_on_the_tiny_model(demo_pathway, tmp_path):
     import evaluate
     base = ["--model", "tiny", "--data", str(demo_pathway), "--limit", "6", "--batch_size", "3", "--max_new_tokens", "6",
-            "--latency_n", "1", "--out", str(tmp_path)]
-    two = evaluate.main(["--two_stage", *base])
-    one = evaluate.main(["--one_stage", *base])
+            "--out", str(tmp_path)]
+    two = evaluate.main(["two-stage", "--latency_n", "1", *base])
+    one = evaluate.main(["two-stage", "--pipeline", "one_stage", "--latency_n", "1", *base])
     for res in (two, one):
         assert res["n"] == 6 and res["latency_s_per_image"]["batch_1_n"] == 1
     preds = [json.loads(l) for l in open(tmp_path / "predictions_two_stage.jsonl")]
     assert all(abs(sum(p["probs"]) - 1) < 1e-4 and 1 <= p["score"] <= 5 for p in preds)
-    res = evaluate.main(["--two_stage", "--instability", "2,3", "--temperature", "1.0", *base])
+    res = evaluate.main(["instability", "--sessions", "2", "--repeats", "3", "--temperature", "1.0", *base])
     assert [s["seed"] for s in res["per_session"]] == [0, 1] and res["repeats"] == 3
     rows = [json.loads(l) for l in open(tmp_path / "instability_two_stage_answers.jsonl")]
     assert len(rows) == 12 and all(len(r["answers"]) == 3 for r in rows)
-    again = evaluate.main(["--two_stage", "--instability", "2,3", "--temperature", "1.0", *base])
+    again = evaluate.main(["instability", "--sessions", "2", "--repeats", "3", "--temperature", "1.0", *base])
     assert again["per_session"][0]["n_unstable"] == res["per_session"][0]["n_unstable"]  # seeded
-    fixed = evaluate.main(["--one_stage", "--instability", "1,2", "--fixed_description", *base])
+    fixed = evaluate.main(["instability", "--pipeline", "one_stage", "--sessions", "1", "--repeats", "2",
+                           "--fixed_description", "true", *base])
     rows = [json.loads(l) for l in open(tmp_path / "instability_one_stage_fixed_answers.jsonl")]
     assert fixed["sampled"].startswith("only what follows") and len(rows) == 6
     for r in rows:  # one description per sample, its endings sampled
@@ -238,27 +241,25 @@ def test_evaluate_two_stage_and_instability_run_on_the_tiny_model(demo_pathway, 
 # ============================================================================ logit lens and attention
 @pytest.fixture(scope="module")
 def tiny_eager():
-    from analyze import use_eager_attention
     from model import load_model
     model, processor = load_model("tiny")
-    use_eager_attention(model)
+    QT.use_eager_attention(model)
     return model.eval(), processor
 
 
 def items_of(model, processor, demo_pathway, mode, n=3):
     from data import load_records
     recs = load_records([str(demo_pathway / "one_stage")], "test")[:n]
-    return PW.quality_inputs(model, processor, recs, mode, "reference")
+    return QT.quality_inputs(model, processor, recs, mode, "reference")
 
 
 @pytest.mark.parametrize("mode", ["two_stage", "one_stage"])
 def test_logit_lens_at_the_last_layer_is_the_models_logits(tiny_eager, demo_pathway, mode):
-    from analyze import encode_item, logit_lens
     model, processor = tiny_eager
     for item in items_of(model, processor, demo_pathway, mode):
         assert item["text"].endswith("the image is") and not item["forced"]
-        enc = encode_item(processor, model, item, "cpu")
-        layers, lens, _ = logit_lens(model, enc, 4)
+        enc = QT.encode_item(processor, model, item, "cpu")
+        layers, lens, _ = QT.logit_lens(model, enc, 4)
         assert layers == [0, 1]  # the tiny model has two decoder layers
         with torch.no_grad():
             own = model(**enc).logits[0, -1]
@@ -268,19 +269,18 @@ def test_logit_lens_at_the_last_layer_is_the_models_logits(tiny_eager, demo_path
 
 @pytest.mark.parametrize("mode", ["two_stage", "one_stage"])
 def test_attention_shares_sum_to_one(tiny_eager, demo_pathway, mode):
-    from analyze import ATTENTION_PARTS, attention_shares, encode_item, quality_attention, token_parts
     model, processor = tiny_eager
     for item in items_of(model, processor, demo_pathway, mode):
-        enc = encode_item(processor, model, item, "cpu")
-        att = quality_attention(model, enc)
+        enc = QT.encode_item(processor, model, item, "cpu")
+        att = QT.quality_attention(model, enc)
         assert att.shape == (2, enc["input_ids"].shape[1])
-        parts = token_parts(processor.tokenizer, item, enc["input_ids"][0], model.config.image_token_id)
-        counts = {p: parts.count(p) for p in ATTENTION_PARTS}
+        parts = QT.token_parts(processor.tokenizer, item, enc["input_ids"][0], model.config.image_token_id)
+        counts = {p: parts.count(p) for p in QT.ATTENTION_PARTS}
         assert counts["image"] == (int((enc["input_ids"] == model.config.image_token_id).sum()) if mode == "one_stage" else 0)
         assert counts["prompt"] and counts["description"] and counts["conclusion"]
         described = processor.tokenizer.decode([int(t) for t, p in zip(enc["input_ids"][0], parts) if p == "description"])
         assert described == item["description"].lower()
-        shares = attention_shares(att, parts)
+        shares = QT.attention_shares(att, parts)
         for layer in range(2):
             assert abs(sum(s[layer] for s in shares.values()) - 1) < 1e-5
         if mode == "two_stage":

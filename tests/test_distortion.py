@@ -1,8 +1,8 @@
-"""Semantic shift (issue 7): the cosine and logit math on hand-built tensors, pooling shapes, V = the tokens that
+"""Distortion perception, semantic shift: the cosine and logit math on hand-built tensors, pooling shapes, V = the tokens that
 enter the LM, zero shift for unchanged weights, an LM-only change that moves the logit but not the cosine, and
 clear errors for bad checkpoints.
 
-    OMP_NUM_THREADS=1 python -m pytest -q tests/test_semantic_shift.py
+    OMP_NUM_THREADS=1 python -m pytest -q tests/test_distortion.py
 """
 import json
 import math
@@ -16,7 +16,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import analyze as A  # noqa: E402
+import analyze  # noqa: E402
+import distortion as A  # noqa: E402
 from data import LABELS, closed_set_token_ids  # noqa: E402
 from model import load_model, lm_readout, visual_tokens  # noqa: E402
 
@@ -120,12 +121,12 @@ def test_visual_tokens_are_what_enters_the_lm_and_logit_matches_the_head(tiny, t
         for b in range(len(recs)):
             torch.testing.assert_close(seen["embeds"][b][is_image[b]], V[b])  # V = the projected tokens entering the LM
         norm, head = lm_readout(model)
-        label_id = closed_set_token_ids(processor, LABELS)[0]
+        label_id = closed_set_token_ids(processor, LABELS, A.DISTORTION_PREFIX)[0]
         torch.testing.assert_close(A.label_logit(V[0], norm, head.weight[label_id]), head(norm(V[0]))[:, label_id])
 
 
 def run_cmd(*argv):
-    return A.main(["semantic-shift", *argv])
+    return analyze.main(["semantic-shift", *argv])
 
 
 def test_unchanged_weights_give_exactly_zero_shift(tiny, tmp_path):

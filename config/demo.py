@@ -1,0 +1,14 @@
+# The tiny demo on a CPU: the built-in 260k-parameter LLaVA (tiny_models.py) on the scikit-image demo set
+# (python prepare_data.py). Measured settings, not a paper's: a random tiny model needs a high lr, and
+# flips / 90-degree turns multiply its few photos (no distortion class depends on orientation).
+#   python train.py config/demo.py --max_minutes 5 --out out/demo && python evaluate.py distortion --ckpt out/demo
+model = "tiny"
+data = "data/demo"
+batch_size = 32
+epochs = 10
+lr = 2e-3
+min_lr_frac = 0.05
+warmup_steps = 50
+label_smoothing = 0.1
+augment = "flip_rot"
+grad_ckpt = False      # 64x64 images and 2 layers: nothing to save, and recomputing costs CPU time

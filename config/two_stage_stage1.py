@@ -1,0 +1,17 @@
+# Two-stage reasoning, stage 1: perception, image -> low-level description without its conclusion (Li, Sun, Chen,
+# Nishida, "Building reasonable inference for vision-language models in blind image quality assessment"): 6,000
+# iterations. See two_stage_one_stage.py for what the paper states and what is this repo's choice (the stand-in
+# backbone, LoRA on the LM). Stage 2 (two_stage_stage2.py) starts from this run's folder.
+#   python train.py config/two_stage_stage1.py --out out/stage1
+model = "llava-hf/llava-1.5-7b-hf"
+data = "data/pathway"
+stage = 1
+trainable = "encoder,projector,llm"
+lora = 128
+lora_alpha = 256
+lr = 2e-4
+lr_encoder = 2e-5
+max_steps = 6000
+batch_size = 8
+label_smoothing = 0.1
+grad_ckpt = True
