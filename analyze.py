@@ -12,13 +12,11 @@ Each analysis lives with its line of work: level-precision and mix-ratio in scor
 distortion.py, hard-samples in hard_samples.py, logit-lens and attention in quality_token.py. Booleans are spelled
 true / false.
 """
-import argparse
-
 import distortion
 import hard_samples
 import quality_token
 import scoring
-from common import boolean
+from common import boolean, run_subcommand
 
 
 def level_precision_args(p):
@@ -111,13 +109,7 @@ COMMANDS = {
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    for name, (fn, add_arguments, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=fn.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_arguments(p)
-    args = vars(ap.parse_args(argv))
-    return COMMANDS[args.pop("command")][0](**args)
+    return run_subcommand(__doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

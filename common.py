@@ -124,6 +124,18 @@ def apply_overrides(config, argv):
     return {k: config[k] for k in sorted(known)}
 
 
+def run_subcommand(doc, commands, argv=None):
+    """An entry script with subcommands: commands = {name: (function, add_arguments(parser), one-line help)}; the
+    chosen function is called with the parsed values as keywords (plain values, never the namespace)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, (fn, add_arguments, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=fn.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(p)
+    args = vars(ap.parse_args(argv))
+    return commands[args.pop("command")][0](**args)
+
+
 # ----------------------------------------------------------------------------- distributed
 def setup_distributed():
     """Reads torchrun's environment. Returns (ddp, rank, local_rank, world_size, device)."""

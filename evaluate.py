@@ -19,13 +19,11 @@ samples whose repeated sampled answers disagree.
 
 OUT is --out, else the checkpoint folder, else out/untuned_MODEL. Booleans are spelled true / false.
 """
-import argparse
-
 import distortion
 import prompting
 import scoring
 import two_stage
-from common import boolean
+from common import boolean, run_subcommand
 
 
 def common_args(p, several_ckpts=False):
@@ -107,13 +105,7 @@ COMMANDS = {
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    for name, (fn, add_arguments, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=fn.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_arguments(p)
-    args = vars(ap.parse_args(argv))
-    return COMMANDS[args.pop("command")][0](**args)
+    return run_subcommand(__doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":
