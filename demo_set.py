@@ -206,7 +206,7 @@ def demo_view_records(demo, out, task="score", seed=0, val_frac=0.05):
             if task == "score":
                 # the canonical question only, chosen when six paraphrases cost the tiny random LM most of its SRCC
                 # (0.04 vs 0.29); with the grown vocabulary they no longer do (0.304 vs 0.299, README)
-                rec = score_record(r["id"], image, it["level"], "demo", r["ref"], None, **extra)
+                rec = score_record(r["id"], image, it["level"], "demo", r["ref"], None, image_first=True, **extra)
             else:
                 rec = {"id": r["id"], "image": image,
                        "conversations": [{"from": "human", "value": "<image>\n" + INTERPRET_QUESTION},

@@ -18,6 +18,8 @@ checked here without a download). Parameters are counted exactly on that model; 
   logits       our op reads the LM head only at answer tokens (~16 a sample): N x V x 2 B, negligible
   overhead     1.0 GiB for the CUDA context, cuBLAS workspace and allocator slack
 """
+from types import SimpleNamespace
+
 import torch
 
 GiB = 2 ** 30
@@ -46,13 +48,9 @@ def _preset(name):
         return T.Qwen2_5_VLConfig(vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
                                                      out_hidden_size=3584, patch_size=14, spatial_merge_size=2),
                                   text_config=_qwen2_text(3584, 18944, 28, 28, 4, 152064))
-    if name == "mplug-owl2-7b":  # remote code: approximated by LLaVA's class with its ViT-L/14-448 and LLaMA-2-7B;
-        # the visual abstractor (~0.1B) and the modality-adaptive duplicate norms/K/V (~1.1B, in the llm part) are not
-        # in this stand-in, so the llm part is low by about that much
-        return T.LlavaConfig(vision_config=T.CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                                              num_attention_heads=16, image_size=448, patch_size=14),
-                             text_config=T.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000))
+    if name == "mplug-owl2-7b":  # the native class (mplug_owl2.py) at the released sizes: its config's defaults
+        import mplug_owl2
+        return mplug_owl2.MPLUGOwl2Config()
     return None
 
 
@@ -100,6 +98,8 @@ def estimate(model, chosen, batch_size, seq_len, grad_ckpt=False, image_tokens=N
     # activations
     text_cfg = getattr(model.config, "text_config", model.config)
     vision_cfg = getattr(model.config, "vision_config", None)
+    if vision_cfg is None and hasattr(model.config, "visual_config"):  # mPLUG-Owl2: a dict per visual part
+        vision_cfg = SimpleNamespace(**model.config.visual_config["visual_model"])
     h, kv, i, n_layers = _dims(text_cfg)
     labels = set(chosen)
     first = n_layers

@@ -14,6 +14,7 @@ import re
 
 import torch
 
+import mplug_owl2
 from data import IGNORE
 from tiny_models import build_tiny
 
@@ -41,10 +42,11 @@ FAMILIES = {
                      llm=["model.text_model"], llm_layers="model.text_model.layers",
                      head=["lm_head", "model.text_model.embed_tokens"],
                      image_features="model.get_image_features", final_norm="model.text_model.norm", lm_head="lm_head"),
-    # mPLUG-Owl2 (remote code): the LLaMA decoder sits directly in `model`, beside the vision parts
+    # mPLUG-Owl2 (native, mplug_owl2.py): the LLaMA decoder sits directly in `model`, beside the vision parts; `llm`
+    # holds both multiway branches of each decoder layer
     "mplug_owl2": dict(model_types=("mplug_owl2",), encoder=["model.vision_model"], projector=["model.visual_abstractor"],
                        llm=["model.layers", "model.norm"], llm_layers="model.layers", head=["lm_head", "model.embed_tokens"],
-                       final_norm="model.norm", lm_head="lm_head"),
+                       image_features="model.get_image_features", final_norm="model.norm", lm_head="lm_head"),
 }
 PART_NAMES = ("encoder", "projector", "llm", "head")
 
@@ -276,10 +278,13 @@ def lm_readout(model):
 # ----------------------------------------------------------------------------- loading
 def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code=False):
     """Returns (model, processor). `name`: 'tiny' (the demo's model), 'tiny:FAMILY' (a tiny random member of
-    another family; tiny_models.py), a Hugging Face id or a local path. Remote-code families (mPLUG-Owl2)
-    need trust_remote_code=True."""
+    another family; tiny_models.py), a Hugging Face id or a local path. mPLUG-Owl2 checkpoints (Q-Instruct, Q-Align,
+    OneAlign, DeQA-Score) load through the native class of mplug_owl2.py, with no remote code."""
     if name == "tiny" or name.startswith("tiny:"):
         model, processor = build_tiny(name.split(":", 1)[1] if ":" in name else "llava")
+    elif mplug_owl2.is_mplug_owl2(name):
+        model = mplug_owl2.MPLUGOwl2LlamaForCausalLM.from_pretrained(name, dtype=dtype)
+        processor = mplug_owl2.load_processor(name, model.config)
     else:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)

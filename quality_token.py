@@ -254,6 +254,8 @@ def token_parts(tokenizer, item, input_ids, image_token_id):
     plain = tokenizer(item["text"], return_offsets_mapping=True)
     ids, d0, d1, ans = input_ids.tolist(), *item["desc_span"], item["answer_start"]
     parts, j = [], 0
+    if ids and ids[0] == tokenizer.bos_token_id and plain["input_ids"][:1] != [tokenizer.bos_token_id]:
+        parts, j = ["prompt"], 1  # a processor that writes the BOS itself (mPLUG-Owl2's)
     for tid, (a, b) in zip(plain["input_ids"], plain["offset_mapping"]):
         if tid == image_token_id:
             start = j
@@ -332,7 +334,7 @@ def attention_report(ckpt=None, model="tiny", mode=None, data=None, split="test"
     mean attention over positions and each position's part) and OUT/attention.png (heat map over token positions, the
     parts, the shares per layer)."""
     model, processor, items, mode, name, data, device = quality_token_setup(ckpt, model, mode, data, split, limit, seed, description, max_new_tokens, eager=True)
-    image_token_id = getattr(model.config, "image_token_id", None)
+    image_token_id = getattr(model.config, "image_token_id", getattr(model.config, "image_token_index", None))
     samples = []
     for i, item in enumerate(items):
         enc = encode_item(processor, model, item, device)

@@ -39,11 +39,13 @@ SCORE_PREFIX = "The quality of the image is"    # the answer is "The quality of 
 SYSTEM_PREFIX = "Assume you are an image quality evaluator."   # system turn for scoring data in a mix
 
 
-def score_record(rid, image, level, source, ref, rng=None, **extra):
-    """One scoring record. rng (random.Random) picks a paraphrase of the question; None = the canonical one."""
+def score_record(rid, image, level, source, ref, rng=None, image_first=False, **extra):
+    """One scoring record. rng (random.Random) picks a paraphrase of the question; None = the canonical one. The image
+    placeholder follows the question, as in Q-Align's and Q-SiT's released training data ("...this image?\n<image>");
+    image_first=True puts it ahead (the demo view, whose measured numbers were made that way)."""
     question = rng.choice(SCORE_PARAPHRASES) if rng is not None else SCORE_QUESTION
     return {"id": rid, "image": image,
-            "conversations": [{"from": "human", "value": "<image>\n" + question},
+            "conversations": [{"from": "human", "value": "<image>\n" + question if image_first else question + "\n<image>"},
                               {"from": "gpt", "value": f"{SCORE_PREFIX} {level}."}],
             "task": "score", "source": source, "ref": ref, "level": level, **extra}
 

@@ -280,7 +280,24 @@ def _gemma_paligemma_internvl(f):
     return config, processor, tok
 
 
+def _mplug_owl2(f):
+    """mPLUG-Owl2 (native, mplug_owl2.py): ViT 32 px / patch 8, an abstractor of 4 queries, a 2-layer decoder."""
+    import transformers as T
+    import mplug_owl2
+    tok = _tokenizer([], {})
+    vision = dict(hidden_size=H, intermediate_size=2 * H, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+    abstractor = dict(num_learnable_queries=4, hidden_size=H, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=48, encoder_hidden_size=H, grid_size=4)
+    config = mplug_owl2.MPLUGOwl2Config(visual_config={"visual_model": vision, "visual_abstractor": abstractor},
+                                        vocab_size=len(tok), hidden_size=H, intermediate_size=2 * H, num_hidden_layers=2,
+                                        num_attention_heads=2, initializer_range=0.2, pad_token_id=tok.pad_token_id,
+                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    ip = T.CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return config, mplug_owl2.MPLUGOwl2Processor(tok, ip, config.num_visual_tokens, config.image_token_index), tok
+
+
 _BUILDERS = {**dict.fromkeys(("llava_next", "llava_onevision"), _llava_next_onevision),
+             "mplug_owl2": _mplug_owl2,
              **dict.fromkeys(("qwen2_vl", "qwen2_5_vl", "qwen3_vl"), _qwen_vl),
              **dict.fromkeys(("idefics3", "smolvlm"), _idefics3_smolvlm),
              **dict.fromkeys(("gemma3", "paligemma", "internvl"), _gemma_paligemma_internvl)}
@@ -299,7 +316,7 @@ def build_tiny(family, seed=0):
     config, processor, tok = _BUILDERS[f](f)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = T.AutoModelForImageTextToText.from_config(config)
+        model = (T.AutoModelForCausalLM if f == "mplug_owl2" else T.AutoModelForImageTextToText).from_config(config)
         if f == "gemma3":  # transformers starts this projection at zero: no gradient would reach the encoder
             torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.2)
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -308,4 +325,4 @@ def build_tiny(family, seed=0):
 
 
 TINY_FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
-                 "gemma3", "paligemma", "internvl"]
+                 "gemma3", "paligemma", "internvl", "mplug_owl2"]

@@ -165,7 +165,7 @@ def test_make_score_on_real_pyiqa_metadata(tmp_path):
         assert r["task"] == "score" and r["conversations"][1]["value"] == f"The quality of the image is {r['level']}."
         m, M = meta["score_range"][r["source"]]
         assert r["level"] == D.score_level(r["mos"], m, M) and r["mos_norm"] == pytest.approx((r["mos"] - m) / (M - m))
-    assert {r["conversations"][0]["value"] for r in splits["test"]} == {"<image>\n" + S.SCORE_QUESTION}
+    assert {r["conversations"][0]["value"] for r in splits["test"]} == {S.SCORE_QUESTION + "\n<image>"}
     assert len({r["conversations"][0]["value"] for r in splits["train"]}) == len(S.SCORE_PARAPHRASES)
     assert (lo, hi) == (2.0, 96.0) and set(meta["counts"]["test"]["by_level"]) == set(LEVELS)
 
