@@ -3,7 +3,9 @@ Nishida, "Investigate the low-level visual perception in vision-language based i
 
     python ablation.py                                   # config/demo.py: tiny model on the demo, 5 minutes each
     python ablation.py --max_steps 1500 --out out/ablation
-    python ablation.py --config config/distortion_llava15_7b.py --partial_llm llm:24-31 --torchrun 4   # the paper's recipe
+    python ablation.py --config config/distortion_mplug_owl2.py --partial_llm llm:24-31 \\
+        --baselines q-future/q-instruct-mplug-owl2-1031 --torchrun 4          # the paper's recipe and rows
+    python analyze.py distortion-tables --ablation out/ablation/ablation.json  # Table 1 beside the paper's
 
 --config is the train.py recipe every run starts from (model, data, lr, steps, ...); --model / --data / --max_steps /
 --minutes override it. Each configuration is a plain train.py + evaluate.py run (their outputs stay in OUT/<name>/),
@@ -52,6 +54,8 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma list of configuration names to run (default all)")
     ap.add_argument("--torchrun", type=int, default=0, help="processes per run via torchrun (0 = plain python)")
     ap.add_argument("--train_args", default="", help="extra train.py arguments, e.g. '--lr 1e-4 --batch_size 8'")
+    ap.add_argument("--baselines", default="", help="more untuned models evaluated as the base is (options listed), "
+                                                    "e.g. the paper's Q-Instruct row: q-future/q-instruct-mplug-owl2-1031")
     args = ap.parse_args(argv)
     recipe = read_config(args.config)
     model, data = args.model or recipe.get("model", "tiny"), args.data or recipe.get("data", "data/demo")
@@ -77,6 +81,10 @@ def main(argv=None):
         out = os.path.join(args.out, "untuned")
         run([sys.executable, "evaluate.py", "distortion", "--model", model, "--data", data, "--out", out])
         rows.append(("untuned (options listed)", json.load(open(os.path.join(out, "eval_distortion.json")))))
+    for baseline in [b for b in args.baselines.split(",") if b]:
+        out = os.path.join(args.out, "untuned_" + os.path.basename(baseline.rstrip("/")))
+        run([sys.executable, "evaluate.py", "distortion", "--model", baseline, "--data", data, "--out", out])
+        rows.append((f"untuned {baseline} (options listed)", json.load(open(os.path.join(out, "eval_distortion.json")))))
     short = [l[:5] for l in LABELS]
     lines = [f"| configuration | accuracy | generation | {' | '.join(short)} |", "|---" * (3 + len(LABELS)) + "|"]
     for name, r in rows:

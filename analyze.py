@@ -16,6 +16,7 @@ import distortion
 import hard_samples
 import quality_token
 import scoring
+import two_stage
 from common import boolean, run_subcommand
 
 
@@ -91,6 +92,20 @@ def logit_lens_args(p):
     p.add_argument("--focus", default="poor", help="token frequency per layer for samples predicted this level")
 
 
+def distortion_tables_args(p):
+    p.add_argument("--ablation", default=None, help="ablation.py's OUT/ablation.json")
+    p.add_argument("--shift", default=None, help="semantic-shift's OUT/semantic_shift.json")
+    p.add_argument("--pool", default="mean", choices=["mean", "max"], help="which pooling of the shift table to show")
+
+
+def two_stage_tables_args(p):
+    p.add_argument("--one_stage", default=None, help="folder of evaluate.py two-stage --pipeline one_stage (eval_one_stage.json)")
+    p.add_argument("--two_stage", default=None, help="folder of evaluate.py two-stage (eval_two_stage.json)")
+    p.add_argument("--instability", action="append", default=[], metavar="NAME=ONE_DIR,TWO_DIR",
+                   help="per dataset (SPAQ+KONIQ, LIVE, CSIQ): the folders of evaluate.py instability, one-stage and "
+                        "two-stage (repeat)")
+
+
 # subcommand -> (what it runs, its arguments, one line of help)
 COMMANDS = {
     "level-precision": (scoring.level_precision_report, level_precision_args,
@@ -103,6 +118,10 @@ COMMANDS = {
                      "select difficult, diverse samples from a weak model's errors (Wu et al. 2024), NR or FR"),
     "logit-lens": (quality_token.logit_lens_report, logit_lens_args,
                    "logit lens at the quality token: top tokens and level probabilities per layer"),
+    "distortion-tables": (distortion.paper_tables, distortion_tables_args,
+                          "Tables 1 and 2 of the distortion paper in its shape, this run's numbers beside the paper's"),
+    "two-stage-tables": (two_stage.paper_tables, two_stage_tables_args,
+                         "Tables 1 and 2 of the two-stage paper in its shape, this run's numbers beside the paper's"),
     "attention": (quality_token.attention_report, lambda p: quality_token_args(p, "out/attention"),
                   "attention from the quality token to image / prompt / description tokens"),
 }

@@ -55,6 +55,17 @@ def atomic_write_jsonl(path, records):
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def read_json(path):
+    """A JSON file; a malformed one is an error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
 def read_jsonl(path):
     """Read a JSONL file; a malformed line is an error naming file and line."""
     records = []

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import iqa_datasets as D
-from common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot
+from common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot, read_json
 from data import LABELS, closed_set_token_ids, encode_prompts, load_image, load_records
 from kernels import level_cross_entropy
 from model import (eval_device, last_token_logits, lm_readout, load_checkpoint, load_evaluated, load_model,
@@ -421,3 +421,35 @@ def semantic_shift(ckpts, data=None, split="test", pool="both", limit=2000, batc
     return result
 
 
+
+
+# ----------------------------------------------------------------------------- the paper's tables beside a run's
+PAPER_TABLE1 = {"encoder": 83.43, "projector": 72.12, "llm": 74.24, "encoder+projector": 88.80, "encoder+partial llm": 91.45,
+                "projector+llm": 74.15, "untuned": 14.92, "Q-Instruct": 9.05}   # accuracy (%), mPLUG-Owl2-7B
+PAPER_TABLE2 = {"Similarity": {"projector": 87.06, "encoder": 181.0, "llm": 0.42},
+                "Logits": {"projector": 14.51, "encoder": 10.96, "llm": 2.04}}  # relative shift (%)
+
+
+def paper_tables(ablation=None, shift=None, pool="mean"):
+    """analyze.py distortion-tables: Table 1 (accuracy per fine-tuned part) from ablation.py's ablation.json and Table 2
+    (semantic shift, mean over samples, in %) from semantic-shift's semantic_shift.json, each beside the paper's."""
+    if not ablation and not shift:
+        raise SystemExit("distortion-tables: give --ablation OUT/ablation.json and/or --shift OUT/semantic_shift.json")
+    lines = []
+    if ablation:
+        rows = read_json(ablation)
+        lines += ["Table 1: accuracy (%)", f"{'configuration':40s} {'this run':>9s} {'paper':>7s}"]
+        for name, r in rows.items():
+            key = "Q-Instruct" if "q-instruct" in name.lower() else name.split(" (")[0]
+            lines.append(f"{name[:40]:40s} {100 * r['accuracy']:9.2f} {PAPER_TABLE1.get(key, float('nan')):7.2f}")
+    if shift:
+        result = read_json(shift)
+        lines += ["", f"Table 2: semantic shift (%, mean over samples, pool {pool}); columns: the fine-tuned part"]
+        columns = result["columns"]
+        lines.append(f"{'':12s}" + "".join(f"{c[:16]:>17s}{'paper':>8s}" for c in columns))
+        for row in ("Similarity", "Logits"):
+            cells = "".join(f"{100 * (result['table'][pool][row][c]['mean'] or float('nan')):17.2f}"
+                            f"{PAPER_TABLE2[row].get(c, float('nan')):8.2f}" for c in columns)
+            lines.append(f"{row:12s}{cells}")
+    print("\n".join(lines))
+    return "\n".join(lines)

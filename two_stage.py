@@ -43,7 +43,7 @@ from collections import Counter
 
 import torch
 
-from common import atomic_write_json, atomic_write_jsonl
+from common import atomic_write_json, atomic_write_jsonl, read_json
 from data import LEVELS, closed_set_token_ids, encode_prompts, load_records, write_splits
 from metrics import closed_set_scores, mean_std, score_metrics
 from model import eval_device, last_token_logits, load_checkpoint, load_evaluated, to_device
@@ -500,3 +500,49 @@ def instability(pipeline="two_stage", sessions=3, repeats=5, temperature=1.0, fi
         print(f"{x['session']:>8} {x['seed']:>6} {x['n_unstable']:>9} {x['n_disagree']:>9} {x['n_outside']:>8} {100 * x['ratio']:>7.2f}%")
     print(f"instability ratio: {100 * mean:.2f} % +- {100 * std:.2f} % over {n_sessions} sessions -> {out}/instability_{tag}.json")
     return result
+
+
+# ----------------------------------------------------------------------------- the paper's tables beside a run's
+PAPER_QUALITY = {"SPAQ": {"baseline": (0.1364, 0.1267), "Q-Instruct": (0.3229, 0.3087), "Q-Align": (0.8381, 0.7341),
+                          "Ours": (0.7437, 0.7935)},
+                 "KONIQ": {"baseline": (0.0262, 0.0419), "Q-Instruct": (0.1191, 0.1153), "Q-Align": (0.8340, 0.7086),
+                           "Ours": (0.5854, 0.6460)},
+                 "LIVE": {"baseline": (0.0475, 0.0537), "Q-Instruct": (0.4938, 0.5173), "Q-Align": (0.89845, 0.8180),
+                          "Ours": (0.7006, 0.7161)},
+                 "CSIQ": {"baseline": (-0.0205, -0.0298), "Q-Instruct": (0.3641, 0.3586), "Q-Align": (0.7419, 0.6348),
+                          "Ours": (0.5201, 0.6176)}}          # Table 2: SRCC / PLCC, mPLUG-Owl2-7B
+PAPER_INSTABILITY = {"SPAQ+KONIQ": ((22.00, 0.08), (12.39, 0.52)), "LIVE": ((16.27, 0.47), (4.09, 0.11)),
+                     "CSIQ": ((13.17, 0.27), (6.08, 0.63))}   # Table 1: %, (one-stage, two-stage), mean (+- std)
+PAPER_SOURCES = {"SPAQ": "spaq", "KONIQ": "koniq10k", "LIVE": "live", "CSIQ": "csiq"}
+
+
+def paper_tables(one_stage=None, two_stage=None, instability=()):
+    """analyze.py two-stage-tables: Table 2 (SRCC/PLCC per dataset) from evaluate.py two-stage outputs (the folders of
+    eval_one_stage.json and eval_two_stage.json), Table 1 (instability ratio per dataset) from evaluate.py instability
+    outputs, given per dataset as 'NAME=ONE_STAGE_DIR,TWO_STAGE_DIR'; each beside the paper's numbers."""
+    lines = ["Table 2: SRCC/PLCC (paper: baseline, Q-Instruct one-stage, Q-Align, two-stage)",
+             f"{'dataset':12s}{'one-stage':>17s}{'two-stage':>17s}   paper: " + "  ".join(PAPER_QUALITY['SPAQ'])]
+    runs = {m: read_json(os.path.join(d, f"eval_{m}.json"))["per_source"] for m, d in (("one_stage", one_stage),
+                                                                                      ("two_stage", two_stage)) if d}
+    cell = lambda m: "-" if m is None or m.get("srcc") is None else f"{m['srcc']:.4f}/{m['plcc']:.4f}"
+    for name, source in PAPER_SOURCES.items():
+        ours = [cell(runs.get(m, {}).get(source)) for m in ("one_stage", "two_stage")]
+        paper = "  ".join(f"{a:.4f}/{b:.4f}" for a, b in PAPER_QUALITY[name].values())
+        lines.append(f"{name:12s}{ours[0]:>17s}{ours[1]:>17s}   {paper}")
+    if instability:
+        lines += ["", "Table 1: instability ratio (%), mean (+- std) over sessions",
+                  f"{'dataset':12s}{'one-stage':>18s}{'two-stage':>18s}   paper: one-stage, two-stage"]
+    for item in instability:
+        name, _, dirs = item.partition("=")
+        if dirs.count(",") != 1:
+            raise SystemExit(f"--instability {item!r}: expected NAME=ONE_STAGE_DIR,TWO_STAGE_DIR")
+        found = []
+        for mode, d in zip(("one_stage", "two_stage"), dirs.split(",")):
+            tag = next((t for t in (mode, f"{mode}_fixed") if os.path.isfile(os.path.join(d, f"instability_{t}.json"))), mode)
+            r = read_json(os.path.join(d, f"instability_{tag}.json"))
+            found.append(f"{100 * r['ratio_mean']:.2f} (+-{100 * r['ratio_std']:.2f})")
+        paper = PAPER_INSTABILITY.get(name)
+        lines.append(f"{name:12s}{found[0]:>18s}{found[1]:>18s}   "
+                     + (", ".join(f"{m:.2f} (+-{s:.2f})" for m, s in paper) if paper else "-"))
+    print("\n".join(lines))
+    return "\n".join(lines)

@@ -1,13 +1,14 @@
 # Two-stage reasoning, the one-stage baseline (Li, Sun, Chen, Nishida, "Building reasonable inference for
 # vision-language models in blind image quality assessment"): image -> the whole Q-Pathway feedback, 9,000
 # iterations (= stage 1 + stage 2 of the two-stage run). From the paper: 6,000 training samples of Q-Pathway; AdamW
-# (0.9, 0.98), eps 1e-6; a label-smoothed NLL loss; four RTX A6000. Its backbone is mPLUG-Owl2-7B, which has no native
-# class in this repo yet: LLaVA-1.5-7B stands in. Not stated in the paper, this repo's choice: which parts train
-# (the LM through LoRA rank 128, alpha 256, lr 2e-4: Q-Align's LoRA recipe, so that a 7B fits one 48 GB GPU), batch,
-# smoothing 0.1.
+# (0.9, 0.98), eps 1e-6; a label-smoothed NLL loss; four RTX A6000; the backbone mPLUG-Owl2-7B (native,
+# mplug_owl2.py). Not stated in the paper, this repo's choice: which parts train (every one, the LM through LoRA rank
+# 128, alpha 256, lr 2e-4: Q-Align's LoRA recipe on the same backbone), batch, smoothing 0.1. One 48 GB GPU:
+# train.py --dry_run true --model mplug-owl2-7b --trainable encoder,projector,llm --lora 128 --batch_size 8
+# --seq_len 256 estimates 28.5 GiB (Q-Pathway answers are longer: --seq_len 512 for them).
 #   python prepare_data.py --task pathway --llava_json q-pathway.json --image_root /data/q-pathway --out data/pathway
 #   python train.py config/two_stage_one_stage.py --out out/one_stage
-model = "llava-hf/llava-1.5-7b-hf"
+model = "MAGAer13/mplug-owl2-llama2-7b"
 data = "data/pathway/one_stage"
 trainable = "encoder,projector,llm"
 lora = 128

@@ -1,9 +1,9 @@
 # Two-stage reasoning, stage 1: perception, image -> low-level description without its conclusion (Li, Sun, Chen,
 # Nishida, "Building reasonable inference for vision-language models in blind image quality assessment"): 6,000
-# iterations. See two_stage_one_stage.py for what the paper states and what is this repo's choice (the stand-in
-# backbone, LoRA on the LM). Stage 2 (two_stage_stage2.py) starts from this run's folder.
+# iterations. See two_stage_one_stage.py for what the paper states and what is this repo's choice (LoRA on the
+# LM) and the memory estimate. Stage 2 (two_stage_stage2.py) starts from this run's folder.
 #   python train.py config/two_stage_stage1.py --out out/stage1
-model = "llava-hf/llava-1.5-7b-hf"
+model = "MAGAer13/mplug-owl2-llama2-7b"
 data = "data/pathway"
 stage = 1
 trainable = "encoder,projector,llm"

@@ -317,3 +317,29 @@ def test_evaluations_and_analyses_run_on_tiny_mplug_owl2(tmp_path):
     model, processor = load_model("tiny:mplug_owl2")
     pixels = processor.image_processor(images=[photo(32, 32)], return_tensors="pt")
     assert [tuple(t.shape) for t in visual_tokens(model, pixels)] == [(N_VISUAL, model.config.hidden_size)]
+
+
+def test_paper_tables_in_the_papers_shape(tmp_path, capsys):
+    """The two commands that print a run beside the distortion and two-stage papers' tables, on hand-made outputs."""
+    import analyze
+    ablation = {"encoder (encoder)": {"accuracy": 0.5}, "untuned (options listed)": {"accuracy": 0.125},
+                "untuned q-future/q-instruct-mplug-owl2-1031 (options listed)": {"accuracy": 0.0905}}
+    (tmp_path / "ablation.json").write_text(json.dumps(ablation))
+    shift = {"columns": ["encoder"], "table": {"mean": {"Similarity": {"encoder": {"mean": 1.5}},
+                                                        "Logits": {"encoder": {"mean": 0.1}}}}}
+    (tmp_path / "shift.json").write_text(json.dumps(shift))
+    text = analyze.main(["distortion-tables", "--ablation", str(tmp_path / "ablation.json"), "--shift", str(tmp_path / "shift.json")])
+    rows = {line[:40].strip(): line.split()[-2:] for line in text.splitlines() if line[:1].isalpha()}
+    assert rows["encoder (encoder)"] == ["50.00", "83.43"] and rows["untuned (options listed)"] == ["12.50", "14.92"]
+    assert rows["untuned q-future/q-instruct-mplug-owl2-1"] == ["9.05", "9.05"]  # its row beside the paper's Q-Instruct
+    assert "150.00  181.00" in text and "10.00   10.96" in text
+    for mode, srcc in (("one_stage", 0.3), ("two_stage", 0.6)):
+        d = tmp_path / mode
+        d.mkdir()
+        (d / f"eval_{mode}.json").write_text(json.dumps({"per_source": {"live": {"srcc": srcc, "plcc": srcc + 0.01}}}))
+        (d / f"instability_{mode}.json").write_text(json.dumps({"ratio_mean": srcc / 2, "ratio_std": 0.01}))
+    text = analyze.main(["two-stage-tables", "--one_stage", str(tmp_path / "one_stage"), "--two_stage", str(tmp_path / "two_stage"),
+                         "--instability", f"LIVE={tmp_path / 'one_stage'},{tmp_path / 'two_stage'}"])
+    live = [line for line in text.splitlines() if line.startswith("LIVE")]
+    assert live[0].split()[1:3] == ["0.3000/0.3100", "0.6000/0.6100"] and "0.7006/0.7161" in live[0]
+    assert live[1].split()[1] == "15.00" and "16.27 (+-0.47), 4.09 (+-0.11)" in live[1]
