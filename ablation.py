@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from common import atomic_write, atomic_write_json
+from common import atomic_write, atomic_write_json, boolean
 from data import LABELS
 
 # the paper's configurations (its Table 1), plus the untuned baseline
@@ -54,6 +54,7 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma list of configuration names to run (default all)")
     ap.add_argument("--torchrun", type=int, default=0, help="processes per run via torchrun (0 = plain python)")
     ap.add_argument("--train_args", default="", help="extra train.py arguments, e.g. '--lr 1e-4 --batch_size 8'")
+    ap.add_argument("--overwrite", type=boolean, default=False, help="replace runs already in OUT/<name>/ (train.py --overwrite)")
     ap.add_argument("--baselines", default="", help="more untuned models evaluated as the base is (options listed), "
                                                     "e.g. the paper's Q-Instruct row: q-future/q-instruct-mplug-owl2-1031")
     args = ap.parse_args(argv)
@@ -74,7 +75,7 @@ def main(argv=None):
         budget = (["--max_steps", str(args.max_steps)] if args.max_steps else []) + \
             (["--max_minutes", str(args.minutes)] if args.minutes else [])
         run(launcher + ["train.py", args.config, "--model", model, "--data", data, "--trainable", spec, "--out", out]
-            + budget + args.train_args.split())
+            + budget + (["--overwrite", "true"] if args.overwrite else []) + args.train_args.split())
         run([sys.executable, "evaluate.py", "distortion", "--ckpt", out, "--data", data])
         rows.append((f"{name} ({spec})", json.load(open(os.path.join(out, "eval_distortion.json")))))
     if not only or "untuned" in only:

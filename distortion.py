@@ -175,7 +175,7 @@ def eval_distortion(model, processor, records, batch_size=32, options=False, gen
 
 
 def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_size=32, limit=0, generate=True,
-             options="auto"):
+             options="auto", allow_unfinished=False):
     """evaluate.py distortion: a fine-tuned run (`ckpt`) or an untuned model (`model`) on the distortion records of
     `data` (default: the run's training data, else data/demo). options: append the options list (auto: only for
     untuned models, the paper's baseline protocol). Writes OUT/eval_distortion.json and OUT/confusion.png, OUT being
@@ -183,7 +183,7 @@ def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_siz
     if options not in ("auto", "yes", "no"):
         raise SystemExit(f"--options must be auto, yes or no, got {options!r}")
     device, dtype = eval_device()
-    vlm, processor, cfg, name = load_evaluated(ckpt, model, device, dtype)
+    vlm, processor, cfg, name = load_evaluated(ckpt, model, device, dtype, allow_unfinished)
     data = data or cfg.get("data") or "data/demo"
     out = out or ckpt or os.path.join("out", "untuned_" + os.path.basename(model.rstrip("/")))
     records = [r for r in load_records(data, split) if r.get("task", "distortion") == "distortion"]
@@ -192,7 +192,7 @@ def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_siz
         raise SystemExit(f"no distortion records in {data} ({split})")
     appended = options == "yes" or (options == "auto" and not ckpt)
     result = eval_distortion(vlm, processor, records, batch_size, appended, generate, device=device)
-    result.update({"model": name, "data": data, "split": split})
+    result.update({"model": name, "data": data, "split": split, "unfinished_checkpoint": cfg.get("finished") is False})
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "eval_distortion.json"), result)
     confusion_png(os.path.join(out, "confusion.png"), result["confusion"], LABELS,

@@ -38,6 +38,8 @@ def common_args(p, several_ckpts=False):
     p.add_argument("--out", default=None, help="where results go (default: the checkpoint folder)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--limit", type=int, default=0, help="evaluate at most N records (0 = all)")
+    p.add_argument("--allow_unfinished", type=boolean, default=False,
+                   help="evaluate a run that did not finish (killed, diverged, periodic checkpoint); its JSON says so")
 
 
 def distortion_args(p):

@@ -14,7 +14,6 @@ import re
 
 import torch
 
-import mplug_owl2
 from data import IGNORE
 from tiny_models import build_tiny
 
@@ -93,6 +92,10 @@ def parse_trainable(spec):
         rng = (int(a), int(b)) if a is not None else None
         if rng and rng[0] > rng[1]:
             raise ValueError(f"--trainable: empty layer range in {item!r} (A must be <= B)")
+        for other, other_rng in parts:  # a tensor named twice would sit in two optimizer groups
+            if other == name and (rng is None or other_rng is None or not (rng[1] < other_rng[0] or other_rng[1] < rng[0])):
+                raise ValueError(f"--trainable: {item!r} overlaps {other + (f':{other_rng[0]}-{other_rng[1]}' if other_rng else '')!r}; "
+                                 f"name each part once (llm covers every llm:A-B)")
         parts.append((name, rng))
     if not parts:
         raise ValueError("--trainable is empty; name at least one part")
@@ -244,10 +247,12 @@ def eval_device():
     return ("cuda", torch.bfloat16) if on_gpu else ("cpu", torch.float32)
 
 
-def load_evaluated(ckpt=None, model=None, device="cpu", dtype=torch.float32):
+def load_evaluated(ckpt=None, model=None, device="cpu", dtype=torch.float32, allow_unfinished=False):
     """What an evaluation runs on: a train.py output folder (`ckpt`) or an untuned model (`model`: tiny, a hub id or a
-    path). -> (model in eval mode, processor, the run's config ({} untuned), a name for tables)."""
+    path). -> (model in eval mode, processor, the run's config ({} untuned), a name for tables). A run that did not
+    finish (killed, diverged, or a periodic checkpoint) is refused unless allow_unfinished."""
     if ckpt:
+        check_finished(read_run_config(ckpt), ckpt, allow_unfinished)
         vlm, processor, cfg = load_checkpoint(ckpt, dtype=dtype, device=device)
         name = f"{cfg['model']} [{cfg['trainable']}]"
     elif model:
@@ -280,6 +285,7 @@ def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code
     """Returns (model, processor). `name`: 'tiny' (the demo's model), 'tiny:FAMILY' (a tiny random member of
     another family; tiny_models.py), a Hugging Face id or a local path. mPLUG-Owl2 checkpoints (Q-Instruct, Q-Align,
     OneAlign, DeQA-Score) load through the native class of mplug_owl2.py, with no remote code."""
+    import mplug_owl2  # here, not at the top: it imports transformers' model machinery (~6 s), which --help never needs
     if name == "tiny" or name.startswith("tiny:"):
         model, processor = build_tiny(name.split(":", 1)[1] if ":" in name else "llava")
     elif mplug_owl2.is_mplug_owl2(name):
@@ -290,10 +296,17 @@ def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
         try:
             model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
-        except ValueError:  # remote-code VLMs (mPLUG-Owl2) register themselves as causal LMs
+        except ValueError:  # remote-code VLMs register themselves as causal LMs
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
     family_of(model)  # fail early, with the list of modules found, on an unknown family
     return model.to(device=device, dtype=dtype), processor
+
+
+def check_finished(cfg, ckpt, allow_unfinished=False):
+    """A train.py run whose config.json says finished: false is refused (a clear error) unless allow_unfinished."""
+    if cfg.get("finished") is False and not allow_unfinished:
+        raise SystemExit(f"--ckpt {ckpt}: an unfinished run (step {cfg.get('steps_done')} of its schedule; killed, diverged "
+                         f"or a periodic checkpoint). Evaluate it anyway with --allow_unfinished true")
 
 
 def read_run_config(ckpt, who=""):

@@ -35,7 +35,7 @@ import torch
 from common import atomic_write_json, atomic_write_jsonl
 from data import load_image, load_records
 from metrics import srcc
-from model import eval_device, load_evaluated, read_run_config, to_device
+from model import check_finished, eval_device, load_evaluated, read_run_config, to_device
 
 N_IMAGES = {"single": 1, "double": 2, "multiple": 4}   # images judged per query (plus the reference in FR)
 PROMPTINGS = ("standard", "cot", "icl")
@@ -438,13 +438,15 @@ def aggregate(protocol, records, queries, prompts, answers, bt_prior):
 
 
 def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None, model=None, data=None, split="test",
-             out=None, batch_size=32, limit=0, seed=0, max_new_tokens=0, rounds=0, icl_split="train", bt_prior=BT_PRIOR):
+             out=None, batch_size=32, limit=0, seed=0, max_new_tokens=0, rounds=0, icl_split="train", bt_prior=BT_PRIOR,
+             allow_unfinished=False):
     """evaluate.py prompting: one protocol x prompting style, NR or FR (`reference`), on a checkpoint or an untuned
     model. Writes OUT/eval_prompting_{tag}.json, answers_prompting_{tag}.jsonl and scores_prompting_{tag}.jsonl."""
     if protocol not in N_IMAGES or prompting not in PROMPTINGS:
         raise SystemExit(f"--protocol must be one of {list(N_IMAGES)} and --prompting one of {list(PROMPTINGS)}")
     if ckpt:
         cfg = read_run_config(ckpt)
+        check_finished(cfg, ckpt, allow_unfinished)
         name, data_dirs, out = f"{cfg['model']} [{cfg['trainable']}]", data or cfg["data"], out or ckpt
     elif model:
         name, data_dirs = model, data or "data/demo"
@@ -457,7 +459,7 @@ def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None
         raise SystemExit(f"{len(records)} records with an image and a MOS in {data_dirs} ({split}); "
                          f"the {protocol} protocol needs at least {N_IMAGES[protocol]}")
     device, dtype = eval_device()
-    vlm, processor, _, _ = load_evaluated(ckpt, model, device, dtype)
+    vlm, processor, _, _ = load_evaluated(ckpt, model, device, dtype, allow_unfinished=True)  # checked above
     per_prompt = (N_IMAGES[protocol] + reference) * (2 if prompting == "icl" else 1)
     try:
         check_multi_image(processor, per_prompt, name)

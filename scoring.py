@@ -122,7 +122,7 @@ def eval_score(model, processor, records, batch_size=32, device="cpu", system=No
 
 
 def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size=32, limit=0, logistic=False,
-             system="auto", table=None):
+             system="auto", table=None, allow_unfinished=False):
     """evaluate.py score: one row per checkpoint in `ckpts` (and the untuned `model`), one column per test source.
     system: the system turn SYSTEM_PREFIX before the question (auto: if the run trained on a --mix of several sources).
     Writes per row OUT/eval_score.json and OUT/predictions_score.jsonl, and the cross-dataset table (rows: trained
@@ -135,7 +135,8 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
     device, dtype = eval_device()
     rows, columns = {}, []
     for kind, name in runs:
-        vlm, processor, cfg, _ = load_evaluated(*((name, None) if kind == "ckpt" else (None, name)), device, dtype)
+        vlm, processor, cfg, _ = load_evaluated(*((name, None) if kind == "ckpt" else (None, name)), device, dtype,
+                                                allow_unfinished)
         if kind == "ckpt":
             data_dirs, row, trained_on = data or cfg["data"], os.path.basename(os.path.normpath(name)), cfg["data"]
             run_out = os.path.join(out, row) if out and len(runs) > 1 else (out or name)
@@ -155,7 +156,8 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
         os.makedirs(run_out, exist_ok=True)
         atomic_write_json(os.path.join(run_out, "eval_score.json"), {
             "task": "score", "model": name, "trained_on": trained_on, "data": data_dirs, "split": split,
-            "system_prefix": turn, "logistic": logistic, "per_source": metrics})
+            "system_prefix": turn, "logistic": logistic, "per_source": metrics,
+            "unfinished_checkpoint": cfg.get("finished") is False})
         atomic_write_jsonl(os.path.join(run_out, "predictions_score.jsonl"), preds)
         rows[row] = {"trained_on": trained_on, "results": metrics}
         columns += [s for s in metrics if s not in columns]

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 
@@ -67,6 +68,7 @@ grad_ckpt = True               # gradient checkpointing (non-reentrant: gradient
 log_every = 20
 ckpt_every = 0                 # save every N steps (0 = only at the end)
 resume = False                 # continue from OUT's last checkpoint (optimizer and data position too)
+overwrite = False              # train into an OUT that holds a run (its evaluation outputs are removed first)
 seed = 1337
 num_threads = 0                # torch CPU threads; 0 = torch's default
 check_ddp_sync = False         # at the end, compare a hash of the trained tensors across ranks
@@ -82,7 +84,7 @@ lora_alpha = 0                 # LoRA scale numerator; 0 = 2 * rank
 lora_dropout = 0.0
 weights_dtype = "auto"         # frozen weights: auto = bfloat16 on GPU (trained tensors stay float32), float32 on CPU
 fsdp = False                   # with torchrun: shard with FSDP2 (fully_shard per decoder/vision layer) instead of DDP
-trust_remote_code = False      # remote-code checkpoints (mPLUG-Owl2)
+trust_remote_code = False      # checkpoints whose class transformers lacks (mPLUG-Owl2 needs none: mplug_owl2.py)
 export = ""                    # after training: save base + trained tensors (LoRA merged) here with save_pretrained
 dry_run = False                # print parameters per part and the estimated GPU memory, then exit (memory_plan.py)
 gpu_mem = 48.0                 # --dry_run: GiB of the GPU to check the estimate against (A6000: 48)
@@ -93,11 +95,32 @@ init = ""                      # start from a previous run's trained tensors (it
 # -----------------------------------------------------------------------------
 config = apply_overrides(globals(), sys.argv[1:])
 
+# ----------------------------------------------------------------------------- arguments checked at the door
+def require(ok, message):
+    if not ok:
+        raise SystemExit(f"train.py: {message}")
+
+
+for key in ("batch_size", "grad_accum", "epochs", "log_every", "seq_len"):
+    require(config[key] > 0, f"--{key} must be a positive integer, got {config[key]}")
+for key in ("max_steps", "max_minutes", "warmup_steps", "ckpt_every", "lora", "lora_alpha", "weight_decay", "lr_encoder",
+            "balance_lambda"):
+    require(math.isfinite(config[key]) and config[key] >= 0, f"--{key} must be a finite number >= 0, got {config[key]}")
+for key in ("lr", "grad_clip", "balance_step", "gpu_mem"):
+    require(math.isfinite(config[key]) and config[key] > 0, f"--{key} must be a finite number > 0, got {config[key]}")
+for key in ("warmup_frac", "label_smoothing", "val_frac", "lora_dropout"):
+    require(0 <= config[key] < 1, f"--{key} must be in [0, 1), got {config[key]}")
+require(0 <= min_lr_frac <= 1, f"--min_lr_frac must be in [0, 1], got {min_lr_frac}")
+require(augment in ("none", "flip", "flip_rot"), f"--augment must be none, flip or flip_rot, got {augment!r}")
+require(not (resume and overwrite), "--resume true continues OUT's run and --overwrite true replaces it: give one")
+try:
+    parse_trainable(trainable)
+except ValueError as e:
+    raise SystemExit(f"train.py: {e}") from None
+
 ddp, rank, local_rank, world_size, device = setup_distributed()
 master = rank == 0
 print0 = print if master else (lambda *a, **k: None)
-if augment not in ("none", "flip", "flip_rot"):
-    raise SystemExit(f"--augment must be none, flip or flip_rot, got {augment!r}")
 if num_threads:
     torch.set_num_threads(num_threads)
 torch.manual_seed(seed + rank)
@@ -243,8 +266,29 @@ def lr_factor(step, elapsed_min):
     return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+# ----------------------------------------------------------------------------- the output folder
+# a finished (or interrupted) run is never overwritten by surprise; evaluation outputs of a replaced run would sit
+# beside weights they were not computed from, so they go with it
+RUN_FILES = ("config.json", "trainable.safetensors", "resume.pt")
+STALE = re.compile(r"^(eval_.*\.json|confusion\.png|predictions_.*\.jsonl|score_table\.json|instability_.*|"
+                   r"(answers|scores)_prompting_.*\.jsonl)$")
+if master:
+    held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if held and not resume and not overwrite:
+        raise SystemExit(f"train.py: --out {out} holds a run ({', '.join(held)}); continue it with --resume true, "
+                         f"replace it with --overwrite true, or choose another --out")
+    os.makedirs(out, exist_ok=True)
+    if overwrite:
+        for name in os.listdir(out):
+            if STALE.match(name) or name in RUN_FILES or name == "log.jsonl":
+                os.unlink(os.path.join(out, name))
+    try:  # an unwritable --out fails now, not at the first save hours later
+        atomic_write(os.path.join(out, ".write_test"), b"")
+        os.unlink(os.path.join(out, ".write_test"))
+    except OSError as e:
+        raise SystemExit(f"train.py: --out {out} is not writable ({e.strerror})") from None
+
 # ----------------------------------------------------------------------------- resume
-os.makedirs(out, exist_ok=True) if master else None
 step, epoch, batch_in_epoch, elapsed_before, log = 0, 0, 0, 0.0, []
 if resume and fsdp:
     raise SystemExit("--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
@@ -262,7 +306,11 @@ if resume:
     print0(f"resumed from {out} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
 
 
+saved_step = 0
+
+
 def save(final=False):
+    global saved_step
     from safetensors.torch import save
     # under FSDP each rank holds a shard: full_tensor() gathers it, a collective every rank must join
     # with --init, the init's tensors are saved too: the folder is then the whole model (base + every stage)
@@ -281,6 +329,7 @@ def save(final=False):
         "init_trainable": init_cfg.get("trainable"), "init_tensors": len(init_names),
         "steps_done": step, "finished": final,
         "trainable_params": sum(p.numel() for p in vlm.parameters() if p.requires_grad)})
+    saved_step = step
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -321,6 +370,12 @@ while True:
         loss_sum += loss.item() / grad_accum
         samples_since_log += len(idx)
     grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
+    if not (math.isfinite(loss_sum) and math.isfinite(float(grad_norm))):  # a diverged run stops before the update
+        raise SystemExit(f"train.py: non-finite {'loss' if not math.isfinite(loss_sum) else 'gradient norm'} at step "
+                         f"{step + 1} (loss {loss_sum}, grad norm {float(grad_norm)}); nothing of this step was applied. "
+                         f"{out} keeps its last checkpoint (step {saved_step}, finished: false)" if saved_step else
+                         f"train.py: non-finite loss or gradient norm at step {step + 1} (loss {loss_sum}, grad norm "
+                         f"{float(grad_norm)}); no checkpoint was written (lower --lr, or --ckpt_every N to keep one)")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     step += 1

@@ -339,10 +339,10 @@ def target_of(r):
     return LEVELS.index(r["level"]) + 1
 
 
-def setup(ckpt, model, data, split, limit, seed, describer):
+def setup(ckpt, model, data, split, limit, seed, describer, allow_unfinished=False):
     """What the evaluations run on: (model, processor, name, records, data, the describer or None)."""
     device, dtype = eval_device()
-    vlm, processor, cfg, name = load_evaluated(ckpt, model, device, dtype)
+    vlm, processor, cfg, name = load_evaluated(ckpt, model, device, dtype, allow_unfinished)
     name = ckpt or name
     records, data = eval_records(data or cfg.get("data") or "data/demo_pathway", split, limit, seed)
     describer = load_checkpoint(describer, dtype=dtype, device=device)[0].eval() if describer else None
@@ -354,7 +354,7 @@ def default_out(ckpt, model, out):
 
 
 def evaluate(pipeline="two_stage", ckpt=None, model=None, data=None, split="test", out=None, batch_size=32, limit=0,
-             seed=0, max_new_tokens=64, describer=None, latency_n=16):
+             seed=0, max_new_tokens=64, describer=None, latency_n=16, allow_unfinished=False):
     """evaluate.py two-stage: `pipeline` two_stage (describe, then rate the description text only) or one_stage (the
     whole feedback with the image; the level read where the model writes it). SRCC/PLCC per source, latency per
     image. describer: a checkpoint that writes the stage-1 descriptions (two_stage; default: the model itself).
@@ -364,7 +364,8 @@ def evaluate(pipeline="two_stage", ckpt=None, model=None, data=None, split="test
     if describer and pipeline != "two_stage":
         raise SystemExit("--describer is for --pipeline two_stage (the model that writes the stage-1 description)")
     mode, model_name = pipeline, model
-    model, processor, name, records, data, describer_model, device = setup(ckpt, model, data, split, limit, seed, describer)
+    model, processor, name, records, data, describer_model, device = setup(ckpt, model, data, split, limit, seed, describer,
+                                                                           allow_unfinished)
     out = default_out(ckpt, model_name, out)
     max_new = max_new_tokens
     level_ids = closed_set_token_ids(processor, LEVELS, LEVEL_PREFIX)
@@ -427,7 +428,7 @@ def fmt(x):
 
 def instability(pipeline="two_stage", sessions=3, repeats=5, temperature=1.0, fixed_description=False, ckpt=None,
                 model=None, data=None, split="test", out=None, batch_size=32, limit=0, seed=0, max_new_tokens=64,
-                describer=None):
+                describer=None, allow_unfinished=False):
     """evaluate.py instability: `sessions` sessions; in each, every record answered `repeats` times by sampling (the seed
     of session s is seed + s). one_stage: the sampled feedbacks' concluding levels. two_stage: sampled descriptions,
     each answered once by sampling the stage-2 question (text only). fixed_description: describe once (greedy) and
@@ -441,7 +442,8 @@ def instability(pipeline="two_stage", sessions=3, repeats=5, temperature=1.0, fi
     if describer and pipeline != "two_stage":
         raise SystemExit("--describer is for --pipeline two_stage (the model that writes the stage-1 description)")
     mode, n_sessions, max_new, model_name = pipeline, sessions, max_new_tokens, model
-    model, processor, name, records, data, describer, device = setup(ckpt, model, data, split, limit, seed, describer)
+    model, processor, name, records, data, describer, device = setup(ckpt, model, data, split, limit, seed, describer,
+                                                                     allow_unfinished)
     out = default_out(ckpt, model_name, out)
     os.makedirs(out, exist_ok=True)
     # top_k 0 and top_p 1: sample from the whole softmax at the temperature (no truncation)

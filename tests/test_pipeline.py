@@ -139,3 +139,55 @@ def test_every_recipe_sets_only_known_keys(recipe):
     assert keys and all(resolved[k] == v for k, v in keys.items()), recipe
     if recipe != "demo.py":  # the paper recipes: a real checkpoint, a peak lr a 7B survives
         assert resolved["model"] != "tiny" and resolved["lr"] <= 2e-4
+
+
+def run_train(*args):
+    return subprocess.run([sys.executable, "train.py", "config/demo.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+SLOW = pytest.mark.slow  # a process each (~4 s of imports): two run by default, the rest with -m slow
+@pytest.mark.parametrize("bad,says", [(["--batch_size", "0"], "--batch_size must be a positive integer"),
+                                      pytest.param(["--grad_accum", "0"], "--grad_accum must be a positive integer", marks=SLOW),
+                                      pytest.param(["--batch_size", "-4"], "--batch_size must be a positive integer", marks=SLOW),
+                                      (["--lr", "nan"], "--lr must be a finite number > 0"),
+                                      pytest.param(["--max_steps", "-1"], "--max_steps must be a finite number >= 0", marks=SLOW),
+                                      pytest.param(["--warmup_frac", "1"], "--warmup_frac must be in [0, 1)", marks=SLOW),
+                                      pytest.param(["--trainable", "llm,llm:0-0"], "'llm:0-0' overlaps 'llm'", marks=SLOW),
+                                      pytest.param(["--resume", "true", "--overwrite", "true"], "give one", marks=SLOW)])
+def test_bad_arguments_stop_at_the_door_naming_the_key(demo, tmp_path, bad, says):
+    r = run_train("--data", str(demo), "--out", str(tmp_path / "run"), *bad)
+    assert r.returncode != 0 and says in r.stderr, r.stderr[-1500:]
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_a_run_folder_is_not_overwritten_by_surprise(demo, tmp_path):
+    out = tmp_path / "run"
+    assert run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4").returncode == 0
+    (out / "eval_distortion.json").write_text("{}")  # an evaluation of the first run
+    r = run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4")
+    assert r.returncode != 0 and "holds a run" in r.stderr and (out / "eval_distortion.json").exists()
+    r = run_train("--data", str(demo), "--out", str(out), "--max_steps", "2", "--batch_size", "4", "--overwrite", "true")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert not (out / "eval_distortion.json").exists() and json.load(open(out / "config.json"))["steps_done"] == 2
+
+
+def test_a_diverged_run_stops_and_is_never_marked_finished(demo, tmp_path):
+    out = tmp_path / "run"
+    r = run_train("--data", str(demo), "--out", str(out), "--max_steps", "6", "--batch_size", "4", "--lr", "1e30",
+                  "--warmup_steps", "1", "--grad_clip", "1e30", "--ckpt_every", "1")
+    assert r.returncode != 0 and "non-finite" in r.stderr, r.stderr[-1500:]
+    cfg = json.load(open(out / "config.json"))  # the last good checkpoint (--ckpt_every 1), not finished
+    assert cfg["finished"] is False and 1 <= cfg["steps_done"] < 6
+
+
+def test_evaluation_refuses_an_unfinished_run_unless_asked(demo, tmp_path):
+    out = tmp_path / "run"
+    assert run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4").returncode == 0
+    cfg = json.load(open(out / "config.json"))
+    (out / "config.json").write_text(json.dumps({**cfg, "finished": False}))  # as a killed run leaves it
+    r = subprocess.run([sys.executable, "evaluate.py", "distortion", "--ckpt", str(out), "--limit", "4"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "an unfinished run" in r.stderr
+    sh("evaluate.py", "distortion", "--ckpt", str(out), "--limit", "4", "--allow_unfinished", "true", "--generate", "false")
+    assert json.load(open(out / "eval_distortion.json"))["unfinished_checkpoint"] is True
