@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import tempfile
 
 
@@ -45,6 +46,45 @@ def atomic_write_png(path, fig, dpi=110):
     fig.savefig(buf, format="png", dpi=dpi)
     pyplot().close(fig)
     atomic_write(path, buf.getvalue())
+
+
+def write_checkpoint(out, files, name):
+    """One checkpoint made current at once: `files` ({file name: bytes}) are written whole into OUT/name.partial, which is
+    renamed OUT/name, and then the link OUT/current is switched to it by one atomic replace. OUT/<file name> are links
+    through `current`, so every reader sees one checkpoint's files, never a mix; a crash at any point leaves the previous
+    checkpoint current (a left-over .partial folder is never read, and goes at the next save). Older checkpoints go
+    once the switch is made."""
+    folder, tmp = os.path.join(out, name), os.path.join(out, name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for file, data in files.items():
+        with open(os.path.join(tmp, file), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, folder)
+    link = os.path.join(out, ".current.partial")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(name, link)
+    os.replace(link, os.path.join(out, "current"))  # the switch
+    for file in files:
+        path = os.path.join(out, file)
+        if not os.path.islink(path):  # a plain file of a run written before checkpoints were folders
+            if os.path.exists(path):
+                os.unlink(path)
+            os.symlink(os.path.join("current", file), path)
+    for other in os.listdir(out):
+        if other.startswith(CHECKPOINT_PREFIX) and other != name and os.path.isdir(os.path.join(out, other)):
+            shutil.rmtree(os.path.join(out, other), ignore_errors=True)
+    dir_fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+CHECKPOINT_PREFIX = "checkpoint-"
 
 
 def atomic_write_json(path, obj):

@@ -32,12 +32,14 @@ import math
 import os
 import random
 import re
+import shutil
+import signal
 import sys
 import time
 
 import torch
 
-from common import apply_overrides, atomic_write, atomic_write_json, atomic_write_jsonl, setup_distributed
+from common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, setup_distributed, write_checkpoint
 from data import LABELS, Mixer, encode_batch, load_records
 from kernels import backend, level_cross_entropy
 from model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
@@ -66,7 +68,8 @@ augment = "none"               # none | flip | flip_rot (flips and 90-degree tur
 dtype = "auto"                 # auto = bf16 autocast on GPU, fp32 on CPU; or float32 / bfloat16
 grad_ckpt = True               # gradient checkpointing (non-reentrant: gradients flow with frozen inputs)
 log_every = 20
-ckpt_every = 0                 # save every N steps (0 = only at the end)
+ckpt_every = 0                 # save every N steps (0: by time alone)
+ckpt_minutes = 30.0            # and every this many minutes (0: off); SIGTERM / SIGINT save too, then exit
 resume = False                 # continue from OUT's last checkpoint (optimizer and data position too)
 overwrite = False              # train into an OUT that holds a run (its evaluation outputs are removed first)
 seed = 1337
@@ -202,6 +205,10 @@ if stage:
     if stage == 2 and with_image:
         raise SystemExit(f"--stage 2 is text only: {with_image} of {len(train_records)} training records in {data} "
                          f"have an image (use the stage2 view of prepare_data.py --task pathway)")
+missing = [r["image"] for r in train_records if r.get("image") and not os.path.isfile(r["image"])]
+if missing:  # met mid-epoch, hours in, a missing image would end the run; it ends it now
+    raise SystemExit(f"train.py: {len(missing)} of {len(train_records)} training images in {data} are missing, e.g. "
+                     f"{missing[:3]}")
 print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size} x {grad_accum} accum; "
        f"loss kernel: {backend(device)}")
 
@@ -280,8 +287,11 @@ if master:
     os.makedirs(out, exist_ok=True)
     if overwrite:
         for name in os.listdir(out):
-            if STALE.match(name) or name in RUN_FILES or name == "log.jsonl":
-                os.unlink(os.path.join(out, name))
+            path = os.path.join(out, name)
+            if name.startswith(CHECKPOINT_PREFIX) and os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif STALE.match(name) or name in RUN_FILES or name in ("log.jsonl", "current"):
+                os.unlink(path)
     try:  # an unwritable --out fails now, not at the first save hours later
         atomic_write(os.path.join(out, ".write_test"), b"")
         os.unlink(os.path.join(out, ".write_test"))
@@ -292,10 +302,19 @@ if master:
 step, epoch, batch_in_epoch, elapsed_before, log = 0, 0, 0, 0.0, []
 if resume and fsdp:
     raise SystemExit("--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
+# what a resumed run may not change: it would no longer be the run it continues (max_steps / max_minutes / epochs may grow)
+FIXED_ON_RESUME = ("model", "data", "trainable", "lr", "lr_encoder", "batch_size", "grad_accum", "lora", "lora_alpha",
+                   "mix", "stage", "seed", "label_smoothing", "weight_decay", "augment", "init")
 if resume:
     state_path = os.path.join(out, "resume.pt")
     if not os.path.exists(state_path):
-        raise SystemExit(f"--resume: {state_path} not found")
+        raise SystemExit(f"--resume: {state_path} not found (a run folder written by train.py holds it)")
+    with open(os.path.join(out, "config.json")) as f:
+        before = json.load(f)
+    changed = [f"--{k} {before.get(k)!r} -> {config[k]!r}" for k in FIXED_ON_RESUME if k in before and before[k] != config[k]]
+    if changed:
+        raise SystemExit(f"--resume {out}: the run was made with other settings ({'; '.join(changed)}); resume with its "
+                         f"own, or start a new run (--out DIR, or --overwrite true)")
     state = torch.load(state_path, map_location=device, weights_only=False)
     load_trained_tensors(vlm, os.path.join(out, "trainable.safetensors"), model)
     optimizer.load_state_dict(state["optimizer"])
@@ -303,6 +322,12 @@ if resume:
     log = state["log"]
     if mixer:
         mixer.restore(log)  # the balanced mix and its reference λ, from the last balance record
+    rng = state.get("rng", {}).get(rank)
+    if rng:  # the augmentation draws continue where they stopped: a resumed CPU run equals an uninterrupted one
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if on_gpu and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"])
     print0(f"resumed from {out} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
 
 
@@ -316,37 +341,64 @@ def save(final=False):
     # with --init, the init's tensors are saved too: the folder is then the whole model (base + every stage)
     tensors = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().contiguous().cpu()
                for n, p in vlm.named_parameters() if p.requires_grad or n in init_names}
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state() if on_gpu else None}
+    rngs = [None] * world_size
+    if ddp:  # every rank's own draws, so each continues its own stream
+        torch.distributed.all_gather_object(rngs, rng)
+    else:
+        rngs = [rng]
     if not master:
         return
     buf = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "elapsed_min": elapsed_min, "log": log}, buf)
-    atomic_write(os.path.join(out, "trainable.safetensors"), save(tensors))
-    atomic_write(os.path.join(out, "resume.pt"), buf.getvalue())
-    atomic_write_jsonl(os.path.join(out, "log.jsonl"), log)
-    atomic_write_json(os.path.join(out, "config.json"), {
-        **config, "base_model": model, "parts": list(parts), "labels": LABELS, "world_size": world_size,
-        "init_trainable": init_cfg.get("trainable"), "init_tensors": len(init_names),
-        "steps_done": step, "finished": final,
-        "trainable_params": sum(p.numel() for p in vlm.parameters() if p.requires_grad)})
+                "elapsed_min": elapsed_min, "log": log, "rng": dict(enumerate(rngs))}, buf)
+    run_config = {**config, "base_model": model, "parts": list(parts), "labels": LABELS, "world_size": world_size,
+                  "init_trainable": init_cfg.get("trainable"), "init_tensors": len(init_names),
+                  "steps_done": step, "finished": final,
+                  "trainable_params": sum(p.numel() for p in vlm.parameters() if p.requires_grad)}
+    write_checkpoint(out, {"trainable.safetensors": save(tensors), "resume.pt": buf.getvalue(),
+                           "log.jsonl": "".join(json.dumps(r) + "\n" for r in log).encode(),
+                           "config.json": (json.dumps(run_config, indent=2) + "\n").encode()},
+                     f"{CHECKPOINT_PREFIX}{step:08d}-{time.time_ns()}")
     saved_step = step
 
 
 # ----------------------------------------------------------------------------- training loop
+signalled = []  # SIGTERM (a preemption) or SIGINT (Ctrl-C): finish the step, save, exit
+
+
+def on_signal(signum, frame):
+    signalled.append(signum)
+
+
+signal.signal(signal.SIGTERM, on_signal)
+signal.signal(signal.SIGINT, on_signal)
 vlm.train()
 t_start = time.time()
+last_save = time.time()
 t_log, samples_since_log, elapsed_min = time.time(), 0, elapsed_before
 order = epoch_order(epoch)
 while True:
     elapsed_min = elapsed_before + (time.time() - t_start) / 60
     stop = (max_steps and step >= max_steps) or (max_minutes and elapsed_min >= max_minutes) or \
            (not max_steps and not max_minutes and epoch >= epochs)
-    if ddp:  # rank 0's clock decides, so all ranks stop at the same step and share the lr
-        flag = torch.tensor([float(stop), elapsed_min], device=device)
+    due = bool(step) and ((ckpt_every and step % ckpt_every == 0) or (ckpt_minutes and time.time() - last_save >= 60 * ckpt_minutes))
+    interrupted = bool(signalled)
+    if ddp:  # rank 0's clock and signals decide, so all ranks stop and save at the same step and share the lr
+        flag = torch.tensor([float(stop), elapsed_min, float(due), float(interrupted)], device=device)
         torch.distributed.broadcast(flag, 0)
-        stop, elapsed_min = bool(flag[0]), float(flag[1])
+        stop, elapsed_min, due, interrupted = bool(flag[0]), float(flag[1]), bool(flag[2]), bool(flag[3])
     if stop:
         break
+    if interrupted:
+        save()
+        print0(f"signal {signalled[0] if signalled else ''}: saved step {step} to {out} (finished: false); continue it "
+               f"with --resume true")
+        raise SystemExit(128 + (signalled[0] if signalled else signal.SIGTERM))
+    if due and saved_step != step:
+        save()
+        last_save = time.time()
     factor = lr_factor(step, elapsed_min)
     for g in optimizer.param_groups:
         g["lr"] = g["peak_lr"] * factor
@@ -398,8 +450,6 @@ while True:
         log.append(rec)
         print0(f"step {step:5d} | val loss " + ", ".join(f"{k} {v:.4f}" for k, v in val_loss.items()) +
                (f" | ratio {rec['ratio']:.4f} vs λ {rec['lambda']:.4f} -> {rec['action']}, mix {rec['mix']}" if balance else ""))
-    if ckpt_every and step % ckpt_every == 0:
-        save()
 save(final=True)
 print0(f"done: {step} steps in {elapsed_min:.1f} min -> {out}")
 if export and master:
