@@ -19,7 +19,7 @@ from collections import Counter
 import torch
 from PIL import Image
 
-from common import atomic_write_json, atomic_write_jsonl, read_jsonl
+from common import atomic_write, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 IGNORE = -100
 LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]  # 8 classes
@@ -203,9 +203,28 @@ def with_system(record, text):
 
 
 # ----------------------------------------------------------------------------- prepared folders and instruction data
+PREPARED_NAMES = {"train.jsonl", "val.jsonl", "test.jsonl", "meta.json", "images", "one_stage", "stage1", "stage2",
+                  ".prepared"}  # what prepare_data.py writes into a folder; .prepared marks one as its own
+
+
+def claim_output(out):
+    """prepare_data.py writes only into a folder that is absent, empty, or one it wrote itself (its marker, or nothing
+    but its own file names): it never deletes or overwrites what it did not write. -> out, marked."""
+    if os.path.isdir(out):
+        foreign = sorted(set(os.listdir(out)) - PREPARED_NAMES)
+        if foreign and not os.path.exists(os.path.join(out, ".prepared")):
+            raise SystemExit(f"prepare_data.py: --out {out} holds files it did not write ({', '.join(foreign[:5])}"
+                             f"{', ...' if len(foreign) > 5 else ''}); give a new or empty folder")
+    elif os.path.exists(out):
+        raise SystemExit(f"prepare_data.py: --out {out} is a file, not a folder")
+    os.makedirs(out, exist_ok=True)
+    atomic_write(os.path.join(out, ".prepared"), "written by prepare_data.py\n")
+    return out
+
+
 def write_splits(out, splits, meta):
     """OUT/{train,val,test}.jsonl then OUT/meta.json last (a folder with meta.json is complete)."""
-    os.makedirs(out, exist_ok=True)
+    claim_output(out)
     if os.path.exists(os.path.join(out, "meta.json")):
         os.unlink(os.path.join(out, "meta.json"))
     for name, recs in splits.items():

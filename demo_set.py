@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 import iqa_datasets as D
-from common import atomic_write_json, atomic_write_jsonl, read_jsonl
-from data import LABELS, write_splits
+from common import atomic_write, atomic_write_json, atomic_write_jsonl, read_jsonl
+from data import LABELS, claim_output, write_splits
 from distortion import distortion_record, split_meta
 from scoring import score_record
 from two_stage import CONCLUSION_PREFIX, DESCRIBE_QUESTION
@@ -123,6 +123,7 @@ def make_demo(out, seed=0, size=64, crops_per_class=96, n_test_photos=4):
     pool = [p for p in DEMO_TEST_POOL if p in photos]
     test_photos = set(rng.choice([p for p in pool if p in color], n_test_photos // 2, replace=False)) | \
         set(rng.choice([p for p in pool if p not in color], n_test_photos - n_test_photos // 2, replace=False))
+    claim_output(out)  # replaced below only when it is prepare_data.py's own
     tmp = out.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "images"))
@@ -156,6 +157,7 @@ def make_demo(out, seed=0, size=64, crops_per_class=96, n_test_photos=4):
     atomic_write_jsonl(os.path.join(tmp, "train.jsonl"), train)
     atomic_write_jsonl(os.path.join(tmp, "test.jsonl"), test)
     atomic_write_json(os.path.join(tmp, "meta.json"), meta)
+    atomic_write(os.path.join(tmp, ".prepared"), "written by prepare_data.py\n")
     # the folder appears complete or not at all
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

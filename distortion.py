@@ -21,7 +21,7 @@ import torch
 
 import iqa_datasets as D
 from common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot, read_json
-from data import LABELS, closed_set_token_ids, encode_prompts, load_image, load_records
+from data import LABELS, claim_output, closed_set_token_ids, encode_prompts, load_image, load_records
 from kernels import level_cross_entropy
 from model import (eval_device, last_token_logits, lm_readout, load_checkpoint, load_evaluated, load_model,
                    read_run_config, to_device, visual_tokens)
@@ -53,6 +53,7 @@ def split_meta(train, test, **extra):
 
 def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_images=True):
     """Distortion records from the official (or pyiqa) releases of `datasets` {source: folder} -> OUT."""
+    claim_output(out)  # before hours of reading, not after
     train, test, infos = [], [], {}
     for source, root in datasets.items():
         t0 = time.time()
@@ -75,7 +76,7 @@ def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_ima
                       if split == "ref" else f"random, {1 - test_frac:.0%}/{test_frac:.0%}", datasets=infos,
                       score_direction={s: i.get("direction") for s, i in infos.items()},
                       score_range={s: i.get("score_range") for s, i in infos.items()})
-    os.makedirs(out, exist_ok=True)
+    claim_output(out)
     # meta last: a folder with meta.json is complete
     if os.path.exists(os.path.join(out, "meta.json")):
         os.unlink(os.path.join(out, "meta.json"))

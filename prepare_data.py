@@ -53,6 +53,10 @@ def main(argv=None):
     ap.add_argument("--image_size", type=int, default=64, help="demo only: side of the crops")
     ap.add_argument("--crops_per_class", type=int, default=96, help="demo only: crops per class per training photo")
     args = ap.parse_args(argv)
+    flags = [f"--{f}" for f in ("live", "csiq", "kadid", "tid2013", "koniq", "spaq", "livec", "agiqa", "llava_json", "demo")
+             if getattr(args, f)]
+    if flags and not args.task:  # without --task they would be ignored and the demo built in their --out
+        ap.error(f"{' '.join(flags)} need --task (distortion, score, interpret, general or pathway)")
     if args.task == "pathway":
         return main_pathway(args, ap)
     if args.task in ("interpret", "general") and args.llava_json:

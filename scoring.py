@@ -26,7 +26,7 @@ import torch
 import iqa_datasets as D
 import iqa_io
 from common import atomic_write, atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot
-from data import LEVELS, closed_set_token_ids, encode_prompts, load_records, uses_system_prefix, with_system, write_splits
+from data import LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, uses_system_prefix, with_system, write_splits
 from metrics import closed_set_scores, plcc, score_metrics, srcc
 from model import eval_device, last_token_logits, load_evaluated, to_device
 
@@ -61,6 +61,7 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05,
     metadata has it; the others are split test_frac by reference content (or randomly), then val_frac of all
     items is held out of train for validation. LIVE Challenge's t1..t7 stay in train. Reference images without a
     score are left out. Train questions are seeded paraphrases; val/test use the canonical question."""
+    claim_output(out)  # before hours of reading, not after
     splits, infos = {"train": [], "val": [], "test": []}, {}
     for source, root in datasets.items():
         t0 = time.time()

@@ -44,7 +44,7 @@ from collections import Counter
 import torch
 
 from common import atomic_write_json, atomic_write_jsonl, read_json
-from data import LEVELS, closed_set_token_ids, encode_prompts, load_records, write_splits
+from data import LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, write_splits
 from metrics import closed_set_scores, mean_std, score_metrics
 from model import eval_device, last_token_logits, load_checkpoint, load_evaluated, to_device
 
@@ -195,6 +195,7 @@ def make_pathway(splits, out, meta):
             views["stage1"][name].append(stage1_record(r["id"], r["image"], parts["description"], **extra))
             views["stage2"][name].append(stage2_record(r["id"], parts["description"], **extra))
     n_in = sum(len(recs) for recs in splits.values())
+    claim_output(out)
     if os.path.exists(os.path.join(out, "meta.json")):
         os.unlink(os.path.join(out, "meta.json"))
     for v in VIEWS:

@@ -249,3 +249,20 @@ def test_sigterm_saves_a_resumable_checkpoint(demo, tmp_path):
     r = run_train("--data", str(demo), "--out", str(out), "--max_steps", str(cfg["steps_done"] + 1), "--batch_size", "4",
                   "--resume", "true")
     assert r.returncode == 0 and f"at step {cfg['steps_done']}" in r.stdout and json.load(open(out / "config.json"))["finished"]
+
+
+def test_prepare_data_never_deletes_what_it_did_not_write(tmp_path):
+    import prepare_data
+    koniq = tmp_path / "koniq"  # never read: both refusals come first
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("a user's file")
+    for argv in (["--koniq", str(koniq), "--out", str(folder)],                    # a dataset flag without --task
+                 ["--task", "score", "--koniq", str(koniq), "--out", str(folder)],  # a folder it did not write
+                 ["--out", str(folder), "--crops_per_class", "4"]):                 # the demo into it
+        with pytest.raises(SystemExit):
+            prepare_data.main(argv)
+        assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"], argv
+    prepare_data.main(["--out", str(tmp_path / "demo"), "--crops_per_class", "4"])
+    prepare_data.main(["--out", str(tmp_path / "demo"), "--crops_per_class", "4"])  # its own folder: replaced
+    assert (tmp_path / "demo" / ".prepared").exists() and (tmp_path / "demo" / "meta.json").exists()
