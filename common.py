@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -62,29 +63,35 @@ def write_checkpoint(out, files, name):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    fsync_dir(tmp)
     os.replace(tmp, folder)
-    link = os.path.join(out, ".current.partial")
-    if os.path.lexists(link):
-        os.unlink(link)
-    os.symlink(name, link)
-    os.replace(link, os.path.join(out, "current"))  # the switch
-    for file in files:
+    for file in files:  # the links first: once `current` exists, the folder is recognisably a run
         path = os.path.join(out, file)
         if not os.path.islink(path):  # a plain file of a run written before checkpoints were folders
             if os.path.exists(path):
                 os.unlink(path)
             os.symlink(os.path.join("current", file), path)
-    for other in os.listdir(out):
-        if other.startswith(CHECKPOINT_PREFIX) and other != name and os.path.isdir(os.path.join(out, other)):
+    link = os.path.join(out, ".current.partial")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(name, link)
+    os.replace(link, os.path.join(out, "current"))  # the switch
+    fsync_dir(out)
+    for other in os.listdir(out):  # only this writer's names: a user's copy (checkpoint-keep) stays
+        if CHECKPOINT_NAME.match(other) and other != name and os.path.isdir(os.path.join(out, other)):
             shutil.rmtree(os.path.join(out, other), ignore_errors=True)
-    dir_fd = os.open(out, os.O_RDONLY)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_NAME = re.compile(r"^checkpoint-\d{8}-\d+(\.partial)?$")
 
 
 def atomic_write_json(path, obj):

@@ -203,18 +203,14 @@ def with_system(record, text):
 
 
 # ----------------------------------------------------------------------------- prepared folders and instruction data
-PREPARED_NAMES = {"train.jsonl", "val.jsonl", "test.jsonl", "meta.json", "images", "one_stage", "stage1", "stage2",
-                  ".prepared"}  # what prepare_data.py writes into a folder; .prepared marks one as its own
-
-
 def claim_output(out):
-    """prepare_data.py writes only into a folder that is absent, empty, or one it wrote itself (its marker, or nothing
-    but its own file names): it never deletes or overwrites what it did not write. -> out, marked."""
+    """prepare_data.py writes only into a folder that is absent, empty, or one it wrote itself (its .prepared marker):
+    it never deletes or overwrites what it did not write. -> out, marked."""
     if os.path.isdir(out):
-        foreign = sorted(set(os.listdir(out)) - PREPARED_NAMES)
-        if foreign and not os.path.exists(os.path.join(out, ".prepared")):
-            raise SystemExit(f"prepare_data.py: --out {out} holds files it did not write ({', '.join(foreign[:5])}"
-                             f"{', ...' if len(foreign) > 5 else ''}); give a new or empty folder")
+        held = sorted(os.listdir(out))
+        if held and not os.path.exists(os.path.join(out, ".prepared")):
+            raise SystemExit(f"prepare_data.py: --out {out} holds files it did not write ({', '.join(held[:5])}"
+                             f"{', ...' if len(held) > 5 else ''}); give a new or empty folder")
     elif os.path.exists(out):
         raise SystemExit(f"prepare_data.py: --out {out} is a file, not a folder")
     os.makedirs(out, exist_ok=True)

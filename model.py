@@ -302,6 +302,13 @@ def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code
     return model.to(device=device, dtype=dtype), processor
 
 
+def current_checkpoint(ckpt):
+    """A train.py run folder's current checkpoint folder, resolved once (its files are links through OUT/current, which
+    a running train.py may switch between two reads), or the folder itself (runs written before)."""
+    link = os.path.join(ckpt, "current")
+    return os.path.realpath(link) if os.path.islink(link) else ckpt
+
+
 def check_finished(cfg, ckpt, allow_unfinished=False):
     """A train.py run whose config.json says finished: false is refused (a clear error) unless allow_unfinished."""
     if cfg.get("finished") is False and not allow_unfinished:
@@ -313,9 +320,9 @@ def read_run_config(ckpt, who=""):
     """config.json of a train.py output folder, checked before any model is loaded. Errors name the command (`who`),
     the folder or file and the field."""
     say = f"{who}: " if who else ""
-    path = os.path.join(ckpt, "config.json")
     if not os.path.isdir(ckpt):
         raise SystemExit(f"{say}--ckpt {ckpt}: no such folder (expected a train.py output folder)")
+    path = os.path.join(current_checkpoint(ckpt), "config.json")
     for name in ("config.json", "trainable.safetensors"):
         if not os.path.isfile(os.path.join(ckpt, name)):
             raise SystemExit(f"{say}--ckpt {ckpt}: {name} not found (expected a train.py output folder)")
@@ -332,9 +339,9 @@ def read_run_config(ckpt, who=""):
 
 def load_checkpoint(ckpt_dir, dtype=torch.float32, device="cpu"):
     """A train.py output folder -> (model with the trained tensors loaded, processor, its config)."""
-
-    cfg_path = os.path.join(ckpt_dir, "config.json")
-    weights = os.path.join(ckpt_dir, "trainable.safetensors")
+    folder = current_checkpoint(ckpt_dir)  # one checkpoint's config and weights, even while a run saves the next
+    cfg_path = os.path.join(folder, "config.json")
+    weights = os.path.join(folder, "trainable.safetensors")
     for path in (cfg_path, weights):
         if not os.path.exists(path):
             raise FileNotFoundError(f"--ckpt {ckpt_dir}: {os.path.basename(path)} not found (expected a train.py output folder)")

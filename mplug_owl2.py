@@ -24,6 +24,7 @@ each chunk between images tokenized on its own by the checkpoint's SentencePiece
 import dataclasses
 import functools
 import os
+import re
 
 import numpy as np
 import torch
@@ -349,7 +350,7 @@ def with_cache(output_class, cache, **fields):
 
 
 def cache_of(output):
-    return getattr(output, "cache", None) if hasattr(output, "cache") else getattr(output, "past_key_values", None)
+    return getattr(output, "cache", getattr(output, "past_key_values", None))
 
 
 class MPLUGOwl2PreTrainedModel(PreTrainedModel):
@@ -361,22 +362,17 @@ class MPLUGOwl2PreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
             nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
+            if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
         elif isinstance(module, (nn.LayerNorm, RMSNorm)):
             nn.init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, (VisionEmbeddings,)):
-            nn.init.normal_(module.cls_token, std=std)
-            nn.init.normal_(module.position_embedding, std=std)
-        elif isinstance(module, VisualAbstractor):
-            nn.init.normal_(module.query_embeds, std=std)
-            nn.init.normal_(module.vit_eos, std=std)
+        elif isinstance(module, (VisionEmbeddings, VisualAbstractor)):  # cls_token, positions; queries, vit_eos
+            for p in module.parameters(recurse=False):
+                nn.init.normal_(p, std=std)
 
 
 class MPLUGOwl2Model(MPLUGOwl2PreTrainedModel):
@@ -394,9 +390,6 @@ class MPLUGOwl2Model(MPLUGOwl2PreTrainedModel):
 
     def get_input_embeddings(self):
         return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
 
     def get_image_features(self, pixel_values, return_dict=False, **kwargs):
         """[N, Q + 1, hidden]: the visual tokens that enter the LM (pooler_output: one tensor per image)."""
@@ -516,6 +509,8 @@ class MPLUGOwl2Processor:
         self.num_visual_tokens, self.image_token_id = num_visual_tokens, image_token_index
         if IMAGE_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})  # one token in whole-text encodes
+        self._special_set = {t for t in tokenizer.all_special_tokens if t != IMAGE_TOKEN}
+        self._specials = re.compile("(" + "|".join(map(re.escape, sorted(self._special_set, key=len, reverse=True))) + ")")
 
     def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False, **kwargs):
         out = []
@@ -540,7 +535,10 @@ class MPLUGOwl2Processor:
             if not chunk:
                 piece = []
             elif self.sentencepiece is not None:  # the slow tokenizer's ids: transformers' fast one differs on leading spaces
-                piece = self.sentencepiece.encode(chunk)
+                piece = []  # like the slow tokenizer, special tokens (</s>) first, each text between them encoded alone
+                for part in self._specials.split(chunk):
+                    piece += [self.tokenizer.convert_tokens_to_ids(part)] if part in self._special_set else \
+                        (self.sentencepiece.encode(part) if part else [])
             else:
                 piece = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
             ids += ([self.image_token_id] * self.num_visual_tokens if i else []) + piece

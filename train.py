@@ -106,8 +106,8 @@ def require(ok, message):
 
 for key in ("batch_size", "grad_accum", "epochs", "log_every", "seq_len"):
     require(config[key] > 0, f"--{key} must be a positive integer, got {config[key]}")
-for key in ("max_steps", "max_minutes", "warmup_steps", "ckpt_every", "lora", "lora_alpha", "weight_decay", "lr_encoder",
-            "balance_lambda"):
+for key in ("max_steps", "max_minutes", "warmup_steps", "ckpt_every", "ckpt_minutes", "eval_every", "lora", "lora_alpha",
+            "weight_decay", "lr_encoder", "balance_lambda"):
     require(math.isfinite(config[key]) and config[key] >= 0, f"--{key} must be a finite number >= 0, got {config[key]}")
 for key in ("lr", "grad_clip", "balance_step", "gpu_mem"):
     require(math.isfinite(config[key]) and config[key] > 0, f"--{key} must be a finite number > 0, got {config[key]}")
@@ -304,14 +304,15 @@ if resume and fsdp:
     raise SystemExit("--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
 # what a resumed run may not change: it would no longer be the run it continues (max_steps / max_minutes / epochs may grow)
 FIXED_ON_RESUME = ("model", "data", "trainable", "lr", "lr_encoder", "batch_size", "grad_accum", "lora", "lora_alpha",
-                   "mix", "stage", "seed", "label_smoothing", "weight_decay", "augment", "init")
+                   "mix", "stage", "seed", "label_smoothing", "weight_decay", "augment", "init", "world_size")
 if resume:
     state_path = os.path.join(out, "resume.pt")
     if not os.path.exists(state_path):
         raise SystemExit(f"--resume: {state_path} not found (a run folder written by train.py holds it)")
     with open(os.path.join(out, "config.json")) as f:
         before = json.load(f)
-    changed = [f"--{k} {before.get(k)!r} -> {config[k]!r}" for k in FIXED_ON_RESUME if k in before and before[k] != config[k]]
+    now = {**config, "world_size": world_size}  # each rank's slice of the data depends on it
+    changed = [f"--{k} {before.get(k)!r} -> {now[k]!r}" for k in FIXED_ON_RESUME if k in before and before[k] != now[k]]
     if changed:
         raise SystemExit(f"--resume {out}: the run was made with other settings ({'; '.join(changed)}); resume with its "
                          f"own, or start a new run (--out DIR, or --overwrite true)")
@@ -324,14 +325,14 @@ if resume:
         mixer.restore(log)  # the balanced mix and its reference λ, from the last balance record
     rng = state.get("rng", {}).get(rank)
     if rng:  # the augmentation draws continue where they stopped: a resumed CPU run equals an uninterrupted one
-        torch.set_rng_state(rng["torch"])
+        torch.set_rng_state(rng["torch"].cpu())  # map_location moved them to the device; RNG states live on the CPU
         random.setstate(rng["python"])
         if on_gpu and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"])
+            torch.cuda.set_rng_state(rng["cuda"].cpu())
     print0(f"resumed from {out} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
 
 
-saved_step = 0
+saved_step = step  # a resumed run's checkpoint is already on disk
 
 
 def save(final=False):

@@ -343,3 +343,15 @@ def test_paper_tables_in_the_papers_shape(tmp_path, capsys):
     live = [line for line in text.splitlines() if line.startswith("LIVE")]
     assert live[0].split()[1:3] == ["0.3000/0.3100", "0.6000/0.6100"] and "0.7006/0.7161" in live[0]
     assert live[1].split()[1] == "15.00" and "16.27 (+-0.47), 4.09 (+-0.11)" in live[1]
+
+
+def test_training_batches_from_a_sentencepiece_checkpoint(sp_folder):
+    """The answer ends in </s>: the prompt ids must hold its id (as the slow tokenizer made them), so that the answer's
+    tokens are found and labelled."""
+    folder, sp = sp_folder
+    processor = M.load_processor(str(folder), M.MPLUGOwl2Config(**{**_tiny_kw(), "vocab_size": sp.get_piece_size()}))
+    img = folder / "x.png"
+    photo(40, 30).save(img)
+    batch = encode_batch(processor, [score_record("x", str(img), "good", "t", "0")])
+    labelled = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert labelled[-1] == 2 and sp.decode(labelled[:-1]) == "The quality of the image is good."

@@ -223,11 +223,13 @@ def test_a_checkpoint_is_made_current_at_once(demo, tmp_path):
     (out / "checkpoint-00000009-1.partial" / "trainable.safetensors").write_bytes(b"half a file")
     shutil.copytree(out / "current", out / "checkpoint-00000009-2", symlinks=False)
     (out / "checkpoint-00000009-2" / "config.json").write_text("{broken")  # written, never made current
+    shutil.copytree(out / "current", out / "checkpoint-keep")  # a user's own copy: never cleared
     assert load_file(out / "trainable.safetensors").keys() == good.keys()
     assert json.load(open(out / "config.json"))["steps_done"] == 2
     r = run_train("--data", str(demo), "--out", str(out), "--max_steps", "3", "--batch_size", "4", "--resume", "true")
     assert r.returncode == 0 and "at step 2" in r.stdout, r.stderr[-1500:]
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == [os.readlink(out / "current")]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == sorted(
+        [os.readlink(out / "current"), "checkpoint-keep"])
 
 
 def test_sigterm_saves_a_resumable_checkpoint(demo, tmp_path):
@@ -263,6 +265,12 @@ def test_prepare_data_never_deletes_what_it_did_not_write(tmp_path):
         with pytest.raises(SystemExit):
             prepare_data.main(argv)
         assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"], argv
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    (photos / "images" / "mine.png").write_bytes(b"a user's photo")  # its file names, not its folder
+    with pytest.raises(SystemExit):
+        prepare_data.main(["--out", str(photos), "--crops_per_class", "4"])
+    assert (photos / "images" / "mine.png").exists()
     prepare_data.main(["--out", str(tmp_path / "demo"), "--crops_per_class", "4"])
     prepare_data.main(["--out", str(tmp_path / "demo"), "--crops_per_class", "4"])  # its own folder: replaced
     assert (tmp_path / "demo" / ".prepared").exists() and (tmp_path / "demo" / "meta.json").exists()
