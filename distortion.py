@@ -23,7 +23,7 @@ import iqa_datasets as D
 from common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot, read_json
 from data import LABELS, claim_output, closed_set_token_ids, encode_prompts, load_image, load_records
 from kernels import level_cross_entropy
-from model import (eval_device, last_token_logits, lm_readout, load_checkpoint, load_evaluated, load_model,
+from model import (eval_device, eval_out, last_token_logits, lm_readout, load_checkpoint, load_evaluated, load_model,
                    read_run_config, to_device, visual_tokens)
 
 # ----------------------------------------------------------------------------- prompts (the paper's, verbatim)
@@ -186,7 +186,7 @@ def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_siz
     device, dtype = eval_device()
     vlm, processor, cfg, name = load_evaluated(ckpt, model, device, dtype, allow_unfinished)
     data = data or cfg.get("data") or "data/demo"
-    out = out or ckpt or os.path.join("out", "untuned_" + os.path.basename(model.rstrip("/")))
+    out = eval_out(out, ckpt, model)
     records = [r for r in load_records(data, split) if r.get("task", "distortion") == "distortion"]
     records = records[:limit] if limit else records
     if not records:

@@ -247,6 +247,11 @@ def eval_device():
     return ("cuda", torch.bfloat16) if on_gpu else ("cpu", torch.float32)
 
 
+def eval_out(out, ckpt, model):
+    """Where an evaluation writes: `out`, else the checkpoint folder, else out/untuned_MODEL."""
+    return out or ckpt or os.path.join("out", "untuned_" + os.path.basename(model.rstrip("/")))
+
+
 def load_evaluated(ckpt=None, model=None, device="cpu", dtype=torch.float32, allow_unfinished=False):
     """What an evaluation runs on: a train.py output folder (`ckpt`) or an untuned model (`model`: tiny, a hub id or a
     path). -> (model in eval mode, processor, the run's config ({} untuned), a name for tables). A run that did not

@@ -28,7 +28,7 @@ import iqa_io
 from common import atomic_write, atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot
 from data import LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, uses_system_prefix, with_system, write_splits
 from metrics import closed_set_scores, plcc, score_metrics, srcc
-from model import eval_device, last_token_logits, load_evaluated, to_device
+from model import eval_device, eval_out, last_token_logits, load_evaluated, to_device
 
 # ----------------------------------------------------------------------------- prompts (Q-Align form)
 SCORE_QUESTION = "How would you rate the quality of this image?"   # the canonical question (val/test)
@@ -143,7 +143,7 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
             run_out = os.path.join(out, row) if out and len(runs) > 1 else (out or name)
         else:
             data_dirs, row, trained_on = data or "data/demo_score", f"untuned {name}", None
-            run_out = out or os.path.join("out", "untuned_" + os.path.basename(name.rstrip("/")))
+            run_out = eval_out(out, None, name)
             run_out = os.path.join(run_out, "untuned") if out and len(runs) > 1 else run_out
         turn = SYSTEM_PREFIX if system == "yes" or (system == "auto" and uses_system_prefix(cfg.get("mix"))) else None
         records = [r for r in load_records(data_dirs, split) if r.get("task") == "score"]

@@ -46,7 +46,7 @@ import torch
 from common import atomic_write_json, atomic_write_jsonl, read_json
 from data import LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, write_splits
 from metrics import closed_set_scores, mean_std, score_metrics
-from model import eval_device, last_token_logits, load_checkpoint, load_evaluated, to_device
+from model import eval_device, eval_out, last_token_logits, load_checkpoint, load_evaluated, to_device
 
 # ----------------------------------------------------------------------------- prompts
 DESCRIBE_QUESTION = "Describe the low level quality of this image."   # one-stage and stage 1 (the interpret view's too)
@@ -350,10 +350,6 @@ def setup(ckpt, model, data, split, limit, seed, describer, allow_unfinished=Fal
     return vlm, processor, name, records, data, describer, device
 
 
-def default_out(ckpt, model, out):
-    return out or ckpt or os.path.join("out", "untuned_" + os.path.basename(model.rstrip("/")))
-
-
 def evaluate(pipeline="two_stage", ckpt=None, model=None, data=None, split="test", out=None, batch_size=32, limit=0,
              seed=0, max_new_tokens=64, describer=None, latency_n=16, allow_unfinished=False):
     """evaluate.py two-stage: `pipeline` two_stage (describe, then rate the description text only) or one_stage (the
@@ -367,7 +363,7 @@ def evaluate(pipeline="two_stage", ckpt=None, model=None, data=None, split="test
     mode, model_name = pipeline, model
     model, processor, name, records, data, describer_model, device = setup(ckpt, model, data, split, limit, seed, describer,
                                                                            allow_unfinished)
-    out = default_out(ckpt, model_name, out)
+    out = eval_out(out, ckpt, model_name)
     max_new = max_new_tokens
     level_ids = closed_set_token_ids(processor, LEVELS, LEVEL_PREFIX)
     os.makedirs(out, exist_ok=True)
@@ -445,7 +441,7 @@ def instability(pipeline="two_stage", sessions=3, repeats=5, temperature=1.0, fi
     mode, n_sessions, max_new, model_name = pipeline, sessions, max_new_tokens, model
     model, processor, name, records, data, describer, device = setup(ckpt, model, data, split, limit, seed, describer,
                                                                      allow_unfinished)
-    out = default_out(ckpt, model_name, out)
+    out = eval_out(out, ckpt, model_name)
     os.makedirs(out, exist_ok=True)
     # top_k 0 and top_p 1: sample from the whole softmax at the temperature (no truncation)
     sample = {"temperature": temperature, "top_k": 0, "top_p": 1.0}

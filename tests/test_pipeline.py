@@ -234,7 +234,6 @@ def test_a_checkpoint_is_made_current_at_once(demo, tmp_path):
 
 def test_sigterm_saves_a_resumable_checkpoint(demo, tmp_path):
     import signal
-    import time
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "train.py", "config/demo.py", "--data", str(demo), "--out", str(out),
                           "--max_steps", "100000", "--batch_size", "4", "--log_every", "1"], cwd=ROOT,
