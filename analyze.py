@@ -2,16 +2,17 @@
 JSON of its numbers and, where a person would rather look, a PNG.
 
     python analyze.py level-precision --meta ../shared/iqa_meta      # what the MOS -> 5 levels conversion keeps
-    python analyze.py mix-ratio --points points.csv                  # degree-4 fit, argmax (--run true: make the points)
+    python analyze.py mix-ratio --run true --repeats 1 --grid_a 0.25,1,4 --grid_b 0.5,1,2  # Q-SiT Alg. 1 steps 1-2
     python analyze.py semantic-shift --ckpt out/ablation/encoder --ckpt out/ablation/projector
     python analyze.py hard-samples --data data/demo_score --pred out/score_tiny/predictions_score.jsonl
     python analyze.py logit-lens --ckpt out/pw_stage2 --mode two_stage --data data/demo_pathway
     python analyze.py attention --ckpt out/pw_one_stage --mode one_stage --data data/demo_pathway
 
-Each analysis lives with its line of work: level-precision and mix-ratio in scoring.py, semantic-shift in
+Each analysis lives with its line of work: level-precision in scoring.py, mix-ratio in data_mix.py, semantic-shift in
 distortion.py, hard-samples in hard_samples.py, logit-lens and attention in quality_token.py. Booleans are spelled
 true / false.
 """
+import data_mix
 import distortion
 import hard_samples
 import quality_token
@@ -27,18 +28,23 @@ def level_precision_args(p):
 
 
 def mix_ratio_args(p):
-    p.add_argument("--points", default=None, help="CSV with columns ratio,score (written by --run)")
-    p.add_argument("--degree", type=int, default=4, help="polynomial degree (lowered when there are fewer points)")
+    p.add_argument("--points", default=None, help="fit only: a CSV with columns ratio,score (e.g. a points_step1.csv)")
+    p.add_argument("--degree", type=int, default=4, help="polynomial degree (the paper's 4; lowered for fewer points)")
     p.add_argument("--out", default="out/mix_ratio", help="output folder")
-    p.add_argument("--run", type=boolean, default=False, help="train the small model at each ratio to make the points")
-    p.add_argument("--ratios", default="0.25,0.5,1,2,4", help="--run: interpreting weights (scoring weight 1)")
-    p.add_argument("--data", default="data/demo_score,data/demo_interpret", help="--run: SCORE_DIR,INTERPRET_DIR")
-    p.add_argument("--model", default="tiny", help="--run: the small model")
-    p.add_argument("--max_steps", type=int, default=300, help="--run: training steps per ratio")
-    p.add_argument("--split", default="val", help="--run: split of the score data that gives the score")
+    p.add_argument("--run", type=boolean, default=False, help="Algorithm 1 steps 1-2: train the small model over both grids")
+    p.add_argument("--score_data", default="data/demo_score", help="--run: D1, scoring (a prepared folder)")
+    p.add_argument("--interpret_data", default="data/demo_mcq", help="--run: D2, interpreting (the demo: its MCQ view)")
+    p.add_argument("--general_data", default="data/demo", help="--run: D3, general (the demo stands in with its distortion records)")
+    p.add_argument("--qbench_val", default="data/demo_mcq", help="--run: LLVisionQA-dev (prepare_data.py --task qbench)")
+    p.add_argument("--qbench_split", default="val", help="--run: the split of --qbench_val scored")
+    p.add_argument("--iqa_split", default="val", help="--run: the split of --score_data scored (SRCC/PLCC)")
+    p.add_argument("--model", default="tiny", help="--run: the small model (the paper's: LLaVA-OneVision-0.5B)")
+    p.add_argument("--max_steps", type=int, default=300, help="--run: training steps per run")
+    p.add_argument("--repeats", type=int, default=3, help="--run: runs per ratio, seeds 0..N-1 (the paper's 3)")
+    p.add_argument("--grid_a", default=None, help="--run: step 1 ratios |D2|/|D3| (default the paper's 19: 0.1..1, 1.11..10)")
+    p.add_argument("--grid_b", default=None, help="--run: step 2 ratios |D2+D3|/|D1| (default the paper's 0.1..0.9, 1..10)")
     p.add_argument("--train_args", default="config/demo.py",
-                   help="--run: train.py arguments before the mix's own (a config file, flags), e.g. 'config/demo.py "
-                        "--batch_size 16'")
+                   help="--run: train.py arguments before each run's own (a config file, flags), e.g. 'config/qsit_mini.py'")
 
 
 def semantic_shift_args(p):
@@ -56,16 +62,19 @@ def semantic_shift_args(p):
 def hard_samples_args(p):
     p.add_argument("--data", default="data/demo", help="prepared folder(s) with the records (mos, std, image)")
     p.add_argument("--split", default="test")
-    p.add_argument("--pred", required=True, help="JSONL of the weak model's predictions: id, score per row")
-    p.add_argument("--n", type=int, default=16, help="NR: samples to select")
-    p.add_argument("--lam", type=float, default=10.0,
-                   help="lambda: weight of Div against the error term (10: a thumbnail 0.1 RMS away weighs as much as a "
-                        "prediction one sigma off)")
-    p.add_argument("--eps", type=float, default=1e-4, help="eps in sigma^2 + eps")
-    p.add_argument("--sigma", type=float, default=0.1, help="sigma on the [0, 1] scale where a source has no std at all")
+    p.add_argument("--pred", default=None, help="q_w from a weak model: JSONL of its predictions, id and score per row")
+    p.add_argument("--experts", default=None, help="q_w from FR expert metrics (mean of), e.g. psnr,ssim,ms_ssim")
+    p.add_argument("--n", type=int, default=16, help="NR: samples to select (the authors: 150)")
+    p.add_argument("--lam", type=float, default=1e-2, help="lambda, weight of Div (the authors' 1e-2)")
+    p.add_argument("--eps", type=float, default=1.0, help="eps in sigma^2 + eps (the authors' 1)")
+    p.add_argument("--sigma", type=float, default=0.0, help="sigma on the [0, 1] scale for records without a std")
+    p.add_argument("--features", default="clip:openai/clip-vit-base-patch32",
+                   help="Div features: clip:MODEL (the authors' ViT-B/32), vlm:MODEL_OR_CKPT (its visual tokens), thumbnail")
+    p.add_argument("--div", default="cosine", choices=["cosine", "nearest_rms"],
+                   help="cosine: 1 - cos to the picked set's mean feature (the authors'); nearest_rms: distance to the nearest pick")
     p.add_argument("--fr", type=boolean, default=False, help="two-level selection: references, then their hardest images")
-    p.add_argument("--n_refs", type=int, default=4, help="FR: references to select")
-    p.add_argument("--per_ref", type=int, default=4, help="FR: images per selected reference")
+    p.add_argument("--n_refs", type=int, default=15, help="FR: references to select (the authors' 15)")
+    p.add_argument("--per_ref", type=int, default=10, help="FR: images per selected reference (the authors' 10)")
     p.add_argument("--out", default="out/hard_samples", help="output folder")
 
 
@@ -110,8 +119,8 @@ def two_stage_tables_args(p):
 COMMANDS = {
     "level-precision": (scoring.level_precision_report, level_precision_args,
                         "SRCC/PLCC of the 5-level conversion vs the scores per dataset (Q-SiT Table II)"),
-    "mix-ratio": (scoring.mix_ratio, mix_ratio_args,
-                  "fit a degree-4 polynomial to (mix ratio, score) points, report the argmax; --run makes the points"),
+    "mix-ratio": (data_mix.mix_ratio, mix_ratio_args,
+                  "Q-SiT Algorithm 1 steps 1-2: the coarse D1:D2:D3 mix and λ (--run), or a degree-4 fit of points"),
     "semantic-shift": (distortion.semantic_shift, semantic_shift_args,
                        "how far the visual tokens moved toward the label token per fine-tuned part (Table 2)"),
     "hard-samples": (hard_samples.select, hard_samples_args,

@@ -15,6 +15,10 @@ import tempfile
 # An interrupted run must never leave a half-written file that looks complete: write to a temp
 # file in the same folder (same filesystem, so os.replace is atomic), fsync, then rename.
 
+UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight back
+os.umask(UMASK)
+
+
 def atomic_write(path, data):
     """Write str or bytes to `path` atomically."""
     path = os.fspath(path)
@@ -22,6 +26,7 @@ def atomic_write(path, data):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600 files; outputs are as readable as the user's umask allows
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
@@ -31,6 +36,33 @@ def atomic_write(path, data):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_LOCKS = {}
+
+
+def hold_lock(path, who):
+    """An exclusive lock on the file `path`, held until the process exits (the OS drops it then, even after kill -9, so a
+    crash never leaves a stale lock). A second writer into the same folder is refused, naming the first."""
+    import fcntl
+    import socket
+    path = os.path.abspath(path)
+    if path in _LOCKS:
+        return
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise SystemExit(f"{who}: {path} is held by {holder}, which is writing there now; wait for it to end, "
+                         f"or choose another folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _LOCKS[path] = f
 
 
 def pyplot():

@@ -10,16 +10,19 @@ Prompts go through the processor's own chat template, so the tiny model and real
 same path. Loss is on assistant turns only (labels -100 elsewhere). The label sets below are those of the
 data format; each study owns its prompts.
 """
+import hashlib
 import json
 import math
 import os
 import random
+import sys
+import time
 from collections import Counter
 
 import torch
 from PIL import Image
 
-from common import atomic_write, atomic_write_json, atomic_write_jsonl, read_jsonl
+from common import atomic_write, atomic_write_json, atomic_write_jsonl, hold_lock, read_jsonl
 
 IGNORE = -100
 LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]  # 8 classes
@@ -151,9 +154,10 @@ def answer_prefix_text(processor, messages, answer_prefix):
     return full[:full.index(marker)].rstrip(" ")
 
 
-def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_side="right"):
+def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_side="right", after_prompt=""):
     """Prompts only (user turns), optionally followed by a teacher-forced answer prefix (one string for all
-    records, or a list with one per record).
+    records, or a list with one per record), rendered by the chat template; or followed by `after_prompt`, raw text
+    put after the generation prompt as it is (Q-SiT's evaluation appends "The quality of this image is " so).
 
     Returns the batch and, per row, the index of its last real token (where the next-token logits
     are read)."""
@@ -168,7 +172,7 @@ def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_
         if r.get("image"):
             images.append(load_image(r["image"]))
         texts.append(answer_prefix_text(processor, msgs, prefix) if prefix
-                     else render(processor, msgs, add_generation_prompt=True))
+                     else render(processor, msgs, add_generation_prompt=True) + after_prompt)
     enc = tokenize_batch(processor, texts, images, padding_side, records)
     last = enc["attention_mask"].sum(1) - 1 if padding_side == "right" else torch.full((len(texts),), enc["input_ids"].shape[1] - 1)
     return enc, last
@@ -205,7 +209,11 @@ def with_system(record, text):
 # ----------------------------------------------------------------------------- prepared folders and instruction data
 def claim_output(out):
     """prepare_data.py writes only into a folder that is absent, empty, or one it wrote itself (its .prepared marker):
-    it never deletes or overwrites what it did not write. -> out, marked."""
+    it never deletes or overwrites what it did not write, and one writer at a time (a lock file .OUT.lock beside
+    it). -> out, marked."""
+    parent, base = os.path.split(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    hold_lock(os.path.join(parent, f".{base}.lock"), "prepare_data.py")  # beside OUT: the demo swaps OUT whole
     if os.path.isdir(out):
         held = sorted(os.listdir(out))
         if held and not os.path.exists(os.path.join(out, ".prepared")):
@@ -302,9 +310,51 @@ def read_instruction(path, image_root=None, task="describe", source=None):
     return records, report
 
 
-def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=0.05):
-    """LLaVA-form instruction data -> OUT/train.jsonl, val.jsonl (val_frac, seeded), an empty test.jsonl."""
+def file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def exclude_test_images(records, test_dirs):
+    """Leaves out of instruction records every one whose image is also a test image of the prepared folders
+    `test_dirs` (comma-separated): same file name, or same content (sha256; a copy under another name). Q-SiT
+    cleans its data so; a generic name (1.jpg) shared by two unrelated images is dropped too: the count says how many
+    went by name only. -> (kept records, report)."""
+    tests = [r for d in test_dirs.split(",") if d for r in load_records([d], "test") if r.get("image")]
+    if not tests:
+        raise ValueError(f"--exclude_test {test_dirs}: no test records with an image there")
+    names = {os.path.basename(r["image"]).lower() for r in tests}
+    digests = {file_digest(r["image"]) for r in tests if os.path.isfile(r["image"])}
+    kept, by_name, by_content, seen, t0 = [], 0, 0, {}, time.time()
+    for i, r in enumerate(records, 1):
+        image = r.get("image")
+        if image and os.path.basename(image).lower() in names:
+            by_name += 1
+            continue
+        if image:
+            if image not in seen:
+                seen[image] = file_digest(image)
+            if seen[image] in digests:
+                by_content += 1
+                continue
+        kept.append(r)
+        if i % 5000 == 0:
+            print(f"\rexclude_test: {i}/{len(records)} records checked, {time.time() - t0:.0f}s", end="", file=sys.stderr)
+    report = {"test_folders": test_dirs, "test_images": len(tests), "dropped_by_name": by_name,
+              "dropped_by_content": by_content, "kept": len(kept)}
+    print(f"exclude_test: {by_name} records dropped by test image name, {by_content} by content, {len(kept)} kept", file=sys.stderr)
+    return kept, report
+
+
+def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=0.05, exclude_test=None):
+    """LLaVA-form instruction data -> OUT/train.jsonl, val.jsonl (val_frac, seeded), an empty test.jsonl; with
+    exclude_test, records whose image is in those folders' test sets are left out first (exclude_test_images)."""
     records, report = read_instruction(path, image_root, task)
+    if exclude_test:
+        records, report["excluded_test_images"] = exclude_test_images(records, exclude_test)
     rng, splits = random.Random(f"{seed}:{path}"), {"train": [], "val": [], "test": []}
     for r in records:
         splits["val" if rng.random() < val_frac else "train"].append(r)
@@ -316,7 +366,7 @@ def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=
 
 # ----------------------------------------------------------------------------- the data mix (train.py --mix)
 # A --mix name matches a --data folder by its base name, or records by task group (or by the task itself).
-MIX_GROUPS = {"score": ("score",), "interpret": ("describe", "reason"), "general": ("vqa",),
+MIX_GROUPS = {"score": ("score",), "interpret": ("describe", "reason", "mcq"), "general": ("vqa",),
               "distortion": ("distortion",)}
 
 
@@ -351,32 +401,42 @@ def source_name(record, folder, names):
     return None
 
 
+def mix_counts(sizes, mix):
+    """Records drawn per epoch, {name: count}: a weight is a record ratio relative to the first source's size (Q-SiT's
+    D1:D2:D3 = 1.00:2.50:1.04 over |D1| = 100 records draws 100, 250 and 104), whatever the other sources hold."""
+    base = next((sizes.get(n, 0) for n, w in mix.items() if w > 0), 0)
+    return {name: round(w * base) if sizes.get(name, 0) else 0 for name, w in mix.items()}
+
+
 def epoch_sample(sizes, mix, seed, epoch):
-    """[(name, index in that source)] for one epoch, shuffled: weight w gives floor(w) full passes over the
-    source plus a seeded random round(frac(w) * n) of its records (so n * w records in all)."""
+    """[(name, index in that source)] for one epoch, shuffled, mix_counts(sizes, mix) records per source: a seeded
+    sample without repeats, or, for a count above what the source holds, full passes plus a seeded sample of the rest
+    (records repeat; Mixer.describe says so). A new draw each epoch."""
     rng = random.Random(f"mix:{seed}:{epoch}")
     out = []
-    for name, w in mix.items():
+    for name, count in mix_counts(sizes, mix).items():
         n = sizes.get(name, 0)
-        if n == 0 or w <= 0:
+        if count <= 0:
             continue
-        full = int(w)
-        out += [(name, i) for _ in range(full) for i in range(n)]
-        out += [(name, i) for i in rng.sample(range(n), min(n, round((w - full) * n)))]
+        passes, rest = divmod(count, n)
+        out += [(name, i) for _ in range(passes) for i in range(n)]
+        out += [(name, i) for i in rng.sample(range(n), rest)]
     rng.shuffle(out)
     return out
 
 
 def balance_mix(mix, val_loss, lam, step=0.1, tol=0.02, score="score", interp="interpret"):
-    """Q-SiT Alg. 1, step 3: ratio = val_loss[score] / val_loss[interp] against the reference lam. A ratio above
-    lam * (1 + tol) means scoring falls behind: its weight is multiplied by (1 + step) and interpreting's divided
-    by it; below lam * (1 - tol) the other way round; else unchanged. -> (new mix, ratio, action)."""
+    """Q-SiT Alg. 1, step 3 (eqs 9-10), once per epoch: ratio = val_loss[score] / val_loss[interp] against the reference
+    lam. Below lam, interpreting falls behind: |D2 + D3| grows, i.e. every source but `score` is multiplied by
+    (1 + step), keeping their ratio; above lam, |D1| (`score`) grows by (1 + step). Within lam * (1 +- tol): unchanged.
+    The paper says "increase" without a size; step and tol are our choices. -> (new mix, ratio, action)."""
     ratio = val_loss[score] / max(val_loss[interp], 1e-12)
     new = dict(mix)
-    if ratio > lam * (1 + tol):
-        new[score], new[interp], action = mix[score] * (1 + step), mix[interp] / (1 + step), f"more {score}"
-    elif ratio < lam * (1 - tol):
-        new[score], new[interp], action = mix[score] / (1 + step), mix[interp] * (1 + step), f"more {interp}"
+    if ratio < lam * (1 - tol):
+        new = {k: w if k == score else w * (1 + step) for k, w in mix.items()}
+        action = f"more {'+'.join(k for k in mix if k != score)}"
+    elif ratio > lam * (1 + tol):
+        new[score], action = mix[score] * (1 + step), f"more {score}"
     else:
         action = "keep"
     return {k: round(v, 6) for k, v in new.items()}, ratio, action
@@ -388,18 +448,20 @@ def uses_system_prefix(mix_spec):
 
 
 class Mixer:
-    """train.py --mix: the --data folders as named sources, a per-epoch sampled order, validation sets, --balance.
+    """train.py --mix: the --data folders as named sources, a per-epoch sampled order, validation sets, --balance
+    (which reads the first source as D1, scoring, and the second as D2, interpreting; the others grow with D2).
 
     Validation records of a source come from its folder's val.jsonl, else a seeded val_frac of its train
     records (held out of training). With more than one source, scoring records get the system turn `score_system`
     (train.py passes scoring.SYSTEM_PREFIX)."""
 
-    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=256, score="score", interp="interpret",
-                 score_system=None):
+    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=256, score_system=None, interpret_val=None):
         dirs = [d for d in data_dirs.split(",") if d] if isinstance(data_dirs, str) else list(data_dirs)
-        self.mix, self.seed, self.score, self.interp = parse_mix(spec), seed, score, interp
+        self.mix, self.seed = parse_mix(spec), seed
         self.system = score_system if score_system and uses_system_prefix(spec) else None
         names = list(self.mix)
+        # Algorithm 1's D1 (scoring) and D2 (interpreting) are the mix's first and second sources; D3.. the rest
+        self.score, self.interp = names[0], names[1] if len(names) > 1 else None
         self.records, self.groups, self.val = [], {n: [] for n in names}, {n: [] for n in names}
         for d in dirs:
             has_val = os.path.exists(os.path.join(d, "val.jsonl"))
@@ -421,6 +483,10 @@ class Mixer:
         empty = [n for n in names if not self.groups[n] and self.mix[n] > 0]
         if empty:
             raise ValueError(f"--mix: no training records for {empty} in {dirs}")
+        if interpret_val is not None:  # Q-SiT validates interpreting on LLVisionQA-dev, not on a share of D2
+            if self.interp is None:
+                raise ValueError(f"--interpret_val: the mix {spec!r} has no second (interpreting) source")
+            self.val[self.interp] = list(interpret_val)
         for n in names:  # a fixed, seeded subset keeps each evaluation comparable and quick
             random.Random(f"valpick:{seed}:{n}").shuffle(self.val[n])
             self.val[n] = self.val[n][:val_max]
@@ -437,8 +503,17 @@ class Mixer:
         return [self.groups[name][i] for name, i in epoch_sample(self.sizes(), self.mix, self.seed, epoch)]
 
     def describe(self):
-        return "mix: " + ", ".join(f"{n} x{w:g} ({len(self.groups[n])} train, {len(self.val[n])} val)"
-                                   for n, w in self.mix.items()) + ("; system turn on scoring data" if self.system else "")
+        """Records drawn per source per epoch, e.g. 'score: 100, interpret: 250 of 1000, general: 104 of 300'."""
+        sizes, counts = self.sizes(), mix_counts(self.sizes(), self.mix)
+        parts = []
+        for n in self.mix:
+            part = f"{n}: {counts[n]}" + (f" of {sizes[n]}" if counts[n] != sizes[n] else "")
+            if counts[n] > sizes[n] > 0:
+                part += f" (more than it holds: {counts[n] // sizes[n]} passes + {counts[n] % sizes[n]} drawn, records repeat)"
+            parts.append(part + f", {len(self.val[n])} val")
+        first = next(n for n, w in self.mix.items() if w > 0)
+        return (f"mix (records per epoch, weights relative to {first}'s {sizes[first]}): " + "; ".join(parts)
+                + ("; system turn on scoring data" if self.system else ""))
 
     def restore(self, log):
         """After --resume: the mix and reference of the last balance record in the log."""
@@ -471,11 +546,12 @@ class Mixer:
         return out
 
     def balance(self, val_loss, lam=0.0, step=0.1, tol=0.02, ddp=False):
-        """One balance step from the validation losses; returns the log record (mix before -> after)."""
+        """One balance step from the validation losses (balance_mix); returns the log record (mix before -> after,
+        records per source of the next epoch)."""
         for k in (self.score, self.interp):
-            if k not in val_loss:
-                raise ValueError(f"--balance needs validation records of {self.score!r} and {self.interp!r}; "
-                                 f"have {sorted(val_loss)} (--mix names: {list(self.mix)})")
+            if k is None or k not in val_loss:
+                raise ValueError(f"--balance needs validation records of the mix's first (scoring) and second "
+                                 f"(interpreting) sources; have {sorted(val_loss)} (--mix names: {list(self.mix)})")
         ratio = val_loss[self.score] / max(val_loss[self.interp], 1e-12)
         if self.lam is None:
             self.lam = lam if lam > 0 else ratio
@@ -488,4 +564,4 @@ class Mixer:
             new = {n: float(v) for n, v in zip(names, t.tolist())}
         before, self.mix = self.mix, new
         return {"ratio": round(ratio, 5), "lambda": round(self.lam, 5), "action": action,
-                "mix_before": before, "mix": new}
+                "mix_before": before, "mix": new, "records": mix_counts(self.sizes(), new)}

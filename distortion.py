@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import iqa_datasets as D
+import iqa_io
 from common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot, read_json
 from data import LABELS, claim_output, closed_set_token_ids, encode_prompts, load_image, load_records
 from kernels import level_cross_entropy
@@ -71,7 +72,7 @@ def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_ima
         info["n_kept"], info["n_excluded_types"] = len(kept), len(items) - len(kept)
         infos[source] = info
         print(f"{source}: {len(items)} images read ({info.get('layout')} layout), {len(kept)} kept, "
-              f"{len(items) - len(kept)} of excluded types {info.get('excluded', {})}, {time.time() - t0:.1f}s")
+              f"{len(items) - len(kept)} of excluded types {info.get('excluded', {})}, {time.time() - t0:.1f}s" + iqa_io.skipped_note(info))
     meta = split_meta(train, test, seed=seed, split_policy=f"by reference content, {1 - test_frac:.0%}/{test_frac:.0%}"
                       if split == "ref" else f"random, {1 - test_frac:.0%}/{test_frac:.0%}", datasets=infos,
                       score_direction={s: i.get("direction") for s, i in infos.items()},

@@ -5,9 +5,12 @@
     python evaluate.py score --ckpt out/score --data data/demo_score              # SRCC/PLCC per source
     python evaluate.py score --ckpt out/A --ckpt out/B --data data/score --logistic true --out out/table
     python evaluate.py prompting --protocol double --prompting cot --model tiny --data data/demo --limit 32
+    python evaluate.py prompting-table --model tiny --data data/demo --limit 32     # all nine systems, Table 1's shape
     python evaluate.py two-stage --ckpt out/pw_stage2 --describer out/pw_stage1 --data data/demo_pathway
     python evaluate.py two-stage --pipeline one_stage --ckpt out/pw_one_stage --data data/demo_pathway
     python evaluate.py instability --sessions 3 --repeats 5 --temperature 0.5 --ckpt out/pw_stage2 --data data/demo_pathway
+    python evaluate.py qbench --ckpt out/qsit_mini --data data/llvqa_dev --split val    # Q-SiT Table V's columns
+    python evaluate.py score --ckpt out/qsit_mini --data data/score --prompt qsit       # Q-SiT's own scoring prompt
 
 distortion (distortion.py): closed-set argmax over the 8 class tokens after "The image has some", plus free generation
 parsed for the class word -> OUT/eval_distortion.json, OUT/confusion.png.
@@ -16,11 +19,15 @@ probs @ [1..5]; SRCC/PLCC per source; the cross-dataset table (rows: trained on,
 prompting (prompting.py): single / double / multiple stimulus x standard / cot / icl, NR or FR.
 two-stage, instability (two_stage.py): describe then rate the description (or the one-stage baseline); the share of
 samples whose repeated sampled answers disagree.
+qbench, describe (qbench.py): LLVisionQA accuracy (closed set over the option marks; parsed free answers); LLDescribe
+descriptions written out for a GPT judge.
 
 OUT is --out, else the checkpoint folder, else out/untuned_MODEL. Booleans are spelled true / false.
 """
 import distortion
 import prompting
+import prompting_table
+import qbench
 import scoring
 import two_stage
 from common import boolean, run_subcommand
@@ -55,6 +62,28 @@ def score_args(p):
     p.add_argument("--system", default="auto", choices=["auto", "yes", "no"],
                    help="system turn 'Assume you are an image quality evaluator.' (auto: if the run used a --mix)")
     p.add_argument("--table", default=None, help="where the cross-dataset table JSON goes (default OUT/score_table.json)")
+    p.add_argument("--prompt", default="qalign", choices=list(scoring.PROMPTS),
+                   help="qalign: the records' question, 'The quality of the image is' in the answer (what train.py teaches); "
+                        "qsit: Q-SiT's released evaluation prompt")
+
+
+def qbench_args(p):
+    common_args(p)
+    p.set_defaults(split="val", batch_size=16, data="data/demo_mcq")
+    p.add_argument("--prompt", default="qbench", choices=list(qbench.PROMPT_STYLES),
+                   help="qbench: the benchmark's rendering; letter: '... Answer with the option's letter ...' (lmms-eval, Q-Align)")
+    p.add_argument("--generate", type=boolean, default=False, help="also answer freely and parse the choice")
+    p.add_argument("--max_new_tokens", type=int, default=16)
+
+
+def describe_args(p):
+    p.add_argument("--ckpt", default=None, help="a train.py output folder")
+    p.add_argument("--model", default=None, help="untuned model (without --ckpt)")
+    p.add_argument("--images", required=True, help="folder of the images to describe (LLDescribe's)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--allow_unfinished", type=boolean, default=False)
 
 
 def prompting_args(p):
@@ -68,7 +97,34 @@ def prompting_args(p):
     p.add_argument("--seed", type=int, default=0, help="draws of --limit, of the pairs/quadruples, of the icl example")
     p.add_argument("--rounds", type=int, default=0, help="queries per image (0: double 4, multiple 2)")
     p.add_argument("--icl_split", default="train", help="split the icl worked example comes from")
+    prompting_choices(p)
+
+
+def prompting_choices(p):
+    p.add_argument("--prompts", default="paper", choices=list(prompting.PROMPT_SETS),
+                   help="paper: the study's own prompts and answer format; plain: this repo's earlier wording")
+    p.add_argument("--aggregation", default="thurstone", choices=list(prompting.AGGREGATIONS),
+                   help="double/multiple answers -> scores: Thurstone Case V MAP (the authors') or Bradley-Terry")
+    p.add_argument("--unparsed", default="random", choices=["random", "drop"],
+                   help="an answer without the asked numbers: a seeded random one (the authors' fallback) or dropped")
     p.add_argument("--bt_prior", type=float, default=prompting.BT_PRIOR, help="Bradley-Terry prior (virtual tied games)")
+
+
+def prompting_table_args(p):
+    p.add_argument("--ckpt", default=None, help="a train.py output folder")
+    p.add_argument("--model", default=None, help="untuned model (without --ckpt)")
+    p.add_argument("--data", default=None, help="NR folder(s): records with image and MOS")
+    p.add_argument("--fr_data", default=None, help="FR folder(s): records with image, MOS and ref_image")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default=None)
+    p.add_argument("--limit", type=int, default=150, help="images drawn per run (the authors sample 150 per dataset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--max_new_tokens", type=int, default=0)
+    p.add_argument("--allow_unfinished", type=boolean, default=False)
+    p.add_argument("--prompts", default="paper", choices=list(prompting.PROMPT_SETS))
+    p.add_argument("--aggregation", default="thurstone", choices=list(prompting.AGGREGATIONS))
+    p.add_argument("--unparsed", default="random", choices=["random", "drop"])
 
 
 def pathway_args(p):
@@ -101,8 +157,12 @@ COMMANDS = {
     "distortion": (distortion.evaluate, distortion_args, "name the distortion: closed-set accuracy, confusion matrix"),
     "score": (scoring.evaluate, score_args, "quality scores: SRCC/PLCC per source, the cross-dataset table"),
     "prompting": (prompting.evaluate, prompting_args, "prompting study: one protocol x prompting style, NR or FR"),
+    "prompting-table": (prompting_table.table, prompting_table_args,
+                        "prompting study: all nine systems (NR and FR) in Table 1's shape, expert FR baselines"),
     "two-stage": (two_stage.evaluate, two_stage_args, "two-stage (or one-stage) reasoning: SRCC/PLCC, latency"),
     "instability": (two_stage.instability, instability_args, "instability ratio of repeated sampled answers"),
+    "qbench": (qbench.evaluate, qbench_args, "LLVisionQA multiple-choice accuracy per type and concern (Q-SiT Table V)"),
+    "describe": (qbench.describe, describe_args, "LLDescribe: write the model's descriptions for a GPT judge"),
 }
 
 

@@ -29,8 +29,10 @@ first and then ignoring case (TID2013 and CSIQ mix upper- and lower-case names);
 counts the latter.
 
 Problems raise DatasetError (a ValueError) naming the file, the line/row/entry (1-based, as an editor shows it)
-and what was expected: a missing folder or metadata file, malformed metadata, an image listed but absent, an
-image PIL cannot identify (header read only, no decode; `check_images=False` skips it).
+and what was expected: a missing folder or metadata file, malformed metadata, a NaN/inf score, a score outside the
+dataset's scale (iqa_io.SCORE_SCALE), an image listed twice with different scores, metadata with no rated image, an
+image listed but absent, an image PIL cannot fully decode (`check_images="skip"` leaves those out and lists them in
+info["bad_images"]; `check_images=False` does not open images).
 """
 import os
 import random

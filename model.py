@@ -14,6 +14,7 @@ import re
 
 import torch
 
+from common import read_json
 from data import IGNORE
 from tiny_models import build_tiny
 
@@ -290,10 +291,23 @@ def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code
     """Returns (model, processor). `name`: 'tiny' (the demo's model), 'tiny:FAMILY' (a tiny random member of
     another family; tiny_models.py), a Hugging Face id or a local path. mPLUG-Owl2 checkpoints (Q-Instruct, Q-Align,
     OneAlign, DeQA-Score) load through the native class of mplug_owl2.py, with no remote code."""
-    import mplug_owl2  # here, not at the top: it imports transformers' model machinery (~6 s), which --help never needs
     if name == "tiny" or name.startswith("tiny:"):
         model, processor = build_tiny(name.split(":", 1)[1] if ":" in name else "llava")
-    elif mplug_owl2.is_mplug_owl2(name):
+    else:
+        try:
+            model, processor = load_released(name, dtype, trust_remote_code)
+        except Exception as e:  # a broken config.json or truncated weights (SafetensorError names no file): say which folder
+            if not os.path.isdir(name):
+                raise
+            raise SystemExit(f"--model {name}: cannot load it ({type(e).__name__}: {e})") from None
+    family_of(model)  # fail early, with the list of modules found, on an unknown family
+    return model.to(device=device, dtype=dtype), processor
+
+
+def load_released(name, dtype, trust_remote_code):
+    """A published checkpoint (hub id or folder) with its processor, each through the class its authors' code uses."""
+    import mplug_owl2  # here, not at the top: it imports transformers' model machinery (~6 s), which --help never needs
+    if mplug_owl2.is_mplug_owl2(name):
         model = mplug_owl2.MPLUGOwl2LlamaForCausalLM.from_pretrained(name, dtype=dtype)
         processor = mplug_owl2.load_processor(name, model.config)
     else:
@@ -303,8 +317,7 @@ def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code
             model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
         except ValueError:  # remote-code VLMs register themselves as causal LMs
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
-    family_of(model)  # fail early, with the list of modules found, on an unknown family
-    return model.to(device=device, dtype=dtype), processor
+    return model, processor
 
 
 def current_checkpoint(ckpt):
@@ -350,8 +363,7 @@ def load_checkpoint(ckpt_dir, dtype=torch.float32, device="cpu"):
     for path in (cfg_path, weights):
         if not os.path.exists(path):
             raise FileNotFoundError(f"--ckpt {ckpt_dir}: {os.path.basename(path)} not found (expected a train.py output folder)")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    cfg = read_json(cfg_path)
     model, processor = load_model(cfg["model"], dtype=dtype, device=device)
     if cfg.get("lora"):  # the adapters must exist before their trained values can be loaded
         set_trainable(model, cfg["trainable"], verbose=False, lora=cfg["lora"], lora_alpha=cfg.get("lora_alpha", 0))
@@ -364,7 +376,10 @@ def load_trained_tensors(model, weights, model_name):
     """Copy the tensors of a train.py trainable.safetensors into `model` (each name must exist there with the same
     shape). -> the names loaded. Used by load_checkpoint and by train.py --init."""
     from safetensors.torch import load_file
-    state = load_file(weights, device=str(next(model.parameters()).device))
+    try:
+        state = load_file(weights, device=str(next(model.parameters()).device))
+    except Exception as e:  # SafetensorError on a truncated file names no file
+        raise SystemExit(f"{weights}: cannot read the trained tensors ({type(e).__name__}: {e})") from None
     own = dict(model.named_parameters())
     unknown = sorted(set(state) - set(own))
     if unknown:

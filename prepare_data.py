@@ -12,7 +12,11 @@
     python prepare_data.py --task interpret --llava_json q-instruct.json --image_root /data/q-instruct-images --out data/qinstruct
     python prepare_data.py --task pathway --demo data/demo --out data/demo_pathway    # one_stage/, stage1/, stage2/
     python prepare_data.py --task pathway --llava_json q-pathway.json --image_root /data/q-pathway-images --out data/pathway
-    python prepare_data.py --task general --llava_json llava_instruct_150k.json --image_root /data/coco/train2017 --out data/llava
+    python prepare_data.py --task general --llava_json llava_instruct_150k.json --image_root /data/coco/train2017 --out data/llava \\
+        --exclude_test data/score                            # no image of a test set in the instruction data (Q-SiT)
+    python prepare_data.py --task qbench --qbench_json llvisionqa_dev.json --image_root /data/qbench/images --out data/llvqa_dev
+    python prepare_data.py --task qbench --demo data/demo --out data/demo_mcq           # MCQ view of the demo (tiny model)
+    python prepare_data.py --task score --livec /data/ChallengeDB_release --test_frac 1 --out data/livec_all   # whole-set test
 
 Each dataset is read from its official release layout or from the layout IQA-PyTorch (pyiqa) ships
 (meta_info_*.csv); see iqa_datasets.py. Writes OUT/train.jsonl, OUT/test.jsonl, OUT/meta.json, atomically.
@@ -24,19 +28,20 @@ import os
 import random
 
 from common import boolean
-from data import make_instruct, read_instruction
+from data import exclude_test_images, make_instruct, read_instruction
 from demo_set import demo_view_records, make_demo, make_demo_view
 from distortion import make_distortion
+from qbench import make_demo_mcq, make_qbench
 from scoring import SCORE_DATASETS, make_score
 from two_stage import make_pathway
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default=None, choices=["distortion", "score", "interpret", "general", "pathway"],
+    ap.add_argument("--task", default=None, choices=["distortion", "score", "interpret", "general", "pathway", "qbench"],
                     help="what to build: distortion/score from IQA datasets (or score/interpret/pathway from --demo), "
                          "interpret/general/pathway from --llava_json instruction data (pathway: Q-Pathway feedback -> "
-                         "one_stage, stage1, stage2 views)")
+                         "one_stage, stage1, stage2 views); qbench: LLVisionQA from --qbench_json (or an MCQ view of --demo)")
     ap.add_argument("--out", default=None, help="output folder (default data/demo for the demo)")
     ap.add_argument("--seed", type=int, default=0)
     for name, what in (("live", "LIVE IQA (release 2)"), ("csiq", "CSIQ"), ("kadid", "KADID-10k"), ("tid2013", "TID2013"),
@@ -45,34 +50,52 @@ def main(argv=None):
         ap.add_argument(f"--{name}", default=None, help=f"{what} folder (official or pyiqa layout)")
     ap.add_argument("--demo", default=None, help="a demo folder: --task score|interpret writes a view of it to --out")
     ap.add_argument("--llava_json", default=None, help="--task interpret|general: instruction data in LLaVA JSON form")
-    ap.add_argument("--image_root", default=None, help="folder the --llava_json image paths are relative to (default: its folder)")
-    ap.add_argument("--val_frac", type=float, default=0.05, help="score/interpret/general: share held out as val.jsonl")
+    ap.add_argument("--image_root", default=None, help="folder the --llava_json / --qbench_json image paths are relative to "
+                                                        "(default: its folder)")
+    ap.add_argument("--qbench_json", default=None, help="--task qbench: llvisionqa_dev.json or llvisionqa_test.json as released")
+    ap.add_argument("--exclude_test", default=None,
+                    help="--llava_json: leave out every instruction record whose image is also in these prepared folders' "
+                         "test sets (comma-separated), matched by file name and by content hash; counted in meta.json")
+    ap.add_argument("--val_frac", type=float, default=None, help="share of the training part held out as val.jsonl "
+                    "(default: 0.1 for --task score, Q-SiT's; 0.05 otherwise)")
     ap.add_argument("--split", default="ref", choices=["ref", "random"], help="8:2 by reference content, or random")
-    ap.add_argument("--test_frac", type=float, default=0.2)
-    ap.add_argument("--check_images", type=boolean, default=True, help="open every image (false: faster, less safe)")
+    ap.add_argument("--test_frac", type=float, default=0.2, help="share of each dataset tested (1: all of it, no val)")
+    ap.add_argument("--check_images", type=boolean, default=True, help="decode every image (false: faster, less safe)")
+    ap.add_argument("--skip_bad_images", type=boolean, default=False,
+                    help="leave out images that cannot be decoded, counted in meta.json (default: an error naming them)")
     ap.add_argument("--image_size", type=int, default=64, help="demo only: side of the crops")
     ap.add_argument("--crops_per_class", type=int, default=96, help="demo only: crops per class per training photo")
     args = ap.parse_args(argv)
-    flags = [f"--{f}" for f in ("live", "csiq", "kadid", "tid2013", "koniq", "spaq", "livec", "agiqa", "llava_json", "demo")
+    check_arguments(args, ap)
+    flags = [f"--{f}" for f in ("live", "csiq", "kadid", "tid2013", "koniq", "spaq", "livec", "agiqa", "llava_json", "demo",
+                                "qbench_json")
              if getattr(args, f)]
     if flags and not args.task:  # without --task they would be ignored and the demo built in their --out
         ap.error(f"{' '.join(flags)} need --task (distortion, score, interpret, general or pathway)")
+    if args.exclude_test and not args.llava_json:
+        ap.error("--exclude_test applies to --llava_json instruction data")
     if args.task == "pathway":
         return main_pathway(args, ap)
+    if args.task == "qbench":
+        if not args.out or bool(args.demo) == bool(args.qbench_json):
+            ap.error("--task qbench needs --out and one of --qbench_json FILE or --demo DIR")
+        return make_demo_mcq(args.demo, args.out, args.seed) if args.demo else \
+            make_qbench(args.qbench_json, args.out, args.image_root)
     if args.task in ("interpret", "general") and args.llava_json:
         if not args.out:
             ap.error("--out is required with --llava_json")
         return make_instruct(args.llava_json, args.out, args.image_root, {"interpret": "describe", "general": "vqa"}[args.task],
-                             args.seed, args.val_frac)
+                             args.seed, args.val_frac, args.exclude_test)
     if args.demo:
         if args.task not in ("score", "interpret") or not args.out:
             ap.error("--demo DIR takes --task score or --task interpret, and --out")
         return make_demo_view(args.demo, args.out, args.task, args.seed, args.val_frac)
+    check_images = "skip" if args.check_images and args.skip_bad_images else args.check_images
     if args.task == "score":
         datasets = {s: getattr(args, flag) for s, flag in SCORE_DATASETS.items() if getattr(args, flag)}
         if not datasets or not args.out:
             ap.error("--task score needs --out and at least one of " + " ".join(f"--{f}" for f in SCORE_DATASETS.values()))
-        return make_score(datasets, args.out, args.split, args.seed, args.test_frac, args.val_frac, args.check_images)
+        return make_score(datasets, args.out, args.split, args.seed, args.test_frac, args.val_frac, check_images)
     if args.task in ("interpret", "general"):
         ap.error(f"--task {args.task} needs --llava_json FILE (or --demo DIR for interpret)")
     datasets = {k: v for k, v in (("live", args.live), ("csiq", args.csiq), ("kadid10k", args.kadid), ("tid2013", args.tid2013)) if v}
@@ -82,7 +105,21 @@ def main(argv=None):
         return make_demo(args.out or "data/demo", args.seed, args.image_size, args.crops_per_class)
     if not args.out:
         ap.error("--out is required with real datasets")
-    return make_distortion(datasets, args.out, args.split, args.seed, args.test_frac, args.check_images)
+    return make_distortion(datasets, args.out, args.split, args.seed, args.test_frac, check_images)
+
+
+def check_arguments(args, ap):
+    """Sizes and fractions checked at the door, each error naming its flag."""
+    if not 0 <= args.test_frac <= 1:
+        ap.error(f"--test_frac {args.test_frac}: expected a share in [0, 1] (1: test on the whole dataset)")
+    if args.val_frac is None:
+        args.val_frac = 0.1 if args.task == "score" and not args.demo else 0.05
+    if not 0 <= args.val_frac < 1:
+        ap.error(f"--val_frac {args.val_frac}: expected a share of the training part in [0, 1)")
+    if args.image_size < 8 or args.crops_per_class < 4:
+        ap.error(f"--image_size {args.image_size} / --crops_per_class {args.crops_per_class}: expected at least 8 / 4")
+    if args.skip_bad_images and not args.check_images:
+        ap.error("--skip_bad_images true needs --check_images true (images are only judged when decoded)")
 
 
 def main_pathway(args, ap):
@@ -93,6 +130,8 @@ def main_pathway(args, ap):
         splits, meta = demo_view_records(args.demo, os.path.join(args.out, "one_stage"), "interpret", args.seed, args.val_frac)
         return make_pathway(splits, args.out, {**meta, "source": "demo: templated descriptions of distortion and severity"})
     records, report = read_instruction(args.llava_json, args.image_root, task="reason")
+    if args.exclude_test:
+        records, report["excluded_test_images"] = exclude_test_images(records, args.exclude_test)
     rng, splits = random.Random(f"{args.seed}:{args.llava_json}"), {"train": [], "val": [], "test": []}
     for r in records:
         splits["val" if rng.random() < args.val_frac else "train"].append(r)

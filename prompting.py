@@ -1,26 +1,33 @@
 """Prompting study: 3 psychophysical protocols x 3 prompting styles, no-reference or full-reference.
 
 Wu, Ma, Liang, Yang, Zhang, "A comprehensive study of multimodal large language models for image quality
-assessment" (ECCV 2024); the difficult-sample selection of the same paper is in hard_samples.py.
+assessment" (ECCV 2024); its prompts and published numbers are in prompting_paper.py, its difficult-sample selection
+in hard_samples.py, the nine systems' table (with the expert baselines) in prompting_table.py.
 
     python evaluate.py prompting --protocol single --prompting standard --model tiny --data data/demo --limit 32
     python evaluate.py prompting --protocol double --prompting cot --model llava-hf/llava-onevision-qwen2-7b-ov-hf --data data/score
     python evaluate.py prompting --protocol multiple --prompting icl --reference true --model ... --data data/distortion
+    python evaluate.py prompting-table --model ... --data data/score --fr_data data/distortion   # all 18 systems
 
 Protocols: single (one image -> a score 0..100), double (two images -> 1 first better, 0 second better, 2 same),
-multiple (four images -> one rank per image, 0 lowest .. 3 highest, ties allowed). Prompting: standard (ask, answer
-only), cot (describe the perceptual quality first, then a last line starting with "Answer"), icl (one worked example
-from the train split, with the human answer, before the query). reference=True (FR): the reference image comes first.
+multiple (four images -> one rank per image, 0 lowest .. 3 highest, ties allowed). Prompting: standard, cot (describe,
+then score), icl (a worked example with its human answer first). reference=True (FR): the reference image comes first.
 
-All images of a query go into one user turn ({"type": "image"} items rendered by the processor's chat template).
-Many LLaVA templates move every image ahead of the text, so the text names images by their position ("image 2"),
-which stays true whichever way the template lays them out.
+--prompts paper (default): the study's prompts (prompting_paper.PAPER_PROMPTS), the text first and then the images in
+order, as its authors' code sends them; the icl example is drawn from the train split to fit what the prompt states
+(a score of 50; the first image better; ranks 0, 1, 2, 3), the authors' example images being unreleased. Answers are
+read as their code reads them: the numbers after the first "Score:", exactly as many as asked; an answer that does not
+give them is replaced by a seeded random one (`--unparsed random`, the authors' fallback once their re-asks fail; greedy
+decoding would only repeat itself) or dropped (`--unparsed drop`). --prompts plain: this repo's earlier wording (images
+labelled "Image k:", an answer line), with a lenient parser. Queries as the authors': each image anchors 5 pairs
+(double) or 2 groups of four (multiple) with random partners of its group (a source; FR: its reference).
 
-Answers -> SRCC against the MOS, per source: single directly (the parsed score); double and multiple through a
-Bradley-Terry fit of the pairwise preferences (a ranking of four gives its six pairs; ties count half a win each).
-Writes OUT/eval_prompting_{protocol}_{prompting}[_fr].json, OUT/answers_prompting_...jsonl (one row per query: the
-images, the raw answer, what it parsed to) and OUT/scores_prompting_...jsonl (one row per image: id, score), which
-`analyze.py hard-samples --pred` reads.
+Aggregation of double / multiple answers: Thurstone Case V by MAP (pairwise.thurstone_map, the authors'), over one
+count matrix per source (NR) or per reference image (FR); --aggregation bradley_terry as an alternative. Metrics: SRCC
+and PLCC after the 4-parameter logistic fit per source; FR also per reference image (fitted per reference, NaN as 0,
+averaged), as the authors compute it for FR-KADID, Aug-KADID and TQD. Writes OUT/eval_prompting_{tag}.json,
+OUT/answers_prompting_{tag}.jsonl (one row per query) and OUT/scores_prompting_{tag}.jsonl (one row per image: id,
+score), which `analyze.py hard-samples --pred` reads.
 """
 import os
 import random
@@ -34,14 +41,17 @@ import torch
 
 from common import atomic_write_json, atomic_write_jsonl
 from data import load_image, load_records
-from metrics import srcc
+from metrics import plcc, srcc
 from model import check_finished, eval_device, load_evaluated, read_run_config, to_device
+from pairwise import BT_PRIOR, bradley_terry, comparison_counts, thurstone_map
+from prompting_paper import ICL_STATED, prompt_text as paper_prompt
 
 N_IMAGES = {"single": 1, "double": 2, "multiple": 4}   # images judged per query (plus the reference in FR)
 PROMPTINGS = ("standard", "cot", "icl")
-MAX_NEW_TOKENS = {"standard": 24, "icl": 24, "cot": 256}  # default when --max_new_tokens is 0
-ROUNDS = {"single": 1, "double": 4, "multiple": 2}       # default: each image appears in this many queries
-BT_PRIOR = 1.0  # virtual tied games of every image against an average one (Bradley-Terry below)
+PROMPT_SETS = ("paper", "plain")
+AGGREGATIONS = ("thurstone", "bradley_terry")
+MAX_NEW_TOKENS = {"standard": 48, "icl": 48, "cot": 256}  # default when --max_new_tokens is 0 ("Score: [first: 0, ...]")
+ROUNDS = {"single": 1, "double": 5, "multiple": 2}       # queries each image anchors (the authors')
 
 
 # ----------------------------------------------------------------------------- prompt texts
@@ -74,12 +84,21 @@ def format_sentence(protocol, prompting, idx):
     return f"Answer with {ANSWER_FORM[protocol]} only."
 
 
-def build_prompt(protocol, prompting, paths, ref_path=None, example=None):
+def build_prompt(protocol, prompting, paths, ref_path=None, example=None, prompt_set="paper"):
     """One query -> (content items of the user turn, image paths in the order of the image items, the positions
     (1-based) of the judged query images, which the answer may name).
 
-    example (icl): {"paths": [...], "ref_path": path or None, "answer": "73"}, shown first with its human answer.
-    Every image item follows a label 'Image k:'; adjacent texts are joined by a newline."""
+    paper: the study's prompt text, then every image in order (the icl example's reference and images first).
+    plain: every image item follows a label 'Image k:', adjacent texts joined by a newline; example (icl):
+    {"paths": [...], "ref_path": path or None, "answer": "73"}, shown first with its human answer."""
+    if prompt_set == "paper":
+        shown = (([example["ref_path"]] if ref_path else []) + list(example["paths"]) if prompting == "icl" else [])
+        first = len(shown) + (1 if ref_path else 0) + 1
+        images = shown + ([ref_path] if ref_path else []) + list(paths)
+        content = [{"type": "text", "text": paper_prompt(ref_path is not None, protocol, prompting)}]
+        return content + [{"type": "image"} for _ in images], images, list(range(first, first + len(paths)))
+    if prompt_set != "plain":
+        raise ValueError(f"prompt set {prompt_set!r}: expected one of {PROMPT_SETS}")
     content, images = [], []
 
     def text(t):
@@ -114,7 +133,7 @@ def build_prompt(protocol, prompting, paths, ref_path=None, example=None):
     return content, images, idx
 
 
-def prompt_text(content):
+def content_text(content):
     """Content items as one readable string ('<image>' for images), for logs and tests."""
     return "".join("<image>\n" if c["type"] == "image" else c["text"] for c in content)
 
@@ -200,7 +219,35 @@ def parse_multiple(text):
     return list(found.pop()) if len(found) == 1 else None
 
 
-def parse_answer(protocol, text, idx):
+SCORE_NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
+
+
+def parse_paper(protocol, text):
+    """The authors' reading: the numbers after the first 'Score:', exactly 1 (single, double) or 4 (multiple); a
+    double answer must be 0, 1 or 2 and ranks 0..3. Anything else -> None."""
+    at = text.find("Score:")
+    if at < 0:
+        return None
+    values = [float(v) for v in SCORE_NUMBER.findall(text[at + len("Score:"):])]
+    if protocol == "single":
+        return values[0] if len(values) == 1 else None
+    if protocol == "double":
+        return int(values[0]) if len(values) == 1 and values[0] in (0, 1, 2) else None
+    return [int(v) for v in values] if len(values) == 4 and all(v in (0, 1, 2, 3) for v in values) else None
+
+
+def random_answer(protocol, rng):
+    """The authors' fallback for an answer that never parses: randint(0, 100), randint(0, 2), four randint(0, 3)."""
+    if protocol == "single":
+        return float(rng.randint(0, 100))
+    if protocol == "double":
+        return rng.randint(0, 2)
+    return [rng.randint(0, 3) for _ in range(4)]
+
+
+def parse_answer(protocol, text, idx, prompt_set="plain"):
+    if prompt_set == "paper":
+        return parse_paper(protocol, text)
     if protocol == "single":
         return parse_single(text)
     if protocol == "double":
@@ -219,38 +266,6 @@ def to_pairs(protocol, ids, parsed):
         return [(ids[i], ids[j], 1.0 if parsed[i] > parsed[j] else 0.0 if parsed[i] < parsed[j] else 0.5)
                 for i in range(4) for j in range(i + 1, 4)]
     raise ValueError(f"no pairwise preferences in the {protocol} protocol")
-
-
-def bradley_terry(pairs, prior=BT_PRIOR, iters=10000, tol=1e-10):
-    """Bradley-Terry strengths from pairwise outcomes [(a, b, s)] -> {item: log strength} (higher = better).
-
-    Model: P(a beats b) = p_a / (p_a + p_b). A tie counts half a win for each side. Fitted by Hunter's (2004) MM
-    update p_i <- W_i / sum_j n_ij / (p_i + p_j) (W_i: wins, n_ij: games between i and j). `prior` adds that many
-    tied games of every item against a virtual item of strength 1: the maximum-likelihood estimate then exists
-    even for an item that won (or lost) every game, and items never compared with each other (different groups)
-    sit on one scale. prior=0 is the plain MLE (needs every item to have won and lost; scale: geometric mean 1)."""
-    items = sorted({a for a, _, _ in pairs} | {b for _, b, _ in pairs}, key=str)
-    ix = {it: k for k, it in enumerate(items)}
-    n = len(items)
-    wins, games = np.zeros(n), np.zeros((n, n))
-    for a, b, s in pairs:
-        i, j = ix[a], ix[b]
-        wins[i] += s
-        wins[j] += 1 - s
-        games[i, j] += 1
-        games[j, i] += 1
-    if prior == 0 and ((wins <= 0) | (wins >= games.sum(1))).any():
-        raise ValueError("Bradley-Terry without a prior needs every item to have won and lost at least once")
-    p = np.ones(n)
-    for _ in range(iters):
-        new = (wins + prior / 2) / ((games / (p[:, None] + p[None, :])).sum(1) + prior / (p + 1))
-        if prior == 0:
-            new /= np.exp(np.log(new).mean())
-        change = np.abs(np.log(new) - np.log(p)).max()
-        p = new
-        if change < tol:
-            break
-    return {it: float(np.log(p[k])) for it, k in ix.items()}
 
 
 def human_answer(protocol, targets):
@@ -274,9 +289,9 @@ def group_key(r, reference):
 
 
 def sample_queries(records, protocol, reference, rounds, seed):
-    """Index tuples into records, reproducible from the seed. Each round shuffles every group and cuts it into
-    tuples of the protocol's size (the last one filled up with other members), so every image appears in at
-    least `rounds` queries. Groups smaller than a tuple are skipped; returns (queries, skipped image count)."""
+    """Index tuples into records, reproducible from the seed, as the authors draw them: every image anchors `rounds`
+    queries, itself first and then k - 1 distinct random partners from its group (a source; FR: its reference image).
+    Groups smaller than a query are skipped; -> (queries, skipped image count)."""
     k = N_IMAGES[protocol]
     if k == 1:
         return [(i,) for i in range(len(records))], 0
@@ -290,31 +305,35 @@ def sample_queries(records, protocol, reference, rounds, seed):
         if len(members) < k:
             skipped += len(members)
             continue
-        for _ in range(rounds):
-            order = members[:]
-            rng.shuffle(order)
-            for s in range(0, len(order), k):
-                q = order[s:s + k]
-                q += rng.sample([m for m in members if m not in q], k - len(q))
-                queries.append(tuple(q))
+        for i in members:
+            others = [m for m in members if m != i]
+            queries += [(i, *rng.sample(others, k - 1)) for _ in range(rounds)]
     return queries, skipped
 
 
-def pick_example(records, protocol, reference, seed):
-    """The icl worked example: a seeded query from `records` (the train split) whose images differ in MOS."""
+def pick_example(records, protocol, reference, seed, prompt_set="paper"):
+    """The icl worked example from `records` (the train split), seeded. paper: images that make the prompt's stated
+    answer true (ICL_STATED: the image nearest a score of 50; two images, the first better; four with rising
+    quality, ranks 0..3 in order); plain: any images of one group whose MOS differ, with their human answer."""
     k, rng = N_IMAGES[protocol], random.Random(f"icl:{protocol}:{seed}")
     groups = defaultdict(list)
     for r in records:
         groups[group_key(r, reference)].append(r)
+    need = k if prompt_set == "paper" else min(k, 2)  # distinct MOS values the example needs
     usable = [g for key, g in sorted(groups.items(), key=lambda kv: str(kv[0]))
-              if len(g) >= k and len({target(r) for r in g}) >= min(k, 2)]
+              if len(g) >= k and len({target(r) for r in g}) >= need]
     if not usable:
         raise ValueError(f"no {k} images of one {'reference' if reference else 'source'} with different MOS for the icl example")
-    group = rng.choice(usable)
-    for _ in range(1000):
-        chosen = rng.sample(group, k)
-        if k == 1 or len({target(r) for r in chosen}) > 1:
-            break
+    if prompt_set == "paper" and protocol == "single":
+        chosen = [min((r for g in usable for r in g), key=lambda r: (abs(100 * target(r) - ICL_STATED["single"]), str(r["id"])))]
+    else:
+        group = rng.choice(usable)
+        for _ in range(1000):
+            chosen = rng.sample(group, k)
+            if len({target(r) for r in chosen}) >= need:
+                break
+        if prompt_set == "paper":  # the stated order: first better (double), rising quality (multiple)
+            chosen = sorted(chosen, key=target, reverse=protocol == "double")
     return {"ids": [r["id"] for r in chosen], "paths": [r["image"] for r in chosen],
             "ref_path": chosen[0]["ref_image"] if reference else None,
             "answer": human_answer(protocol, [target(r) for r in chosen])}
@@ -383,14 +402,25 @@ def load_prompting_records(data_dirs, split, reference):
     return records
 
 
-def srcc_per_source(per_image):
-    """{source (and 'all' when there are several): n_images, n_scored, srcc of score vs target} over scored images."""
+def correlations(per_image, reference=False):
+    """{source (and 'all' when there are several): n_images, n_scored, srcc, plcc (after the 4-parameter logistic)}
+    over scored images; FR adds srcc_per_ref / plcc_per_ref, each fitted per reference image (NaN as 0) and averaged."""
     out, sources = {}, sorted({p["source"] for p in per_image}, key=str)
     for src in sources + (["all"] if len(sources) > 1 else []):
         mine = [p for p in per_image if src == "all" or p["source"] == src]
         scored = [p for p in mine if p["score"] is not None]
-        out[src] = {"n_images": len(mine), "n_scored": len(scored),
-                    "srcc": srcc([p["score"] for p in scored], [p["target"] for p in scored])}
+        pred, tgt = [p["score"] for p in scored], [p["target"] for p in scored]
+        m = {"n_images": len(mine), "n_scored": len(scored), "srcc": srcc(pred, tgt), "plcc": plcc(pred, tgt, logistic=True)}
+        if reference:
+            per_ref = defaultdict(list)
+            for p in scored:
+                per_ref[p["ref_image"]].append(p)
+            cells = [(srcc([p["score"] for p in ps], [p["target"] for p in ps]),
+                      plcc([p["score"] for p in ps], [p["target"] for p in ps], logistic=True)) for ps in per_ref.values()]
+            zero = lambda v: 0.0 if v is None or v != v else v
+            m.update(n_refs=len(cells), srcc_per_ref=float(np.mean([zero(a) for a, _ in cells])) if cells else None,
+                     plcc_per_ref=float(np.mean([zero(b) for _, b in cells])) if cells else None)
+        out[src] = m
     return out
 
 
@@ -413,37 +443,52 @@ def draw_limit(records, limit, seed, reference):
     return [r for r in records if r["ref_image"] in keep]
 
 
-def aggregate(protocol, records, queries, prompts, answers, bt_prior):
-    """Answers -> (rows: one per query, per_image: one per record with its score, or None when no answer about it
-    parsed). single: the parsed score; double / multiple: Bradley-Terry over the pairwise preferences."""
-    rows, pairs, single_scores = [], [], {}
+def aggregate(protocol, records, queries, prompts, answers, reference=False, prompt_set="paper", aggregation="thurstone",
+              unparsed="random", bt_prior=BT_PRIOR, seed=0):
+    """Answers -> (rows: one per query, per_image: one per record with its score, or None when nothing about it was
+    answered). single: the parsed score; double / multiple: Thurstone MAP (or Bradley-Terry) over the pairwise
+    preferences, one fit per group (a source; FR: a reference image)."""
+    rows, pairs, single_scores, rng = [], defaultdict(list), {}, random.Random(f"unparsed:{protocol}:{seed}")
     for q, (content, paths, idx), answer in zip(queries, prompts, answers):
         ids = [records[i]["id"] for i in q]
-        parsed = parse_answer(protocol, answer, idx)
-        rows.append({"ids": ids, "images": paths, "answer": answer, "parsed": parsed,
+        parsed = parse_answer(protocol, answer, idx, prompt_set)
+        used = parsed if parsed is not None or unparsed == "drop" else random_answer(protocol, rng)
+        rows.append({"ids": ids, "images": paths, "answer": answer, "parsed": parsed, "used": used,
                      "target": [target(records[i]) for i in q]})
-        if protocol == "single" and parsed is not None:
-            single_scores[ids[0]] = parsed
+        if protocol == "single" and used is not None:
+            single_scores[ids[0]] = used
         elif protocol != "single":
-            pairs += to_pairs(protocol, ids, parsed)
-    scores = single_scores if protocol == "single" else (bradley_terry(pairs, bt_prior) if pairs else {})
+            pairs[group_key(records[q[0]], reference)] += to_pairs(protocol, ids, used)
+    scores = dict(single_scores)
+    for group_pairs in pairs.values():
+        if not group_pairs:
+            continue
+        if aggregation == "thurstone":
+            C, items = comparison_counts(group_pairs)
+            scores.update(zip(items, thurstone_map(C).tolist()))
+        else:
+            scores.update(bradley_terry(group_pairs, bt_prior))
     n_answers = defaultdict(int)
     for row in rows:
         for i in row["ids"]:
             n_answers[i] += row["parsed"] is not None
-    per_image = [{"id": r["id"], "source": r.get("source"), "mos": r["mos"], "mos_norm": r.get("mos_norm"), "target": target(r),
+    per_image = [{"id": r["id"], "source": r.get("source"), "ref_image": r.get("ref_image"), "mos": r["mos"],
+                  "mos_norm": r.get("mos_norm"), "target": target(r),
                   "score": None if r["id"] not in scores else round(scores[r["id"]], 6), "parsed_queries": n_answers[r["id"]]}
                  for r in records]
     return rows, per_image
 
 
 def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None, model=None, data=None, split="test",
-             out=None, batch_size=32, limit=0, seed=0, max_new_tokens=0, rounds=0, icl_split="train", bt_prior=BT_PRIOR,
-             allow_unfinished=False):
+             out=None, batch_size=32, limit=0, seed=0, max_new_tokens=0, rounds=0, icl_split="train", prompts="paper",
+             aggregation="thurstone", unparsed="random", bt_prior=BT_PRIOR, allow_unfinished=False, loaded=None):
     """evaluate.py prompting: one protocol x prompting style, NR or FR (`reference`), on a checkpoint or an untuned
-    model. Writes OUT/eval_prompting_{tag}.json, answers_prompting_{tag}.jsonl and scores_prompting_{tag}.jsonl."""
+    model. Writes OUT/eval_prompting_{tag}.json, answers_prompting_{tag}.jsonl and scores_prompting_{tag}.jsonl.
+    loaded: (model, processor) already in memory (prompting_table runs 18 systems on one load)."""
     if protocol not in N_IMAGES or prompting not in PROMPTINGS:
         raise SystemExit(f"--protocol must be one of {list(N_IMAGES)} and --prompting one of {list(PROMPTINGS)}")
+    if prompts not in PROMPT_SETS or aggregation not in AGGREGATIONS or unparsed not in ("random", "drop"):
+        raise SystemExit(f"--prompts must be one of {PROMPT_SETS}, --aggregation one of {AGGREGATIONS}, --unparsed random or drop")
     if ckpt:
         cfg = read_run_config(ckpt)
         check_finished(cfg, ckpt, allow_unfinished)
@@ -459,7 +504,7 @@ def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None
         raise SystemExit(f"{len(records)} records with an image and a MOS in {data_dirs} ({split}); "
                          f"the {protocol} protocol needs at least {N_IMAGES[protocol]}")
     device, dtype = eval_device()
-    vlm, processor, _, _ = load_evaluated(ckpt, model, device, dtype, allow_unfinished=True)  # checked above
+    vlm, processor = loaded or load_evaluated(ckpt, model, device, dtype, allow_unfinished=True)[:2]  # checked above
     per_prompt = (N_IMAGES[protocol] + reference) * (2 if prompting == "icl" else 1)
     try:
         check_multi_image(processor, per_prompt, name)
@@ -468,39 +513,44 @@ def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None
     example = None
     if prompting == "icl":
         try:
-            example = pick_example(load_prompting_records(data_dirs, icl_split, reference), protocol, reference, seed)
+            example = pick_example(load_prompting_records(data_dirs, icl_split, reference), protocol, reference, seed, prompts)
         except ValueError as e:
             raise SystemExit(f"--prompting icl draws its worked example from the {icl_split} split of {data_dirs}: {e}") from None
     queries, skipped = sample_queries(records, protocol, reference, rounds or ROUNDS[protocol], seed)
     if not queries:
         raise SystemExit(f"no {protocol} query could be formed: no group (same source{', same reference' if reference else ''}) "
                          f"has {N_IMAGES[protocol]} images")
-    prompts = [build_prompt(protocol, prompting, [records[i]["image"] for i in q],
-                            records[q[0]]["ref_image"] if reference else None, example) for q in queries]
+    built = [build_prompt(protocol, prompting, [records[i]["image"] for i in q],
+                          records[q[0]]["ref_image"] if reference else None, example, prompts) for q in queries]
     max_new = max_new_tokens or MAX_NEW_TOKENS[prompting]
-    print(f"{name}: {protocol} stimulus, {prompting} prompting, {'FR' if reference else 'NR'}: {len(records)} images, "
-          f"{len(queries)} queries of {per_prompt} images, max_new_tokens {max_new}", file=sys.stderr)
+    print(f"{name}: {protocol} stimulus, {prompting} prompting, {'FR' if reference else 'NR'}, {prompts} prompts: "
+          f"{len(records)} images, {len(queries)} queries of {per_prompt} images, max_new_tokens {max_new}", file=sys.stderr)
     t0 = time.time()
-    answers = generate_answers(vlm, processor, prompts, batch_size, max_new, device)
+    answers = generate_answers(vlm, processor, built, batch_size, max_new, device)
     seconds = time.time() - t0
-    rows, per_image = aggregate(protocol, records, queries, prompts, answers, bt_prior)
-    per_source = srcc_per_source(per_image)
+    rows, per_image = aggregate(protocol, records, queries, built, answers, reference, prompts, aggregation, unparsed,
+                                bt_prior, seed)
+    per_source = correlations(per_image, reference)
     n_parsed = sum(row["parsed"] is not None for row in rows)
+    how = ("parsed score" if protocol == "single" else
+           "Thurstone Case V MAP, scores min-max to [0, 100] per group" if aggregation == "thurstone" else
+           f"Bradley-Terry log-strength (MM fit; ties = half a win; prior {bt_prior} virtual tied games)")
     result = {"task": "prompting", "protocol": protocol, "prompting": prompting, "reference": bool(reference),
-              "model": name, "data": data_dirs, "split": split, "seed": seed, "limit": limit,
+              "prompts": prompts, "model": name, "data": data_dirs, "split": split, "seed": seed, "limit": limit,
               "n_images": len(records), "skipped_images": skipped, "n_queries": len(rows), "images_per_prompt": per_prompt,
               "max_new_tokens": max_new, "parsed": n_parsed, "unparsed": len(rows) - n_parsed,
-              "unparsed_examples": [row["answer"] for row in rows if row["parsed"] is None][:5],
-              "aggregation": "parsed score (0..100)" if protocol == "single" else
-              f"Bradley-Terry log-strength (MM fit; ties = half a win; prior {bt_prior} virtual tied games vs an average image)",
+              "unparsed_answers": "replaced by seeded random answers (the authors' fallback)" if unparsed == "random" else "dropped",
+              "unparsed_examples": [row["answer"] for row in rows if row["parsed"] is None][:5], "aggregation": how,
               "target": "mos_norm (else mos)", "per_source": per_source, "example": example,
-              "prompt_example": prompt_text(prompts[0][0]), "seconds": round(seconds, 1), "device": device}
+              "prompt_example": content_text(built[0][0]), "seconds": round(seconds, 1), "device": device}
     os.makedirs(out, exist_ok=True)
     atomic_write_jsonl(os.path.join(out, f"answers_prompting_{tag}.jsonl"), rows)
     atomic_write_jsonl(os.path.join(out, f"scores_prompting_{tag}.jsonl"), per_image)
     atomic_write_json(os.path.join(out, f"eval_prompting_{tag}.json"), result)
     fmt = lambda v: "-" if v is None else f"{v:.4f}"
-    srcc_text = ", ".join(f"{s} SRCC {fmt(m['srcc'])} ({m['n_scored']}/{m['n_images']} images scored)" for s, m in per_source.items())
-    print(f"{tag}: {len(rows)} queries, parsed {n_parsed}, unparsed {len(rows) - n_parsed}; {srcc_text}; "
+    text = ", ".join(f"{s} SRCC {fmt(m['srcc'])} PLCC {fmt(m['plcc'])}" + (f" (per ref {fmt(m['srcc_per_ref'])}/"
+                     f"{fmt(m['plcc_per_ref'])})" if reference else "") + f" ({m['n_scored']}/{m['n_images']} scored)"
+                     for s, m in per_source.items())
+    print(f"{tag}: {len(rows)} queries, parsed {n_parsed}, unparsed {len(rows) - n_parsed}; {text}; "
           f"{seconds:.1f}s -> {out}/eval_prompting_{tag}.json")
     return result

@@ -1,31 +1,29 @@
 """Quality scoring (Q-Align / Q-SiT): MOS -> five text levels, the closed-set softmax over the level tokens, the
-cross-dataset table, what the level conversion keeps, and the mix ratio of scoring to interpreting data.
+cross-dataset table with Q-SiT's Avg. column, and what the level conversion keeps.
 
 Zhang, Wu, Jia, Lin, Zhai, "Teaching LMMs for image quality scoring and interpreting" (Q-SiT): levels in equal
 intervals between the dataset's min and max (Table II), score = softmax over the five level logits @ [1..5],
-scoring data mixed with interpreting and general data at a ratio found on a small model (Algorithm 1, steps 1-2:
-mix_ratio below; step 3: data.Mixer.balance). The question and answer are Q-Align's.
+scoring data mixed with interpreting and general data at a ratio found on a small model (Algorithm 1: steps 1-2 in
+data_mix.py, step 3 data.Mixer.balance). The training question and answer are Q-Align's; Q-SiT's own evaluation prompt
+is --prompt qsit.
 
     python prepare_data.py --task score --koniq /data/koniq10k --out data/score     # make_score
     python evaluate.py score --ckpt out/A --ckpt out/B --data data/score             # evaluate (the table)
     python analyze.py level-precision --meta ../shared/iqa_meta                      # level_precision_report
-    python analyze.py mix-ratio --points points.csv                                  # mix_ratio
+    python evaluate.py score --ckpt out/qsit_mini --data data/score --prompt qsit     # Q-SiT's evaluation prompt
 """
-import csv
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
 
-import numpy as np
 import torch
 
 import iqa_datasets as D
 import iqa_io
-from common import atomic_write, atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot
+from common import atomic_write_json, atomic_write_jsonl
 from data import LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, uses_system_prefix, with_system, write_splits
 from metrics import closed_set_scores, plcc, score_metrics, srcc
 from model import eval_device, eval_out, last_token_logits, load_evaluated, to_device
@@ -37,6 +35,15 @@ SCORE_PARAPHRASES = [SCORE_QUESTION, "Can you rate the quality of this image?", 
                      "Rate the quality of the image."]
 SCORE_PREFIX = "The quality of the image is"    # the answer is "The quality of the image is {level}."
 SYSTEM_PREFIX = "Assume you are an image quality evaluator."   # system turn for scoring data in a mix
+# Q-SiT's released evaluation (its README's scoring example and eval script): instruction and question in one user turn
+# ahead of the image, "The quality of this image is " appended raw after the generation prompt, and the level read from
+# the first tokens of the capitalized words. evaluate.py score --prompt qsit.
+QSIT_QUESTION = ("Assume you are an image quality evaluator. \nYour rating should be chosen from the following five "
+                 "categories: Excellent, Good, Fair, Poor, and Bad (from high to low). \nHow would you rate the quality "
+                 "of this image?")
+QSIT_PREFIX = "The quality of this image is "
+QSIT_LEVEL_WORDS = ["Bad", "Poor", "Fair", "Good", "Excellent"]  # LEVELS' order, low to high
+PROMPTS = ("qalign", "qsit")
 
 
 def score_record(rid, image, level, source, ref, rng=None, image_first=False, **extra):
@@ -55,12 +62,13 @@ SCORE_DATASETS = {"koniq10k": "koniq", "spaq": "spaq", "livec": "livec", "agiqa3
                   "live": "live", "csiq": "csiq", "tid2013": "tid2013"}  # source -> command-line flag
 
 
-def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05, check_images=True):
+def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, check_images=True):
     """Scoring records (Q-Align form) from IQA datasets: MOS -> level by equal intervals between the dataset's
-    min and max (iqa_datasets.norm_scores). KonIQ-10k keeps its official training/validation/test split when the
-    metadata has it; the others are split test_frac by reference content (or randomly), then val_frac of all
-    items is held out of train for validation. LIVE Challenge's t1..t7 stay in train. Reference images without a
-    score are left out. Train questions are seeded paraphrases; val/test use the canonical question."""
+    min and max (iqa_datasets.norm_scores). KonIQ-10k keeps its official training/test split when the metadata has it
+    (its official validation set goes to official_val.jsonl, counted); the others are split test_frac by reference
+    content (or randomly; test_frac 1: all of it tested, as Q-SiT tests LIVE-C, AGIQA-3K and KADID-10k). Then val_frac
+    of each training part is held out for validation (Q-SiT: 10 %). LIVE Challenge's t1..t7 stay in train. Reference
+    images without a score are left out. Train questions are seeded paraphrases; val/test use the canonical question."""
     claim_output(out)  # before hours of reading, not after
     splits, infos = {"train": [], "val": [], "test": []}, {}
     for source, root in datasets.items():
@@ -69,16 +77,20 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05,
         D.norm_scores(items, info)
         scored = [it for it in items if it["mos"] is not None]
         ref_image = D.reference_images(items)
+        official_val = []
         if any(it.get("split") for it in scored):
-            official = {"training": "train", "validation": "val", "test": "test"}
-            parts = {k: [it for it in scored if official.get(it.get("split"), "train") == k] for k in splits}
-            info["split_policy"] = "official split (training/validation/test)"
+            train = [it for it in scored if it.get("split") not in ("validation", "test")]
+            test = [it for it in scored if it.get("split") == "test"]
+            official_val = [it for it in scored if it.get("split") == "validation"]
+            info["split_policy"] = f"official training/test split (validation set -> official_val.jsonl), val {val_frac:.0%} of training"
         else:
             train, test = D.split_items(scored, test_frac=test_frac, by=split, seed=seed)
-            train, val = D.split_items(train, test_frac=val_frac / (1 - test_frac), by=split, seed=seed + 1) \
-                if val_frac > 0 else (train, [])
-            parts = {"train": train, "val": val, "test": test}
-            info["split_policy"] = f"{'by reference content' if split == 'ref' else 'random'}, test {test_frac:.0%}, val {val_frac:.0%}"
+            info["split_policy"] = (f"{'by reference content' if split == 'ref' else 'random'}, test {test_frac:.0%}, "
+                                    f"val {val_frac:.0%} of the rest")
+        train, val = D.split_items(train, test_frac=val_frac, by=split, seed=seed + 1) if val_frac > 0 and train else (train, [])
+        parts = {"train": train, "val": val, "test": test, **({"official_val": official_val} if official_val else {})}
+        for name in parts:
+            splits.setdefault(name, [])
         rng = random.Random(f"{seed}:{source}")
         for name, part in parts.items():
             for it in part:
@@ -92,7 +104,7 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05,
                     levels=dict(Counter(it["level"] for it in scored)), split_counts={k: len(v) for k, v in parts.items()})
         infos[source] = info
         print(f"{source}: {len(scored)} scored images ({info['layout']} layout, range {info['score_range']}, "
-              f"{info['direction']}), split {info['split_counts']}, {time.time() - t0:.1f}s")
+              f"{info['direction']}), split {info['split_counts']}, {time.time() - t0:.1f}s" + iqa_io.skipped_note(info))
     meta = {"task": "score", "seed": seed, "datasets": infos,
             "score_direction": {s: i.get("direction") for s, i in infos.items()},
             "score_range": {s: i.get("score_range") for s, i in infos.items()}}
@@ -100,15 +112,32 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.05,
 
 
 # ----------------------------------------------------------------------------- evaluation
+def qsit_level_ids(processor):
+    """Q-SiT's level ids: the first token of each capitalized word tokenized alone (no special tokens: Q-SiT's Qwen2
+    tokenizer adds none, and a BOS would be read as the level on tokenizers that add one)."""
+    tok = processor.tokenizer
+    ids = [tok(w, add_special_tokens=False)["input_ids"][0] for w in QSIT_LEVEL_WORDS]
+    if len(set(ids)) != len(ids) or (tok.unk_token_id is not None and tok.unk_token_id in ids):
+        raise ValueError(f"Q-SiT's level words do not map to distinct known tokens: {tok.convert_ids_to_tokens(ids)}")
+    return ids
+
+
 @torch.no_grad()
-def eval_score(model, processor, records, batch_size=32, device="cpu", system=None):
-    """Scoring: closed-set softmax over the 5 level tokens after the teacher-forced "The quality of the image is"
-    (through the op, metrics.closed_set_scores) -> score = probs @ [1..5]; one prediction dict per record."""
-    level_ids = closed_set_token_ids(processor, LEVELS, SCORE_PREFIX)
+def eval_score(model, processor, records, batch_size=32, device="cpu", system=None, prompt="qalign"):
+    """Scoring: closed-set softmax over the 5 level tokens (through the op, metrics.closed_set_scores) -> score =
+    probs @ [1..5]; one prediction dict per record. prompt qalign: the record's question, "The quality of the image is"
+    teacher-forced in the answer (Q-Align's form, what train.py teaches); qsit: Q-SiT's evaluation prompt (QSIT_*)."""
+    if prompt not in PROMPTS:
+        raise SystemExit(f"--prompt must be one of {PROMPTS}, got {prompt!r}")
+    level_ids = qsit_level_ids(processor) if prompt == "qsit" else closed_set_token_ids(processor, LEVELS, SCORE_PREFIX)
     preds, t0 = [], time.time()
     for start in range(0, len(records), batch_size):
         recs = records[start:start + batch_size]
-        enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=SCORE_PREFIX)
+        if prompt == "qsit":
+            enc, last = encode_prompts(processor, [{**r, "conversations": [{"from": "human", "value": QSIT_QUESTION + "\n<image>"}]}
+                                                   for r in recs], after_prompt=QSIT_PREFIX)
+        else:
+            enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=SCORE_PREFIX)
         logits = last_token_logits(model, to_device(enc, model, device), last)
         target = [LEVELS.index(r["level"]) if r.get("level") in LEVELS else -1 for r in recs]
         probs, score, nll = closed_set_scores(logits, level_ids, target)
@@ -123,7 +152,7 @@ def eval_score(model, processor, records, batch_size=32, device="cpu", system=No
 
 
 def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size=32, limit=0, logistic=False,
-             system="auto", table=None, allow_unfinished=False):
+             system="auto", table=None, allow_unfinished=False, prompt="qalign"):
     """evaluate.py score: one row per checkpoint in `ckpts` (and the untuned `model`), one column per test source.
     system: the system turn SYSTEM_PREFIX before the question (auto: if the run trained on a --mix of several sources).
     Writes per row OUT/eval_score.json and OUT/predictions_score.jsonl, and the cross-dataset table (rows: trained
@@ -150,14 +179,15 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
         records = records[:limit] if limit else records
         if not records:
             raise SystemExit(f"no score records in {data_dirs} ({split}); make them with prepare_data.py --task score")
-        preds = eval_score(vlm, processor, records, batch_size, device, turn)
+        turn = None if prompt == "qsit" else turn  # Q-SiT's prompt carries its own instruction
+        preds = eval_score(vlm, processor, records, batch_size, device, turn, prompt)
         for p in preds:  # correlations against mos_norm: higher = better for every source (DMOS flipped)
             p["target"] = p["mos_norm"] if p["mos_norm"] is not None else p["mos"]
         metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=logistic)
         os.makedirs(run_out, exist_ok=True)
         atomic_write_json(os.path.join(run_out, "eval_score.json"), {
             "task": "score", "model": name, "trained_on": trained_on, "data": data_dirs, "split": split,
-            "system_prefix": turn, "logistic": logistic, "per_source": metrics,
+            "system_prefix": turn, "prompt": prompt, "logistic": logistic, "per_source": metrics,
             "unfinished_checkpoint": cfg.get("finished") is False})
         atomic_write_jsonl(os.path.join(run_out, "predictions_score.jsonl"), preds)
         rows[row] = {"trained_on": trained_on, "results": metrics}
@@ -167,7 +197,9 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
     key = "plcc_logistic" if logistic else "plcc"
     print(f"SRCC/{'PLCC (logistic)' if logistic else 'PLCC'}, split {split}:\n" + score_table_text(rows, columns, key))
     table = table or os.path.join(out or (ckpts[0] if ckpts and len(runs) == 1 else "out"), "score_table.json")
-    atomic_write_json(table, {"rows": list(rows), "columns": columns, "metric": ["srcc", key], "split": split, "table": rows})
+    atomic_write_json(table, {"rows": list(rows), "columns": columns, "metric": ["srcc", key], "split": split, "table": rows,
+                              "avg": {r: table_average(e["results"], columns, key) for r, e in rows.items()},
+                              "avg_is": "mean over the tested datasets of (SRCC + PLCC) / 2 (Q-SiT's Avg.)"})
     print(f"table -> {table}")
     return rows
 
@@ -176,13 +208,22 @@ def fmt(x):
     return "-" if x is None else f"{x:.4f}"
 
 
+def table_average(results, columns, key):
+    """Q-SiT's Avg. column (Table IV): the mean over the tested datasets of (SRCC + PLCC) / 2 ('all' left out)."""
+    cells = [results[c] for c in columns if c != "all" and c in results and results[c].get("srcc") is not None
+             and results[c].get(key) is not None]
+    return sum((m["srcc"] + m[key]) / 2 for m in cells) / len(cells) if cells else None
+
+
 def score_table_text(rows, columns, key):
-    """Rows: trained on; columns: tested on; cells SRCC/PLCC."""
+    """Rows: trained on; columns: tested on; cells SRCC/PLCC; the last column Q-SiT's Avg."""
     def cell(m):
         return "/".join("  -  " if m.get(k) is None else f"{m[k]:.3f}" for k in ("srcc", key))
-    lines = ["trained on \\ tested on".ljust(28) + "".join(c.rjust(14) for c in columns)]
+    lines = ["trained on \\ tested on".ljust(28) + "".join(c.rjust(14) for c in columns) + "Avg.".rjust(8)]
     for row, entry in rows.items():
-        lines.append(row[:28].ljust(28) + "".join(cell(entry["results"].get(c, {})).rjust(14) for c in columns))
+        avg = table_average(entry["results"], columns, key)
+        lines.append(row[:28].ljust(28) + "".join(cell(entry["results"].get(c, {})).rjust(14) for c in columns)
+                     + ("-" if avg is None else f"{avg:.3f}").rjust(8))
     return "\n".join(lines)
 
 
@@ -236,82 +277,3 @@ def level_precision_report(meta=None, data=None, out="out"):
     atomic_write_json(path, {"what": "SRCC/PLCC of level index (1..5) vs the dataset's scores", "results": results})
     print(f"-> {path}")
     return results
-
-
-# ----------------------------------------------------------------------------- mix ratio (Algorithm 1, steps 1-2)
-def poly_argmax(x, y, degree=4, grid=2001):
-    """Fits a polynomial of `degree` (lowered to len(x) - 1 when there are fewer points) and returns
-    (argmax over [min x, max x] on a dense grid, coefficients highest power first, degree used)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2:
-        raise ValueError("need at least 2 (ratio, score) points")
-    deg = min(degree, len(np.unique(x)) - 1)
-    coeffs = np.polyfit(x, y, deg)
-    xs = np.linspace(x.min(), x.max(), grid)
-    return float(xs[int(np.argmax(np.polyval(coeffs, xs)))]), [float(c) for c in coeffs], deg
-
-
-def run_ratios(ratios, data, out, model="tiny", max_steps=300, split="val", train_args=""):
-    """Trains the small model at each ratio (--mix score:1,interpret:RATIO) and scores it on the score data's `split`;
-    -> [(ratio, score, srcc, plcc)], score = (SRCC + PLCC) / 2. data: 'SCORE_DIR,INTERPRET_DIR'."""
-    score_dir, interp_dir = data.split(",")
-    points = []
-    for ratio in ratios:
-        run_out = os.path.join(out, f"ratio_{ratio:g}")
-        cmd = [sys.executable, "train.py", *train_args.split(), "--model", model, "--data", f"{score_dir},{interp_dir}",
-               "--mix", f"score:1.0,interpret:{ratio:g}", "--max_steps", str(max_steps), "--out", run_out, "--log_every", "50"]
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-        subprocess.run([sys.executable, "evaluate.py", "score", "--ckpt", run_out, "--data", score_dir, "--split", split],
-                       check=True)
-        with open(os.path.join(run_out, "eval_score.json")) as f:
-            m = json.load(f)["per_source"]
-        m = m.get("all", next(iter(m.values())))
-        points.append((ratio, (m["srcc"] + m["plcc"]) / 2, m["srcc"], m["plcc"]))
-        print(f"ratio {ratio:g}: SRCC {m['srcc']:.4f} PLCC {m['plcc']:.4f}", flush=True)
-    return points
-
-
-def mix_ratio(points=None, degree=4, out="out/mix_ratio", run=False, ratios="0.25,0.5,1,2,4",
-              data="data/demo_score,data/demo_interpret", model="tiny", max_steps=300, split="val", train_args=""):
-    """Algorithm 1, steps 1-2: fit a degree-4 polynomial to (ratio, score) points and report its argmax, the mix
-    ratio to map to the primary model. Points from a CSV (`points`, columns ratio,score), or run=True: train the
-    small model at each of `ratios` (interpreting : scoring) and score it first. Writes OUT/mix_ratio.json,
-    OUT/mix_ratio.png (points + curve) and, with run, OUT/points.csv."""
-    if run:
-        if not data or len(data.split(",")) != 2:
-            raise SystemExit("mix-ratio --run needs --data SCORE_DIR,INTERPRET_DIR")
-        rows = run_ratios([float(r) for r in ratios.split(",")], data, out, model, max_steps, split, train_args)
-        points = points or os.path.join(out, "points.csv")
-        atomic_write(points, "ratio,score,srcc,plcc\n" + "".join(f"{r:g},{s:.6f},{a:.6f},{b:.6f}\n" for r, s, a, b in rows))
-    if not points:
-        raise SystemExit("mix-ratio: give --points CSV (columns ratio,score) or --run true")
-    with open(points, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"ratio", "score"} <= set(rows[0]):
-        raise SystemExit(f"{points}: expected a CSV with columns ratio,score")
-    x, y = np.array([float(r["ratio"]) for r in rows]), np.array([float(r["score"]) for r in rows])
-    best, coeffs, deg = poly_argmax(x, y, degree)
-    result = {"points": [[float(a), float(b)] for a, b in zip(x, y)], "degree": deg, "coefficients": coeffs,
-              "argmax_ratio": best, "fitted_score_at_argmax": float(np.polyval(coeffs, best)),
-              "best_measured": [float(x[np.argmax(y)]), float(y.max())]}
-    os.makedirs(out, exist_ok=True)
-    atomic_write_json(os.path.join(out, "mix_ratio.json"), result)
-    mix_ratio_png(os.path.join(out, "mix_ratio.png"), x, y, coeffs, deg, best)
-    print(f"degree-{deg} fit over {len(x)} points: argmax ratio {best:.4g} (fitted score {result['fitted_score_at_argmax']:.4f}); "
-          f"best measured {result['best_measured'][0]:g} ({result['best_measured'][1]:.4f}) -> {out}/mix_ratio.json, mix_ratio.png")
-    return result
-
-
-def mix_ratio_png(path, x, y, coeffs, deg, best):
-    plt = pyplot()
-    xs = np.linspace(x.min(), x.max(), 400)
-    fig, ax = plt.subplots(figsize=(5.6, 4))
-    ax.plot(xs, np.polyval(coeffs, xs), label=f"degree-{deg} fit")
-    ax.scatter(x, y, color="k", zorder=3, label="measured")
-    ax.axvline(best, ls="--", color="r", label=f"argmax {best:.3g}")
-    ax.set_xlabel("mix ratio (interpreting : scoring)")
-    ax.set_ylabel("validation score")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write_png(path, fig)

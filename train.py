@@ -39,7 +39,7 @@ import time
 
 import torch
 
-from common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, setup_distributed, write_checkpoint
+from common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
 from data import LABELS, Mixer, encode_batch, load_records
 from kernels import backend, level_cross_entropy
 from model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
@@ -75,13 +75,19 @@ overwrite = False              # train into an OUT that holds a run (its evaluat
 seed = 1337
 num_threads = 0                # torch CPU threads; 0 = torch's default
 check_ddp_sync = False         # at the end, compare a hash of the trained tensors across ranks
-mix = ""                       # sample the --data sources per epoch by weight, e.g. score:1.0,interpret:2.5,general:1.04
-                               # (names: a folder's base name or a task group; data.py); "" = every record once
-balance = False                # with --mix: after each evaluation, shift the mix from the val-loss ratio (Q-SiT Alg. 1)
-balance_lambda = 0.0           # reference ratio λ of val loss score/interpret; 0 = the ratio at the first evaluation
-balance_step = 0.1             # a balance step multiplies one weight by (1 + step) and divides the other by it
-eval_every = 0                 # with --mix: steps between validation-loss evaluations; 0 = 100 with --balance, else none
+mix = ""                       # sample the --data sources per epoch, e.g. score:1.0,interpret:2.5,general:1.04: weights are
+                               # record ratios relative to the first source's size (names: a folder's base name or a task
+                               # group; data.py); "" = every record once
+balance = False                # with --mix: at each epoch's end, grow |D2+D3| or |D1| from the val-loss ratio (Q-SiT Alg. 1
+                               # step 3, eqs 9-10)
+balance_lambda = 0.0           # reference ratio λ = L_S / L_I from steps 1-2 (analyze.py mix-ratio writes it; the paper's
+                               # ≈ 1/4.66); 0 = the ratio at the first epoch's end (not the paper's)
+balance_step = 0.1             # a balance step multiplies the weights of the side behind by (1 + step) (our choice)
+balance_tol = 0.02             # no step while the ratio is within λ (1 ± tol) (our choice: the paper says "significantly")
+eval_every = 0                 # with --mix: also log the validation losses every this many steps (0: at epoch ends only)
 val_frac = 0.05                # with --mix: share of a source's train records held out when it has no val.jsonl
+interpret_val = ""             # with --mix: a folder whose val.jsonl replaces the interpreting validation set (Q-SiT:
+                               # LLVisionQA-dev, prepare_data.py --task qbench)
 lora = 0                       # LoRA rank for the llm part (llm or llm:A-B in --trainable); 0 = train it fully. Needs peft
 lora_alpha = 0                 # LoRA scale numerator; 0 = 2 * rank
 lora_dropout = 0.0
@@ -111,10 +117,12 @@ for key in ("max_steps", "max_minutes", "warmup_steps", "ckpt_every", "ckpt_minu
     require(math.isfinite(config[key]) and config[key] >= 0, f"--{key} must be a finite number >= 0, got {config[key]}")
 for key in ("lr", "grad_clip", "balance_step", "gpu_mem"):
     require(math.isfinite(config[key]) and config[key] > 0, f"--{key} must be a finite number > 0, got {config[key]}")
-for key in ("warmup_frac", "label_smoothing", "val_frac", "lora_dropout"):
+for key in ("warmup_frac", "label_smoothing", "val_frac", "lora_dropout", "balance_tol"):
     require(0 <= config[key] < 1, f"--{key} must be in [0, 1), got {config[key]}")
 require(0 <= min_lr_frac <= 1, f"--min_lr_frac must be in [0, 1], got {min_lr_frac}")
 require(augment in ("none", "flip", "flip_rot"), f"--augment must be none, flip or flip_rot, got {augment!r}")
+require(not interpret_val or os.path.isfile(os.path.join(interpret_val, "val.jsonl")),
+        f"--interpret_val {interpret_val}: no val.jsonl there (prepare_data.py --task qbench writes one)")
 require(not (resume and overwrite), "--resume true continues OUT's run and --overwrite true replaces it: give one")
 try:
     parse_trainable(trainable)
@@ -154,8 +162,7 @@ if init:
     for name in ("config.json", "trainable.safetensors"):
         if not os.path.isfile(os.path.join(init, name)):
             raise SystemExit(f"--init {init}: {name} not found (expected a train.py output folder)")
-    with open(os.path.join(init, "config.json")) as f:
-        init_cfg = json.load(f)
+    init_cfg = read_json(os.path.join(init, "config.json"))
     if not init_cfg.get("model"):
         raise SystemExit(f"--init {init}: config.json names no base model ('model')")
     if init_cfg.get("lora"):
@@ -191,8 +198,8 @@ if grad_ckpt:
     enable_checkpointing(vlm)
 mixer = None
 if mix:  # named sources sampled by weight per epoch, validation sets, --balance (data.Mixer)
-    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, score_system=SYSTEM_PREFIX)
-    eval_every = eval_every or (100 if balance else 0)
+    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, score_system=SYSTEM_PREFIX,
+                  interpret_val=load_records(interpret_val, "val") if interpret_val else None)
     print0(mixer.describe())
 elif balance:
     raise SystemExit("--balance needs --mix (e.g. --mix score:1.0,interpret:1.0)")
@@ -260,6 +267,19 @@ def augment_image(img):
 total_steps = max_steps or (0 if max_minutes else epochs * steps_per_epoch)
 
 
+def evaluate_mix(when, rebalance):
+    """Validation loss per --mix source into the log; with rebalance, one balance step (data.Mixer.balance) whose new mix
+    the next epoch samples."""
+    val_loss = mixer.val_losses(net, processor, batch_size, device, amp_dtype)
+    rec = {"step": step, "epoch": epoch, "val_loss": {k: round(v, 5) for k, v in val_loss.items()}, "mix": dict(mixer.mix)}
+    if rebalance:
+        rec.update(mixer.balance(val_loss, balance_lambda, balance_step, balance_tol, ddp=ddp))
+    log.append(rec)
+    print0(f"{when} | val loss " + ", ".join(f"{k} {v:.4f}" for k, v in val_loss.items()) +
+           (f" | ratio {rec['ratio']:.4f} vs λ {rec['lambda']:.4f} -> {rec['action']}; next epoch "
+            + mixer.describe().split(": ", 1)[1] if rebalance else ""))
+
+
 def lr_factor(step, elapsed_min):
     """Linear warmup (warmup_steps, else the first warmup_frac of the run), then cosine to min_lr_frac, over steps or
     over wall-clock time with max_minutes."""
@@ -280,11 +300,15 @@ RUN_FILES = ("config.json", "trainable.safetensors", "resume.pt")
 STALE = re.compile(r"^(eval_.*\.json|confusion\.png|predictions_.*\.jsonl|score_table\.json|instability_.*|"
                    r"(answers|scores)_prompting_.*\.jsonl)$")
 if master:
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"train.py: cannot make --out {out} ({e.strerror})") from None
+    hold_lock(os.path.join(out, ".lock"), "train.py")  # two runs started into one folder: the second stops here
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
     if held and not resume and not overwrite:
         raise SystemExit(f"train.py: --out {out} holds a run ({', '.join(held)}); continue it with --resume true, "
                          f"replace it with --overwrite true, or choose another --out")
-    os.makedirs(out, exist_ok=True)
     if overwrite:
         for name in os.listdir(out):
             path = os.path.join(out, name)
@@ -304,19 +328,22 @@ if resume and fsdp:
     raise SystemExit("--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
 # what a resumed run may not change: it would no longer be the run it continues (max_steps / max_minutes / epochs may grow)
 FIXED_ON_RESUME = ("model", "data", "trainable", "lr", "lr_encoder", "batch_size", "grad_accum", "lora", "lora_alpha",
-                   "mix", "stage", "seed", "label_smoothing", "weight_decay", "augment", "init", "world_size")
+                   "mix", "stage", "seed", "label_smoothing", "weight_decay", "augment", "init", "world_size", "balance",
+                   "balance_lambda", "balance_step", "balance_tol", "interpret_val")
 if resume:
     state_path = os.path.join(out, "resume.pt")
     if not os.path.exists(state_path):
         raise SystemExit(f"--resume: {state_path} not found (a run folder written by train.py holds it)")
-    with open(os.path.join(out, "config.json")) as f:
-        before = json.load(f)
+    before = read_json(os.path.join(out, "config.json"))
     now = {**config, "world_size": world_size}  # each rank's slice of the data depends on it
     changed = [f"--{k} {before.get(k)!r} -> {now[k]!r}" for k in FIXED_ON_RESUME if k in before and before[k] != now[k]]
     if changed:
         raise SystemExit(f"--resume {out}: the run was made with other settings ({'; '.join(changed)}); resume with its "
                          f"own, or start a new run (--out DIR, or --overwrite true)")
-    state = torch.load(state_path, map_location=device, weights_only=False)
+    try:
+        state = torch.load(state_path, map_location=device, weights_only=False)
+    except Exception as e:  # truncated or not a torch file
+        raise SystemExit(f"--resume: cannot read {state_path} ({type(e).__name__}: {e})") from None
     load_trained_tensors(vlm, os.path.join(out, "trainable.safetensors"), model)
     optimizer.load_state_dict(state["optimizer"])
     step, epoch, batch_in_epoch, elapsed_before = state["step"], state["epoch"], state["batch_in_epoch"], state["elapsed_min"]
@@ -404,10 +431,12 @@ while True:
     for g in optimizer.param_groups:
         g["lr"] = g["peak_lr"] * factor
     loss_sum, n_tokens = 0.0, 0
+    if batch_in_epoch >= len(order) // (batch_size * grad_accum) * grad_accum:  # = steps_per_epoch * grad_accum without --mix
+        if mixer:  # the epoch's end: validation losses per source; --balance sets the next epoch's mix (eqs 9-10)
+            evaluate_mix(f"epoch {epoch} end", balance)
+        epoch, batch_in_epoch = epoch + 1, 0
+        order = epoch_order(epoch)
     for micro in range(grad_accum):
-        if batch_in_epoch >= len(order) // (batch_size * grad_accum) * grad_accum:  # = steps_per_epoch * grad_accum without --mix
-            epoch, batch_in_epoch = epoch + 1, 0
-            order = epoch_order(epoch)
         idx = order[batch_in_epoch * batch_size:(batch_in_epoch + 1) * batch_size]
         batch_in_epoch += 1
         batch = encode_batch(processor, [train_records[i] for i in idx], transform=augment_image if augment != "none" else None)
@@ -443,14 +472,8 @@ while True:
         print0(f"step {step:5d} | epoch {epoch} | loss {loss_sum:.4f} | lr {rec['lr']:.2e} | "
                f"{rec['samples_per_s']:.0f} samples/s | {rec['minutes']:.1f} min")
         t_log, samples_since_log = time.time(), 0
-    if mixer and eval_every and step % eval_every == 0:  # validation loss per source; --balance shifts the mix
-        val_loss = mixer.val_losses(net, processor, batch_size, device, amp_dtype)
-        rec = {"step": step, "val_loss": {k: round(v, 5) for k, v in val_loss.items()}, "mix": dict(mixer.mix)}
-        if balance:
-            rec.update(mixer.balance(val_loss, balance_lambda, balance_step, ddp=ddp))
-        log.append(rec)
-        print0(f"step {step:5d} | val loss " + ", ".join(f"{k} {v:.4f}" for k, v in val_loss.items()) +
-               (f" | ratio {rec['ratio']:.4f} vs λ {rec['lambda']:.4f} -> {rec['action']}, mix {rec['mix']}" if balance else ""))
+    if mixer and eval_every and step % eval_every == 0:  # validation losses logged between epoch ends
+        evaluate_mix(f"step {step:5d}", False)
 save(final=True)
 print0(f"done: {step} steps in {elapsed_min:.1f} min -> {out}")
 if export and master:

@@ -1,18 +1,26 @@
 # Q-SiT-mini (Zhang, Wu, Jia, Lin, Zhai, "Teaching LMMs for image quality scoring and interpreting"): LLaVA-OneVision
-# 0.5B trained on scoring (KonIQ + SPAQ), interpreting (Q-Instruct) and general (LLaVA-150K) data. From the paper:
-# batch 64, lr 1e-5, 3 epochs; the system turn "Assume you are an image quality evaluator." on scoring data in the
-# mix. From its released training config (training_jsons/single_image.yaml): KonIQ and SPAQ in full, 22 % of
-# Q-Instruct, 8 % of LLaVA-150K, i.e. per-source weights 1.0 / 0.22 / 0.08 of each source's own size (train.py
-# --mix); and from the LLaVA-OneVision finetune script it modifies: vision tower, projector and LM all trained,
-# vision tower lr 2e-6, cosine after 3 % warmup, no weight decay. Batch 64 here: 8 per step x 8 accumulated on one GPU.
-#   python prepare_data.py --task score --koniq /data/koniq10k --spaq /data/SPAQ --out data/score
-#   python prepare_data.py --task interpret --llava_json q-instruct.json --image_root /data/q-instruct --out data/qinstruct
-#   python prepare_data.py --task general --llava_json llava_instruct_150k.json --image_root /data/coco/train2017 --out data/llava
+# 0.5B trained on scoring D1 (KonIQ + SPAQ), interpreting D2 (Q-Instruct) and general D3 (LLaVA-150K) data.
+# From the paper (Sec. IV-A, IV-B): batch 64, lr 1e-5, 3 epochs; D1:D2:D3 = 1.00:2.50:1.04 as record ratios relative
+# to |D1| (train.py --mix); the system turn "Assume you are an image quality evaluator." on scoring data; once per
+# epoch the mix is moved by the validation-loss ratio against λ ≈ 1/4.66 (Alg. 1 step 3; the paper's λ, from its own
+# small-model runs: for other data, find yours with analyze.py mix-ratio --run and pass its qsit_step3.py after this
+# file). Validation: 10 % of the scoring train data (prepare_data.py --val_frac) and LLVisionQA-dev for interpreting
+# (--interpret_val). From the LLaVA-OneVision finetune script Q-SiT modifies: vision tower, projector and LM trained,
+# vision tower lr 2e-6, cosine after 3 % warmup, no weight decay. Batch 64 here: 8 per step x 8 accumulated.
+# Q-SiT's released data config (training_jsons/single_image.yaml: all of KonIQ/SPAQ, 22 % of Q-Instruct, 8 % of
+# LLaVA-150K) is the alternative mix "score:1.0,interpret:X,general:Y" with X, Y those shares times |D2|/|D1|, |D3|/|D1|.
+#   python prepare_data.py --task score --koniq /data/koniq10k --spaq /data/SPAQ --val_frac 0.1 --out data/score
+#   python prepare_data.py --task interpret --llava_json q-instruct.json --image_root /data/q-instruct --exclude_test data/score --out data/qinstruct
+#   python prepare_data.py --task general --llava_json llava_instruct_150k.json --image_root /data/coco/train2017 --exclude_test data/score --out data/llava
+#   python prepare_data.py --task qbench --qbench_json llvisionqa_dev.json --image_root /data/qbench/images --out data/llvqa_dev
 #   python train.py config/qsit_mini.py --out out/qsit_mini
-#   python evaluate.py score --ckpt out/qsit_mini --data data/score
+#   python evaluate.py score --ckpt out/qsit_mini --data data/score --prompt qsit && python evaluate.py qbench --ckpt out/qsit_mini --data data/llvqa_dev
 model = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 data = "data/score,data/qinstruct,data/llava"
-mix = "score:1.0,interpret:0.22,general:0.08"
+mix = "score:1.0,interpret:2.5,general:1.04"
+balance = True
+balance_lambda = 0.2146      # 1 / 4.66, the paper's reference loss ratio L_S / L_I
+interpret_val = "data/llvqa_dev"
 trainable = "encoder,projector,llm"
 epochs = 3
 batch_size = 8

@@ -535,9 +535,68 @@ def test_unreadable_image_names_it(tmp_path):
     (tmp_path / "images" / "I02_25_03.png").write_bytes(b"this is not an image")
     with pytest.raises(D.DatasetError) as e:
         D.read_kadid10k(tmp_path)
-    assert "cannot read image" in str(e.value) and "I02_25_03.png" in str(e.value) and "dmos.csv:6" in str(e.value)
+    assert "cannot decode image" in str(e.value) and "I02_25_03.png" in str(e.value) and "dmos.csv:6" in str(e.value)
     items, _ = D.read_kadid10k(tmp_path, check_images=False)  # the check can be switched off
     assert len(items) == 8
+
+
+def test_truncated_image_is_decoded_and_named(tmp_path):
+    """A half-downloaded JPEG has a valid header (a header check passes it); a full decode does not."""
+    make_kadid(tmp_path)
+    path = tmp_path / "images" / "I01_07_02.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, "JPEG")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with Image.open(path) as im:
+        assert im.size == (64, 64)  # the header alone looks fine
+    with pytest.raises(D.DatasetError, match=r"dmos\.csv:4: cannot decode image .*I01_07_02\.png.*truncated"):
+        D.read_kadid10k(tmp_path)
+    items, info = D.read_kadid10k(tmp_path, check_images="skip")  # --skip_bad_images true: left out, counted
+    assert len(items) == 7 and "I01_07_02.png" not in by_name(items)
+    assert len(info["bad_images"]) == 1 and "dmos.csv:4" in info["bad_images"][0]
+
+
+def test_duplicate_rows(tmp_path):
+    rows = KADID_ROWS + [("I02_19_05.png", "I02.png", 1.67, 0.596)]  # the same row again: kept once, counted
+    write_csv(tmp_path / "dmos.csv", ["dist_img", "ref_img", "dmos", "var"], rows)
+    for d, r, _, _ in rows:
+        img(tmp_path / "images" / d), img(tmp_path / "images" / r)
+    items, info = D.read_kadid10k(tmp_path)
+    assert len(items) == 8 and info["duplicate_rows"] == 1
+    rows[-1] = ("I02_19_05.png", "I02.png", 4.8, 0.596)  # conflicting: one image both bad and excellent
+    write_csv(tmp_path / "dmos.csv", ["dist_img", "ref_img", "dmos", "var"], rows)
+    with pytest.raises(D.DatasetError, match=r"dmos\.csv:8: 'I02_19_05.png' has score 4.8, but .*dmos\.csv:5 gives it 1.67"):
+        D.read_kadid10k(tmp_path)
+
+
+@pytest.mark.parametrize("value, message", [("nan", "expected a finite number"), ("inf", "expected a finite number"),
+                                            ("41350", r"score 41350.0 is outside kadid10k's scale \[1, 5\]")])
+def test_bad_score_names_file_and_line(tmp_path, value, message):
+    make_kadid(tmp_path)
+    rows = [list(r) for r in KADID_ROWS]
+    rows[2][2] = value
+    write_csv(tmp_path / "dmos.csv", ["dist_img", "ref_img", "dmos", "var"], rows)
+    with pytest.raises(D.DatasetError, match=r"dmos\.csv:4: .*" + message):
+        D.read_kadid10k(tmp_path)
+
+
+def test_nan_in_mat_names_entry(tmp_path):
+    """A NaN MOS in LIVE Challenge's .mat once became level excellent with mos_norm 0."""
+    from scipy.io import savemat
+    (tmp_path / "Data").mkdir()
+    savemat(tmp_path / "Data" / "AllImages_release.mat", {"AllImages_release": np.array([["a.bmp"], ["b.bmp"]], dtype=object)})
+    savemat(tmp_path / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.array([[50.0, np.nan]])})
+    with pytest.raises(D.DatasetError, match=r"AllMOS_release.mat: variable 'AllMOS_release': entry 2 is nan"):
+        D.read_livec(tmp_path)
+
+
+def test_empty_metadata_is_an_error(tmp_path):
+    (tmp_path / "mos_with_names.txt").write_text("")  # an empty TID2013 list
+    with pytest.raises(D.DatasetError, match=r"mos_with_names.txt: no rated image in it \(0 records\)"):
+        D.read_tid2013(tmp_path)
+    write_csv(tmp_path / "k" / "dmos.csv", ["dist_img", "ref_img", "dmos", "var"], [])  # a header-only CSV
+    with pytest.raises(D.DatasetError, match=r"dmos.csv: no rated image in it"):
+        D.read_kadid10k(tmp_path / "k")
 
 
 # ============================================================================ split_items

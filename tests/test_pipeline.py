@@ -273,3 +273,74 @@ def test_prepare_data_never_deletes_what_it_did_not_write(tmp_path):
     prepare_data.main(["--out", str(tmp_path / "demo"), "--crops_per_class", "4"])
     prepare_data.main(["--out", str(tmp_path / "demo"), "--crops_per_class", "4"])  # its own folder: replaced
     assert (tmp_path / "demo" / ".prepared").exists() and (tmp_path / "demo" / "meta.json").exists()
+
+
+def test_one_writer_per_folder(demo, tmp_path):
+    """A second train.py or prepare_data.py into a folder another process is writing stops at once, naming the holder."""
+    import common
+    out = tmp_path / "run"
+    out.mkdir()
+    common.hold_lock(out / ".lock", "test")  # as a running train.py holds it
+    try:
+        r = run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4")
+        assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr and not (out / "config.json").exists()
+    finally:
+        common._LOCKS.pop(str(out / ".lock")).close()
+    common.hold_lock(tmp_path / ".data.lock", "test")  # as a running prepare_data.py --out tmp/data holds it
+    try:
+        r = subprocess.run([sys.executable, "prepare_data.py", "--out", str(tmp_path / "data"), "--crops_per_class", "4"],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode != 0 and "is held by" in r.stderr and not (tmp_path / "data").exists()
+    finally:
+        common._LOCKS.pop(str(tmp_path / ".data.lock")).close()
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    from common import UMASK, atomic_write
+    atomic_write(tmp_path / "x.json", "{}")
+    assert os.stat(tmp_path / "x.json").st_mode & 0o777 == 0o666 & ~UMASK  # not mkstemp's 0600
+
+
+def test_load_errors_name_the_file(demo, tmp_path):
+    from model import load_checkpoint, load_model
+    out = tmp_path / "run"
+    assert run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4").returncode == 0
+    weights = os.path.realpath(out / "trainable.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[:len(data) // 2])  # a truncated copy
+    with pytest.raises(SystemExit, match=r"trainable.safetensors: cannot read the trained tensors"):
+        load_checkpoint(str(out))
+    config = os.path.realpath(out / "config.json")
+    open(config, "w").write("{broken")
+    with pytest.raises(SystemExit, match=r"config.json: not valid JSON"):
+        load_checkpoint(str(out))
+    folder = tmp_path / "hub_folder"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=f"--model {folder}: cannot load it"):
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize("argv,says", [(["--test_frac", "1.5"], "--test_frac 1.5: expected a share in [0, 1]"),
+                                       (["--val_frac", "1"], "--val_frac 1.0: expected a share of the training part"),
+                                       (["--crops_per_class", "0"], "expected at least 8 / 4")])
+def test_prepare_arguments_are_checked(tmp_path, argv, says, capsys):
+    import prepare_data
+    with pytest.raises(SystemExit):
+        prepare_data.main(["--out", str(tmp_path / "o"), *argv])
+    assert says in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_whole_dataset_test_set_on_real_livec_metadata(tmp_path):
+    """--test_frac 1 (how Q-SiT tests LIVE Challenge): every image but the training-only t1..t7 is tested, no val."""
+    from test_datasets import META, placeholder, rows_of
+    if not META.exists():
+        pytest.skip(f"{META} not found (../shared is not beside the repo)")
+    livec = tmp_path / "livec"
+    for r in rows_of("meta_info_LIVEChallengeDataset.csv"):
+        placeholder(livec / "Images" / r["img_name"])
+    shutil.copy(META / "meta_info_LIVEChallengeDataset.csv", livec)
+    import prepare_data
+    prepare_data.main(["--task", "score", "--livec", str(livec), "--test_frac", "1", "--out", str(tmp_path / "o")])
+    meta = json.load(open(tmp_path / "o" / "meta.json"))
+    assert {k: v["n"] for k, v in meta["counts"].items()} == {"train": 7, "val": 0, "test": 1162}

@@ -58,8 +58,8 @@ ANSWERS = {"single": "73", "double": "0", "multiple": "2, 3, 3, 0"}
 def test_prompt_of_each_system(protocol, prompting):
     k = P.N_IMAGES[protocol]
     example = {**EXAMPLE, "paths": EXAMPLE["paths"][:k], "answer": ANSWERS[protocol]}
-    content, images, idx = P.build_prompt(protocol, prompting, QUERY[:k], None, example)
-    assert P.prompt_text(content) == EXPECTED[(protocol, prompting)]
+    content, images, idx = P.build_prompt(protocol, prompting, QUERY[:k], None, example, prompt_set="plain")
+    assert P.content_text(content) == EXPECTED[(protocol, prompting)]
     shown = (EXAMPLE["paths"][:k] if prompting == "icl" else []) + QUERY[:k]
     assert images == shown and sum(c["type"] == "image" for c in content) == len(shown)
     assert idx == list(range(len(shown) - k + 1, len(shown) + 1))  # positions of the judged images
@@ -67,23 +67,64 @@ def test_prompt_of_each_system(protocol, prompting):
 
 def test_full_reference_prompts_show_the_reference_first():
     content, images, idx = P.build_prompt("double", "icl", ["q1", "q2"], "qref",
-                                          {"paths": ["e1", "e2"], "ref_path": "eref", "answer": "1"})
+                                          {"paths": ["e1", "e2"], "ref_path": "eref", "answer": "1"}, prompt_set="plain")
     assert images == ["eref", "e1", "e2", "qref", "q1", "q2"] and idx == [5, 6]
-    text = P.prompt_text(content)
+    text = P.content_text(content)
     assert ("Compare the perceptual quality of image 5 and image 6, two distorted versions of the reference image 4: "
             "answer 1 if image 5 is better, 0 if image 6 is better, 2 if they look the same.") in text
     assert "image 2 and image 3, two distorted versions of the reference image 1:" in text
-    content, images, idx = P.build_prompt("single", "standard", ["q1"], "qref")
+    content, images, idx = P.build_prompt("single", "standard", ["q1"], "qref", prompt_set="plain")
     assert images == ["qref", "q1"] and idx == [2]
-    assert P.prompt_text(content) == ("Image 1:<image>\nImage 2:<image>\nRate the perceptual quality of image 2, compared "
+    assert P.content_text(content) == ("Image 1:<image>\nImage 2:<image>\nRate the perceptual quality of image 2, compared "
                                       "with the reference image 1, with a score from 0 to 100, where 0 is the worst and "
                                       "100 the best.\nAnswer with the score only.")
-    _, images, idx = P.build_prompt("multiple", "cot", QUERY, "qref")
+    _, images, idx = P.build_prompt("multiple", "cot", QUERY, "qref", prompt_set="plain")
     assert images == ["qref"] + QUERY and idx == [2, 3, 4, 5]
 
 
+# the sentences the paper prints for the nine NR systems, "[...]" filled with the authors' attribute list
+PRINTED = {
+    ("single", "standard"): ["please assign a perceptual quality score in terms of {A}.", "The score must range from 0 to 100, with a higher score denoting better image quality."],
+    ("double", "standard"): ["please assign a perceptual quality comparison result between the two images in terms of {A}.",
+                             "If you judge that the first image has better quality than the second image, output 1, if you judge that the second image has better quality than the first image, output 0, if you judge that two images have the same quality, output 2."],
+    ("multiple", "standard"): ["please assign a perceptual quality ranking result among four images in terms of {A}.",
+                               "The image with the lowest perceptual quality is ranked 0, and the image with the highest perceptual quality is ranked 3. If you judge that some distorted images have the same perceptual quality, their ranking can be the same."],
+    ("single", "cot"): ["please first detail its perceptual quality in terms of {A}.", "Then, based on the perceptual analysis of the given image, assign a quality score to the given image. The score must range from 0 to 100, with a higher score denoting better image quality."],
+    ("double", "cot"): ["please first detail their perceptual quality comparison in terms of {A}.", "Then, based on the quality comparison analysis between them, assign a perceptual quality comparison result between the two images. If you judge that the first image has better quality than the second image, output 1, if you judge that the second image has better quality than the first image, output 0, if you judge that two images have the same quality, output 2."],
+    ("multiple", "cot"): ["please first detail their perceptual quality comparison in terms of {A}.", "Then, based on the quality comparison analysis among them, please assign a perceptual quality ranking result among four images. The image with the lowest perceptual quality is ranked 0, and the image with the highest perceptual quality is ranked 3. If you judge that some distorted images have the same perceptual quality, their ranking can be the same."],
+    ("single", "icl"): ["For the shown two images, the human perceptual quality score of the first image is 50. Now, based on the above example, please assign a perceptual quality score to the second image in terms of {A}. The score must range from 0 to 100, with a higher score denoting better image quality."],
+    ("double", "icl"): ["for the first two images (the first and the second images), the human perceptual quality comparison result is that the first image is of better quality than the second image. Now, based on the above example, please assign a perceptual quality comparison result between the second two images (the third and the fourth images) in terms of {A}. If you judge that the third image has better quality than the fourth image, output 1, if you judge that the fourth image has better quality than the third image, output 0, if you judge that two images have the same quality, output 2."],
+    ("multiple", "icl"): ["For the shown eight images, for the first four images (from the first to the fourth images), the human perceptual quality ranking result is [first: 0, second: 1, third: 2, fourth: 3]. Now, based on the above example, please assign a perceptual quality ranking result among the second four images (from the fifth to the eighth images) in terms of {A}. The image with the lowest perceptual quality is ranked 0, and the image with the highest perceptual quality is ranked 3. If you judge that some distorted images have the same perceptual quality, their ranking can be the same."]}
+
+
+@pytest.mark.parametrize("protocol,prompting", sorted(PRINTED))
+def test_paper_prompts_hold_the_printed_sentences(protocol, prompting):
+    from prompting_paper import ATTRIBUTES, CLOSING
+    k = P.N_IMAGES[protocol]
+    example = {"paths": EXAMPLE["paths"][:k], "ref_path": None}
+    content, images, idx = P.build_prompt(protocol, prompting, QUERY[:k], None, example if prompting == "icl" else None)
+    text = content[0]["text"]
+    for sentence in PRINTED[(protocol, prompting)]:
+        assert sentence.replace("{A}", ATTRIBUTES) in text
+    assert text.endswith(CLOSING) and [c["type"] for c in content] == ["text"] + ["image"] * len(images)
+    assert images == (EXAMPLE["paths"][:k] if prompting == "icl" else []) + QUERY[:k] and idx[-1] == len(images)
+    # FR: the reference first, then its distorted images; the icl example's pair ahead of the query's
+    content, images, idx = P.build_prompt(protocol, prompting, QUERY[:k], "qref", {**example, "ref_path": "eref"})
+    assert content[0]["text"].startswith(f"For the shown {['two', 'three', 'four', 'five', 'six', 'eight', 'ten'][[2, 3, 4, 5, 6, 8, 10].index(len(images))]} images")
+    assert images == ((["eref"] + EXAMPLE["paths"][:k]) if prompting == "icl" else []) + ["qref"] + QUERY[:k]
+
+
+def test_paper_answers_are_read_as_the_authors_read_them():
+    assert P.parse_paper("single", "Description: sharp. Score: 73.5") == 73.5
+    assert P.parse_paper("single", "score 73") is None and P.parse_paper("single", "Score: 70 or 80") is None
+    assert P.parse_paper("double", "Score: 1") == 1 and P.parse_paper("double", "Score: 3") is None
+    assert P.parse_paper("multiple", "Score: [first: 0, second: 3, third: 2, fourth: 1]") == [0, 3, 2, 1]
+    assert P.parse_paper("multiple", "Score: [first: 0, second: 3]") is None
+
+
 def test_tiny_model_takes_several_images_in_one_prompt():
-    """Every prompt word is in the tiny vocabulary, and the 10 images of FR multiple icl all become image tokens."""
+    """Every word of the plain prompts is in the tiny vocabulary, and the 10 images of FR multiple icl all become image
+    tokens (the paper's prompts hold words the tiny model lacks: <unk>, as a real model would read a foreign word)."""
     from tiny_models import build_tiny_processor
     processor = build_tiny_processor()
     P.check_multi_image(processor, 10, "tiny")
@@ -92,7 +133,8 @@ def test_tiny_model_takes_several_images_in_one_prompt():
         for prompting in P.PROMPTINGS:
             k = P.N_IMAGES[protocol]
             content, images, _ = P.build_prompt(protocol, prompting, QUERY[:k], "ref",
-                                                {"paths": EXAMPLE["paths"][:k], "ref_path": "eref", "answer": ANSWERS[protocol]})
+                                                {"paths": EXAMPLE["paths"][:k], "ref_path": "eref", "answer": ANSWERS[protocol]},
+                                                prompt_set="plain")
             text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
             enc = processor(text=[text], images=[[img] * len(images)], return_tensors="pt")
             assert processor.tokenizer.unk_token_id not in enc["input_ids"][0].tolist(), (protocol, prompting)
@@ -197,12 +239,16 @@ def test_scripted_preferences_recover_the_mos_order():
     for pairs, expected in ((truth, 1.0), ([(a, b, 1 - s) for a, b, s in truth], -1.0)):
         s = P.bradley_terry(pairs + P.to_pairs("double", ["i0", "i1"], None))
         per_image = [{"source": "x", "score": s[i], "target": m} for i, m in zip(ids, mos)]
-        assert P.srcc_per_source(per_image)["x"] == {"n_images": 6, "n_scored": 6, "srcc": pytest.approx(expected)}
+        m = P.correlations(per_image)["x"]
+        assert (m["n_images"], m["n_scored"], m["srcc"]) == (6, 6, pytest.approx(expected))
+        C, items = P.comparison_counts(pairs)  # Thurstone MAP on the same answers: the same order
+        t = dict(zip(items, P.thurstone_map(C)))
+        assert P.correlations([{"source": "x", "score": t[i], "target": m} for i, m in zip(ids, mos)])["x"]["srcc"] == pytest.approx(expected)
     quads = [[0, 1, 2, 3], [2, 3, 4, 5], [0, 1, 4, 5]]
     pairs = [p for q in quads for p in P.to_pairs("multiple", [ids[k] for k in q],
                                                  [int(x) for x in P.human_answer("multiple", [mos[k] for k in q]).split(", ")])]
     s = P.bradley_terry(pairs)
-    assert P.srcc_per_source([{"source": "x", "score": s[i], "target": m} for i, m in zip(ids, mos)])["x"]["srcc"] == pytest.approx(1)
+    assert P.correlations([{"source": "x", "score": s[i], "target": m} for i, m in zip(ids, mos)])["x"]["srcc"] == pytest.approx(1)
 
 
 def test_human_answer():
@@ -216,7 +262,10 @@ def records_for_sampling():
 
 
 def test_queries_are_reproducible_and_cover_every_image():
+    """As the authors draw them: each image anchors `rounds` queries, itself first, partners from its group."""
     recs = records_for_sampling()
+    q, _ = P.sample_queries(recs, "double", False, 5, seed=0)
+    assert len(q) == 5 * len(recs) and [t[0] for t in q] == [i for i in range(len(recs)) for _ in range(5)]
     for protocol, rounds in (("double", 4), ("multiple", 2)):
         q1, skipped = P.sample_queries(recs, protocol, False, rounds, seed=3)
         assert q1 == P.sample_queries(recs, protocol, False, rounds, seed=3)[0] != P.sample_queries(recs, protocol, False, rounds, seed=4)[0]
@@ -238,11 +287,24 @@ def test_greedy_selection_hand_computed():
     # pick 2: Div to {0} = 0.1, 1.0, 0.4 -> 4.5 + 0.4 = 4.9, 1 + 4 = 5.0, 3 + 1.6 = 4.6 -> sample 2 (far, though easy).
     # pick 3: Div to {0, 2} = 0.1, 0.4 -> 4.9, 4.6 -> sample 1; then 3, whose Div to {0, 2, 1} is |0.4 - 0.1| = 0.3.
     error, feats = [5, 4.5, 1, 3], [[0.0], [0.1], [1.0], [0.4]]
-    picks = H.greedy_select(error, feats, 4, lam=4)
+    picks = H.greedy_select(error, feats, 4, lam=4, div="nearest_rms")
     assert [k for k, _, _ in picks] == [0, 2, 1, 3]
     assert [d for _, _, d in picks] == pytest.approx([0, 1.0, 0.1, 0.3])
     assert [k for k, _, _ in H.greedy_select(error, feats, 4, lam=0)] == [0, 1, 3, 2]  # error alone
     assert H.difficulty([0.6, 0.5], [0.2, 0.5], [0.2, 0.1], eps=0) == pytest.approx([4, 0])
+
+
+def test_authors_rule_with_cosine_div_hand_computed():
+    """Div = 1 - cos(f(x), mean f(picked)), 1 before any pick; ties go to the later sample.
+    errors 0.5, 0.5, 0.4; features (1, 0), (1, 0.1), (0, 1); lambda 1.
+    pick 1: Div 1 for all -> 1.5, 1.5, 1.4: a tie, the later -> sample 1.
+    pick 2: mean f = (1, 0.1): cos to (1, 0) = 1/sqrt(1.01) = 0.99504 -> Div 0.00496 -> 0.50496; to (0, 1) = 0.1/sqrt(1.01)
+    = 0.09950 -> Div 0.90050 -> 1.30050: sample 2. pick 3: sample 0."""
+    picks = H.greedy_select([0.5, 0.5, 0.4], [[1, 0], [1, 0.1], [0, 1]], 3, lam=1.0)
+    assert [k for k, _, _ in picks] == [1, 2, 0]
+    # the last pick's Div: mean of (1, 0.1) and (0, 1) = (0.5, 0.55); cos to (1, 0) = 0.5 / sqrt(0.5525)
+    assert [d for _, _, d in picks] == pytest.approx([1.0, 1 - 0.1 / math.sqrt(1.01), 1 - 0.5 / math.sqrt(0.5525)], abs=1e-9)
+    assert H.difficulty([0.6], [0.2], [0.3]) == pytest.approx([0.16 / 1.09])  # eps 1 by default
 
 
 def test_fr_two_level_selection_hand_computed():
@@ -259,36 +321,60 @@ def gray(path, value):
 
 
 def test_hard_samples_command_hand_computed(tmp_path):
-    """mos 1, 2, 3, 5 (std 0.4 each) -> q = 0, .25, .5, 1 and sigma = 0.4 / 4 = 0.1; predictions 1, 0, .5, .5 ->
-    q_w = 1, 0, .5, .5; errors (eps 0) = 100, 6.25, 0, 25. Gray images 0, 51, 255, 102 -> thumbnails 0, .2, 1, .4.
-    lambda 100: pick 0 (100); then 6.25 + 20, 0 + 100, 25 + 40 -> 2; then Div to {0, 2}: 26.25, 25 + 40 -> 3.
-    lambda 0: errors alone -> 0, 3, 1."""
+    """mos 1, 2, 3, 5 -> q = 0, .25, .5, 1; std .4, .2, .6, .4 -> sigma (min-max) .5, 0, 1, .5; q_w: the predictions
+    logistic-fitted onto q; errors (q_w - q)^2 / (sigma^2 + 1). Gray images 0, 51, 255, 102 as thumbnails; with the
+    cosine Div all four thumbnails point the same way (Div 0 after the first pick) except the black one (norm 0: Div 1)."""
+    from metrics import fit_logistic, logistic4
     (tmp_path / "images").mkdir()
-    recs = []
-    for k, (mos, value, pred) in enumerate(zip([1, 2, 3, 5], [0, 51, 255, 102], [1, 0, 0.5, 0.5])):
+    recs, preds = [], [1, 0, 0.5, 0.5]
+    for k, (mos, std, value) in enumerate(zip([1, 2, 3, 5], [0.4, 0.2, 0.6, 0.4], [0, 51, 255, 102])):
         gray(tmp_path / "images" / f"{k}.png", value)
         recs.append({"id": f"s/{k}", "image": f"images/{k}.png", "conversations": [{"from": "human", "value": "<image>\nq"}],
-                     "source": "s", "mos": mos, "std": 0.4, "_pred": pred})
+                     "source": "s", "mos": mos, "std": std})
     with open(tmp_path / "test.jsonl", "w") as f:
-        f.writelines(json.dumps({k: v for k, v in r.items() if k != "_pred"}) + "\n" for r in recs)
+        f.writelines(json.dumps(r) + "\n" for r in recs)
     with open(tmp_path / "pred.jsonl", "w") as f:
-        f.writelines(json.dumps({"id": r["id"], "score": r["_pred"]}) + "\n" for r in recs)
+        f.writelines(json.dumps({"id": r["id"], "score": p}) + "\n" for r, p in zip(recs, preds))
         f.write(json.dumps({"id": "s/unparsed", "score": None}) + "\n")
     out = tmp_path / "out"
-    base = ["hard-samples", "--data", str(tmp_path), "--pred", str(tmp_path / "pred.jsonl"), "--n", "3", "--eps", "0", "--out", str(out)]
-    res = analyze.main(base + ["--lam", "100"])
-    assert res["selected"] == ["s/0", "s/2", "s/3"] and res["null_predictions"] == 1 and res["sigma_source"] == {"std": 4}
-    assert [p["error"] for p in res["picks"]] == pytest.approx([100, 0, 25]) and [p["div_at_pick"] for p in res["picks"]] == pytest.approx([0, 1, 0.4])
+    base = ["hard-samples", "--data", str(tmp_path), "--pred", str(tmp_path / "pred.jsonl"), "--n", "3", "--features",
+            "thumbnail", "--out", str(out)]
+    res = analyze.main(base)
+    q, sigma = np.array([0, .25, .5, 1]), np.array([.5, 0, 1, .5])
+    params = fit_logistic(preds, q)
+    q_w = logistic4(np.array(preds, dtype=float), *params) if params else np.array(preds, dtype=float)
+    error = (q_w - q) ** 2 / (sigma ** 2 + 1)
+    assert [p["q"] for p in res["picks"]] == pytest.approx([q[int(i.split("/")[1])] for i in res["selected"]])
+    assert [p["error"] for p in res["picks"]] == pytest.approx([error[int(i.split("/")[1])] for i in res["selected"]], abs=1e-6)
+    feats = np.stack([H.thumbnail(tmp_path / "images" / f"{k}.png") for k in range(4)])
+    assert res["selected"] == [f"s/{k}" for k, _, _ in H.greedy_select(error, feats, 3, 1e-2)]
+    assert res["null_predictions"] == 1 and res["lambda"] == 1e-2 and res["eps"] == 1.0 and res["div"] == "cosine"
     assert json.load(open(out / "hard_samples.json"))["selected"] == res["selected"]
     assert (out / "hard_samples.png").read_bytes()[:4] == b"\x89PNG"
-    assert analyze.main(base + ["--lam", "0"])["selected"] == ["s/0", "s/3", "s/1"]
     # FR without ref_image: references by (source, ref); all four share one here -> its 2 hardest
     res = analyze.main(base + ["--fr", "true", "--n_refs", "1", "--per_ref", "2"])
-    assert res["selected"] == ["s/0", "s/3"] and (out / "hard_samples_fr.png").exists()
+    assert res["selected"] == [f"s/{k}" for k in np.argsort(-error, kind="stable")[:2]] and (out / "hard_samples_fr.png").exists()
     with open(tmp_path / "bad.jsonl", "w") as f:
         f.write(json.dumps({"id": "s/0", "prediction": 3}) + "\n")
     with pytest.raises(SystemExit, match="bad.jsonl:1: a prediction row needs 'id' and 'score'"):
         analyze.main(["hard-samples", "--data", str(tmp_path), "--pred", str(tmp_path / "bad.jsonl"), "--out", str(out)])
+
+
+def test_hard_samples_from_expert_metrics_on_fr_data(tmp_path):
+    """--experts psnr,ssim: q_w from the FR metrics of each distorted image against its reference (the authors' FR set
+    selection), features from a tiny random CLIP vision model saved here (the authors' ViT-B/32 stands in)."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    data = tmp_path / "gen"
+    make_fr_set(data)
+    torch.manual_seed(0)
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
+                                                          num_hidden_layers=1, num_attention_heads=2, projection_dim=8))
+    clip.save_pretrained(tmp_path / "clip")
+    res = analyze.main(["hard-samples", "--data", str(data), "--experts", "psnr,ssim", "--fr", "true", "--n_refs", "2",
+                        "--per_ref", "2", "--features", f"clip:{tmp_path / 'clip'}", "--out", str(tmp_path / "o")])
+    assert len(res["references"]) == 2 and len(res["selected"]) == 4 and res["experts"] == "psnr,ssim"
+    assert all(0 <= p["q_w"] <= 1.2 for p in res["picks"])
 
 
 # ============================================================================ end to end with the tiny model
@@ -318,21 +404,26 @@ def test_end_to_end_with_the_tiny_model(tmp_path):
     make_fr_set(data)
     res = evaluate.main(["prompting", "--model", "tiny", "--data", str(data), "--protocol", "multiple", "--prompting", "icl",
                          "--reference", "true", "--max_new_tokens", "8", "--batch_size", "2", "--out", str(out)])
-    # 2 references x 4 images, 2 rounds -> 4 quadruples, each prompt: example ref + 4, query ref + 4
-    assert res["n_queries"] == 4 and res["parsed"] + res["unparsed"] == 4 and res["images_per_prompt"] == 10
+    # 2 references x 4 images, each anchoring 2 quadruples -> 16; each prompt: example ref + 4, query ref + 4
+    assert res["n_queries"] == 16 and res["parsed"] + res["unparsed"] == 16 and res["images_per_prompt"] == 10
     assert res["example"]["ids"][0].startswith("gen/r2_") and res["example"]["ref_path"].endswith("r2.png")
     rows = [json.loads(l) for l in open(out / "answers_prompting_multiple_icl_fr.jsonl")]
-    assert len(rows) == 4 and all(len(r["images"]) == 10 and isinstance(r["answer"], str) for r in rows)
+    assert len(rows) == 16 and all(len(r["images"]) == 10 and isinstance(r["answer"], str) for r in rows)
     for r in rows:  # the query's reference sits at position 6, its own images after it
         ref = r["images"][5]
         assert all(os.path.basename(p).startswith(os.path.basename(ref)[:-4] + "_") for p in r["images"][6:])
     scores = [json.loads(l) for l in open(out / "scores_prompting_multiple_icl_fr.jsonl")]
     assert len(scores) == 8 and {"id", "score", "mos"} <= set(scores[0])
     saved = json.load(open(out / "eval_prompting_multiple_icl_fr.json"))
-    assert saved["per_source"]["gen"]["n_images"] == 8 and "Bradley-Terry" in saved["aggregation"]
+    assert saved["per_source"]["gen"]["n_images"] == 8 and "Thurstone" in saved["aggregation"]
+    assert "srcc_per_ref" in saved["per_source"]["gen"] and saved["prompts"] == "paper"
     # NR single stimulus through the same door; its per-image scores feed hard-samples
     res = evaluate.main(["prompting", "--model", "tiny", "--data", str(data), "--protocol", "single", "--max_new_tokens", "6", "--out", str(out)])
     assert res["n_queries"] == 8 and res["parsed"] + res["unparsed"] == 8
+    preds, null = H.read_predictions(out / "scores_prompting_single_standard.jsonl")
+    assert len(preds) == 8 and null == 0  # unparsed answers replaced by seeded random scores (the authors' fallback)
+    res = evaluate.main(["prompting", "--model", "tiny", "--data", str(data), "--protocol", "single", "--max_new_tokens", "6",
+                         "--unparsed", "drop", "--out", str(out)])
     preds, null = H.read_predictions(out / "scores_prompting_single_standard.jsonl")
     assert len(preds) == res["parsed"] and null == res["unparsed"]
 
@@ -357,3 +448,64 @@ def test_prepare_data_writes_ref_image(tmp_path):
     recs = [json.loads(l) for s in ("train", "test") for l in open(tmp_path / "score" / f"{s}.jsonl")]
     assert recs and all(os.path.basename(r["ref_image"]).lower() == r["ref"].lower() + ".bmp" for r in recs)
     assert all(os.path.isfile(r["ref_image"]) for r in recs)
+
+
+def test_prompting_table_on_the_tiny_model(tmp_path):
+    """All nine systems, NR and FR, in Table 1's shape with the paper's rows beside; the FR expert rows measured."""
+    data = tmp_path / "gen"
+    make_fr_set(data)
+    res = evaluate.main(["prompting-table", "--model", "tiny", "--data", str(data), "--fr_data", str(data), "--limit", "8",
+                         "--max_new_tokens", "4", "--out", str(tmp_path / "t")])
+    assert len(res["systems"]) == 18 and {"psnr", "ssim", "ms_ssim"} == set(res["experts"])
+    # noise of rising strength: PSNR and SSIM follow the MOS within each reference
+    assert res["experts"]["psnr"]["gen"]["srcc_per_ref"] == pytest.approx(1.0)
+    assert res["experts"]["ms_ssim"]["gen"]["n_scored"] == 0  # 64 x 64 images: too small for five scales
+    assert json.load(open(tmp_path / "t" / "prompting_table.json"))["paper_table1"]["single"]["GPT-4V"]["cot"][0] == 0.809
+
+
+def test_thurstone_map_hand_solved_and_known_order():
+    """3 items: item 0 beats 1 and 2 once each, 1 and 2 tie once. By symmetry s1 = s2 = -s0 / 2 = -a / 2, and the MAP
+    objective -2 log Phi(1.5 a) + 0.75 a^2 is least where a = 2 phi(1.5 a) / Phi(1.5 a): solved here by bisection."""
+    from scipy.stats import norm
+    from pairwise import comparison_counts, thurstone_map
+    C, items = comparison_counts([("a", "b", 1.0), ("a", "c", 1.0), ("b", "c", 0.5)], ["a", "b", "c"])
+    assert C.tolist() == [[0, 1, 1], [0, 0, 1], [0, 1, 0]]
+    lo, hi = 0.0, 5.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mid < 2 * norm.pdf(1.5 * mid) / norm.cdf(1.5 * mid) else (lo, mid)
+    s = thurstone_map(C, scale=False)
+    assert s == pytest.approx([lo, -lo / 2, -lo / 2], abs=1e-5) and s.sum() == pytest.approx(0, abs=1e-9)
+    assert thurstone_map(C).tolist() == pytest.approx([100, 0, 0], abs=1e-4)
+    # scripted comparisons along a known order (each pair judged 3 times by its true order, once against): recovered
+    rng = np.random.default_rng(0)
+    order = rng.permutation(8)
+    pairs = [(int(i), int(j), float(order[i] > order[j]) if t < 3 else float(order[i] < order[j]))
+             for i in range(8) for j in range(i + 1, 8) for t in range(4)]
+    C, items = comparison_counts(pairs, list(range(8)))
+    assert np.argsort(thurstone_map(C)).tolist() == np.argsort(order).tolist()
+
+
+def test_expert_fr_metrics(tmp_path):
+    """SSIM against scikit-image's (Gaussian window 11, sigma 1.5, population covariance, range 255) on the luma;
+    PSNR by hand; MS-SSIM of an image with itself is 1, and with one scale it is SSIM."""
+    import torch
+    from skimage.metrics import structural_similarity
+    import expert_iqa as E
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (180, 190, 3)).astype(np.uint8)
+    b = np.clip(a + rng.normal(0, 15, a.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "ref.png"), Image.fromarray(b).save(tmp_path / "dist.png")
+    s = E.fr_scores(tmp_path / "dist.png", tmp_path / "ref.png")
+    ya = E.luma255(torch.from_numpy(a / 255.0).permute(2, 0, 1)[None])[0, 0].numpy()
+    yb = E.luma255(torch.from_numpy(b / 255.0).permute(2, 0, 1)[None])[0, 0].numpy()
+    assert s["ssim"] == pytest.approx(structural_similarity(yb, ya, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                                            data_range=255), abs=1e-12)
+    mse = ((a / 255.0 - b / 255.0) ** 2).mean()
+    assert s["psnr"] == pytest.approx(10 * math.log10(1 / (mse + 1e-8)), abs=1e-9)
+    x, y = E._rgb01(tmp_path / "dist.png"), E._rgb01(tmp_path / "ref.png")
+    assert E.ms_ssim(x, x) == pytest.approx(1.0) and E.ms_ssim(x, y, weights=[1.0]) == pytest.approx(s["ssim"])
+    assert 0 < s["ms_ssim"] < 1
+    Image.fromarray(a[:100]).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="differ in size"):
+        E.fr_scores(tmp_path / "small.png", tmp_path / "ref.png")

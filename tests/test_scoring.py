@@ -24,6 +24,7 @@ import kernels  # noqa: E402
 import prepare_data as P  # noqa: E402
 import data as DM  # noqa: E402
 import metrics as M  # noqa: E402
+import data_mix  # noqa: E402
 import scoring as S  # noqa: E402
 from data import LEVELS  # noqa: E402
 
@@ -146,19 +147,22 @@ def test_make_score_on_real_pyiqa_metadata(tmp_path):
     P.main(["--task", "score", "--koniq", str(koniq), "--spaq", str(spaq), "--livec", str(livec), "--out", str(out),
             "--check_images", "false"])
     meta = json.load(open(out / "meta.json"))
-    splits = {s: [json.loads(l) for l in open(out / f"{s}.jsonl")] for s in ("train", "val", "test")}
+    splits = {s: [json.loads(l) for l in open(out / f"{s}.jsonl")] for s in ("train", "val", "test", "official_val")}
     by = {s: Counter(r["source"] for r in recs) for s, recs in splits.items()}
-    # KonIQ-10k: pyiqa's split column 0/1/2 = the official training/validation/test
-    assert (by["train"]["koniq10k"], by["val"]["koniq10k"], by["test"]["koniq10k"]) == (7058, 1000, 2015)
-    official = {r["img_name"]: {"0": "train", "1": "val", "2": "test"}[r["split"]] for r in krows}
+    # KonIQ-10k: pyiqa's split column 0/1/2 = the official training/validation/test; Q-SiT validates on 10 % of the
+    # training part, so the official validation set is kept aside in official_val.jsonl
+    assert (by["train"]["koniq10k"] + by["val"]["koniq10k"], by["test"]["koniq10k"], by["official_val"]["koniq10k"]) == (7058, 2015, 1000)
+    assert by["val"]["koniq10k"] == pytest.approx(706, abs=2)
+    official = {r["img_name"]: {"0": "train", "1": "official_val", "2": "test"}[r["split"]] for r in krows}
     for s, recs in splits.items():
-        assert all(official[os.path.basename(r["image"])] == s for r in recs if r["source"] == "koniq10k")
+        assert all(official[os.path.basename(r["image"])] == ("train" if s == "val" else s) for r in recs if r["source"] == "koniq10k")
+    assert meta["counts"]["official_val"]["n"] == 1000
     # LIVE Challenge: t1..t7 only in train; SPAQ about 80/20
     t_ids = {r["ref"] for s in ("val", "test") for r in splits[s] if r["source"] == "livec"}
     assert not t_ids & {f"t{i}" for i in range(1, 8)}
     assert sum(r["ref"] in {f"t{i}" for i in range(1, 8)} and r["is_train_only"] for r in splits["train"]) == 7
     assert sum(by[s]["livec"] for s in by) == 1169 and sum(by[s]["spaq"] for s in by) == 11125
-    assert 0.18 < by["test"]["spaq"] / 11125 < 0.22 and by["val"]["spaq"] > 0
+    assert 0.18 < by["test"]["spaq"] / 11125 < 0.22 and by["val"]["spaq"] / (11125 - by["test"]["spaq"]) == pytest.approx(0.1, abs=0.01)
     # records: Q-Align form, levels by equal intervals of the dataset's range, paraphrases only in train
     lo, hi = meta["score_range"]["spaq"]
     for r in splits["train"][:300] + splits["test"][:300]:
@@ -216,33 +220,50 @@ def test_instruction_reader_keeps_multi_turn(tmp_path):
 
 
 # ============================================================================ data mix and balance
-def test_mix_sampling_proportions():
-    sizes, mix = {"score": 100, "interpret": 40, "general": 50}, DM.parse_mix("score:1.0,interpret:2.5,general:1.04")
-    assert mix == {"score": 1.0, "interpret": 2.5, "general": 1.04}
+def test_mix_weights_are_record_ratios_relative_to_the_first_source():
+    sizes, mix = {"a": 100, "b": 1000, "c": 300}, DM.parse_mix("a:1.0,b:2.5,c:1.04")
+    assert mix == {"a": 1.0, "b": 2.5, "c": 1.04} and DM.mix_counts(sizes, mix) == {"a": 100, "b": 250, "c": 104}
     sample = DM.epoch_sample(sizes, mix, seed=0, epoch=0)
-    counts = Counter(name for name, _ in sample)
-    assert counts == {"score": 100, "interpret": 100, "general": 52}  # n * w (floor(w) passes + a random frac)
-    per = Counter(sample)
-    assert all(per[("score", i)] == 1 for i in range(100)) and all(per[("interpret", i)] >= 2 for i in range(40))
+    assert Counter(name for name, _ in sample) == {"a": 100, "b": 250, "c": 104}
+    assert len(set(sample)) == len(sample)  # each source holds enough: no record twice
     assert sample == DM.epoch_sample(sizes, mix, 0, 0) and sample != DM.epoch_sample(sizes, mix, 0, 1)
+    # more than a source holds: full passes plus a drawn rest, and the mixer says so
+    small = {"score": 100, "interpret": 40}
+    sample = DM.epoch_sample(small, {"score": 1.0, "interpret": 2.5}, 0, 0)
+    per = Counter(sample)
+    assert Counter(n for n, _ in sample) == {"score": 100, "interpret": 250}
+    assert all(6 <= per[("interpret", i)] <= 7 for i in range(40)) and sum(per[("interpret", i)] == 7 for i in range(40)) == 10
+    m = DM.Mixer.__new__(DM.Mixer)
+    m.mix, m.system = {"score": 1.0, "interpret": 2.5}, None
+    m.groups, m.val = {"score": list(range(100)), "interpret": list(range(40))}, {"score": [], "interpret": []}
+    text = m.describe()
+    assert "relative to score's 100" in text and "interpret: 250 of 40 (more than it holds: 6 passes + 10 drawn" in text
     for bad in ("score", "score:-1", "score:x", "score:1,score:2", "a:0"):
         with pytest.raises(ValueError):
             DM.parse_mix(bad)
 
 
-def test_balance_moves_the_mix_toward_the_task_behind():
-    mix = {"score": 1.0, "interpret": 2.0}
-    new, ratio, action = DM.balance_mix(mix, {"score": 2.0, "interpret": 1.0}, lam=1.0, step=0.1)
-    assert ratio == 2.0 and action == "more score" and new["score"] > 1.0 and new["interpret"] < 2.0
-    new, _, action = DM.balance_mix(mix, {"score": 0.5, "interpret": 1.0}, lam=1.0)
-    assert action == "more interpret" and new["score"] < 1.0 and new["interpret"] > 2.0
+def test_balance_grows_the_side_behind_per_eqs_9_and_10():
+    mix = {"score": 1.0, "interpret": 2.5, "general": 1.04}
+    new, ratio, action = DM.balance_mix(mix, {"score": 2.0, "interpret": 1.0}, lam=1.0, step=0.1)  # L_S/L_I > λ: |D1| up
+    assert ratio == 2.0 and action == "more score" and new == {"score": 1.1, "interpret": 2.5, "general": 1.04}
+    new, _, action = DM.balance_mix(mix, {"score": 0.5, "interpret": 1.0}, lam=1.0)  # < λ: |D2+D3| up, at their ratio
+    assert action == "more interpret+general" and new == {"score": 1.0, "interpret": 2.75, "general": 1.144}
     assert DM.balance_mix(mix, {"score": 1.01, "interpret": 1.0}, lam=1.0)[0] == mix  # within tolerance
-    # a scripted run: λ from the first evaluation, then the scoring loss drifts up, then down
+    # scripted epochs against λ = 1/4.66 (the paper's): records per source move by eqs 9-10, once per call
     m = DM.Mixer.__new__(DM.Mixer)
     m.mix, m.lam, m.score, m.interp = dict(mix), None, "score", "interpret"
-    recs = [m.balance({"score": s, "interpret": 1.0}) for s in (0.8, 0.8, 1.2, 1.2, 0.5)]
-    assert recs[0]["lambda"] == 0.8 and [r["action"] for r in recs] == ["keep", "keep", "more score", "more score", "more interpret"]
-    assert recs[3]["mix"]["score"] == pytest.approx(1.21) and recs[4]["mix"]["score"] == pytest.approx(1.1)
+    m.groups = {"score": list(range(1000)), "interpret": list(range(5000)), "general": list(range(5000))}
+    lam = 1 / 4.66
+    recs = [m.balance({"score": s, "interpret": 1.0}, lam=lam) for s in (0.15, 0.15, lam, 0.30)]
+    assert [r["action"] for r in recs] == ["more interpret+general"] * 2 + ["keep", "more score"]
+    assert [r["records"] for r in recs] == [{"score": 1000, "interpret": 2750, "general": 1144},
+                                            {"score": 1000, "interpret": 3025, "general": 1258},
+                                            {"score": 1000, "interpret": 3025, "general": 1258},
+                                            {"score": 1100, "interpret": 3025, "general": 1258}]
+    assert all(r["lambda"] == pytest.approx(lam, abs=1e-5) for r in recs)
+    m.mix, m.lam = dict(mix), None  # no λ given: the first epoch's own ratio (not the paper's; train.py says so)
+    assert m.balance({"score": 0.8, "interpret": 1.0})["lambda"] == 0.8
 
 
 def mini_demo(folder, n=24):
@@ -269,9 +290,9 @@ def test_demo_views_and_mixer(tmp_path):
     assert it[0]["conversations"][1]["value"].endswith(f"Overall, the quality of the image is {it[0]['level']}.")
     mixer = DM.Mixer(f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}", "score:1,interpret:2", seed=0, val_frac=0.25,
                        score_system=S.SYSTEM_PREFIX)
-    n_score, n_interp = len(mixer.groups["score"]), len(mixer.groups["interpret"])
+    n_score = len(mixer.groups["score"])
     assert n_score + len(mixer.val["score"]) == 18 and mixer.val["score"] and mixer.val["interpret"]
-    assert Counter(mixer.records[i]["task"] for i in mixer.order(0)) == {"score": n_score, "describe": 2 * n_interp}
+    assert Counter(mixer.records[i]["task"] for i in mixer.order(0)) == {"score": n_score, "describe": 2 * n_score}
     assert all(r["conversations"][0] == {"from": "system", "value": S.SYSTEM_PREFIX}
                for r in mixer.records if r["task"] == "score")  # several sources: the system turn on scoring
     assert all(r["conversations"][0]["from"] == "human" for r in mixer.records if r["task"] == "describe")
@@ -285,15 +306,19 @@ def test_train_mix_balance_end_to_end(tmp_path):
     for task in ("score", "interpret"):
         P.main(["--task", task, "--demo", str(tmp_path / "demo"), "--out", str(tmp_path / f"demo_{task}"), "--val_frac", "0.2"])
     out = tmp_path / "run"
+    n_score = len((tmp_path / "demo_score" / "train.jsonl").read_text().splitlines())
+    epoch_steps = 3 * n_score // 4  # score:1,interpret:2 draws n_score + 2 n_score records; batches of 4
     r = subprocess.run([sys.executable, "train.py", "config/demo.py", "--data", f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}",
-                        "--mix", "score:1,interpret:2", "--balance", "true", "--eval_every", "2", "--max_steps", "4",
-                        "--batch_size", "4", "--out", str(out), "--balance_step", "0.5"],
+                        "--mix", "score:1,interpret:2", "--balance", "true", "--balance_lambda", "100", "--max_steps", str(epoch_steps + 1),
+                        "--batch_size", "4", "--out", str(out), "--balance_step", "0.5", "--eval_every", "100"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     evals = [json.loads(l) for l in open(out / "log.jsonl") if "val_loss" in l]
-    assert [e["step"] for e in evals] == [2, 4] and all(set(e["val_loss"]) == {"score", "interpret"} for e in evals)
-    assert evals[0]["lambda"] == pytest.approx(evals[0]["ratio"], abs=1e-4) and evals[0]["action"] == "keep"
-    assert all({"ratio", "mix", "mix_before", "action"} <= set(e) for e in evals)
+    assert [(e["step"], e["epoch"]) for e in evals] == [(epoch_steps, 0)]  # once, at the epoch's end
+    assert all(set(e["val_loss"]) == {"score", "interpret"} for e in evals)
+    assert evals[0]["action"] == "more interpret" and evals[0]["mix"] == {"score": 1.0, "interpret": 3.0}  # ratio < λ = 100
+    assert all({"ratio", "mix", "mix_before", "action", "records"} <= set(e) for e in evals)
+    assert "relative to score's" in r.stdout
     assert json.load(open(out / "config.json"))["mix"] == "score:1,interpret:2"
 
 
@@ -301,10 +326,10 @@ def test_train_mix_balance_end_to_end(tmp_path):
 def test_poly_argmax_on_known_curve():
     x = np.array([0.25, 0.5, 1, 1.5, 2, 3, 4])
     y = 3 - 0.05 * (x - 1.7) ** 4 - 0.4 * (x - 1.7) ** 2  # a degree-4 polynomial, maximum at 1.7
-    best, coeffs, deg = S.poly_argmax(x, y, degree=4)
+    best, coeffs, deg = data_mix.poly_argmax(x, y, degree=4)
     assert deg == 4 and best == pytest.approx(1.7, abs=0.003)
     np.testing.assert_allclose(np.polyval(coeffs, x), y, atol=1e-9)
-    best3, _, deg3 = S.poly_argmax([0, 1, 2], [0, 1, 0])  # fewer points: the degree drops
+    best3, _, deg3 = data_mix.poly_argmax([0, 1, 2], [0, 1, 0])  # fewer points: the degree drops
     assert deg3 == 2 and best3 == pytest.approx(1.0, abs=1e-3)
 
 
