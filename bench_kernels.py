@@ -10,6 +10,7 @@ Variants, each timed as forward + backward (torch.autograd.grad) of loss.mean() 
   ours_inplace  the same with inplace_backward=True (gradient written over the logits buffer)
   eager         F.cross_entropy(logits.float(), label_smoothing) + softmax(logits[:, level_ids]), autograd
   compiled      torch.compile(eager)
+  liger         Liger-Kernel's LigerCrossEntropyLoss (GPU, when installed)
 Before timing, loss / probs / gradient of every variant are checked against `eager` (exit 1 on mismatch).
 
 Peak memory = the most bytes of torch tensors alive at once during one step, beyond what was alive
@@ -53,6 +54,20 @@ def ours(x, y, lv):
 
 def ours_inplace(x, y, lv):
     return kernels.level_cross_entropy(x, y, lv, EPS, inplace_backward=True)
+
+
+def liger_variant():
+    """Liger-Kernel's fused cross-entropy (Triton, GPU only) as another baseline, or None when it is not installed.
+    It computes the loss only: the level probabilities come from a plain softmax, outside the timed comparison's point."""
+    try:
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+    except ImportError:
+        return None
+    ce = LigerCrossEntropyLoss(label_smoothing=EPS, reduction="none")
+
+    def liger(x, y, lv):
+        return ce(x, y), torch.softmax(x.detach().float()[:, lv], dim=-1)
+    return liger
 
 
 def sync(device):
@@ -192,6 +207,10 @@ def main():
     variants = {"eager": eager, "ours": ours, "ours_inplace": ours_inplace}
     if not args.no_compile:
         variants["compiled"] = torch.compile(eager)
+    if gpu and liger_variant() is not None:
+        variants["liger"] = liger_variant()
+    elif gpu:
+        print("# liger-kernel not installed (pip install liger-kernel): no Liger baseline")
     machine = dict(device=torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
                    threads=torch.get_num_threads(), torch=torch.__version__, backend=be,
                    cpu_kernel=getattr(kernels.iqa_vlm_ext, "cpu_kernel", lambda: None)())

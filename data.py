@@ -106,6 +106,50 @@ def _find(seq, sub, start):
     return -1
 
 
+def augment_image(img, mode, rng):
+    """--augment: flip = a left-right flip half the time; flip_rot = one of the 8 flips/rotations (PIL transpose codes:
+    0 left-right, 2/3/4 rotate 90/180/270, 5/6 transpose/transverse, 7 = unchanged). rng: a random.Random."""
+    if mode == "flip":
+        return img.transpose(0) if rng.random() < 0.5 else img
+    code = rng.randrange(8)
+    return img if code == 7 else img.transpose(code)
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """One epoch's training batches, in order, from batch `start` on: batch b holds records order[b*B:(b+1)*B], encoded
+    (image loading, augmentation, processor) wherever the DataLoader runs it, a worker process or the main one. Each
+    image's augmentation is drawn from its own seeded generator (key, b, position), so the batches are the same
+    whatever the number of workers, and a resumed run starting at batch b gets exactly the batches it would have."""
+
+    def __init__(self, processor, records, order, batch_size, n_batches, start=0, augment="none", key=""):
+        self.processor, self.records, self.order, self.batch_size = processor, records, order, batch_size
+        self.n_batches, self.start, self.augment, self.key = n_batches, start, augment, key
+
+    def __len__(self):
+        return max(0, self.n_batches - self.start)
+
+    def __getitem__(self, k):
+        b = self.start + k
+        recs = [self.records[i] for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]]
+        rngs = [random.Random(f"{self.key}:{b}:{j}") for j in range(len(recs))]
+        transform = None
+        if self.augment != "none":
+            rng_iter = iter(rngs)
+            transform = lambda img: augment_image(img, self.augment, next(rng_iter))
+        return encode_batch(self.processor, recs, transform=transform), len(recs)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)  # a worker prepares batches; the main process's threads do the math
+
+
+def batch_loader(dataset, num_workers, pin_memory=False):
+    """The DataLoader over EpochBatches: workers prefetch whole batches while the main process trains."""
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
+                                       pin_memory=pin_memory, prefetch_factor=4 if num_workers else None,
+                                       worker_init_fn=_worker_init if num_workers else None)
+
+
 def encode_batch(processor, records, train=True, transform=None):
     """Training batch: full conversations, labels only on assistant turns.
 
@@ -154,7 +198,7 @@ def answer_prefix_text(processor, messages, answer_prefix):
     return full[:full.index(marker)].rstrip(" ")
 
 
-def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_side="right", after_prompt=""):
+def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_side="right", after_prompt="", transform=None):
     """Prompts only (user turns), optionally followed by a teacher-forced answer prefix (one string for all
     records, or a list with one per record), rendered by the chat template; or followed by `after_prompt`, raw text
     put after the generation prompt as it is (Q-SiT's evaluation appends "The quality of this image is " so).
@@ -170,7 +214,8 @@ def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_
             convs = [{"from": convs[0]["from"], "value": convs[0]["value"] + "\n" + suffix}]
         msgs = to_messages(system + convs, bool(r.get("image")))
         if r.get("image"):
-            images.append(load_image(r["image"]))
+            img = load_image(r["image"])
+            images.append(transform(img) if transform else img)  # e.g. test-time flips (distortion --tta)
         texts.append(answer_prefix_text(processor, msgs, prefix) if prefix
                      else render(processor, msgs, add_generation_prompt=True) + after_prompt)
     enc = tokenize_batch(processor, texts, images, padding_side, records)
@@ -458,10 +503,14 @@ class Mixer:
     def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=256, score_system=None, interpret_val=None):
         dirs = [d for d in data_dirs.split(",") if d] if isinstance(data_dirs, str) else list(data_dirs)
         self.mix, self.seed = parse_mix(spec), seed
+        if interpret_val is not None and sum(w > 0 for w in self.mix.values()) < 2:
+            raise ValueError(f"--interpret_val: the mix {spec!r} has no second (interpreting) source")
         self.system = score_system if score_system and uses_system_prefix(spec) else None
         names = list(self.mix)
-        # Algorithm 1's D1 (scoring) and D2 (interpreting) are the mix's first and second sources; D3.. the rest
-        self.score, self.interp = names[0], names[1] if len(names) > 1 else None
+        # Algorithm 1's D1 (scoring) and D2 (interpreting): the mix's first and second sources of weight > 0 (the first is
+        # also the base of the record ratios, mix_counts); D3.. the rest
+        drawn = [n for n in names if self.mix[n] > 0]
+        self.score, self.interp = drawn[0], drawn[1] if len(drawn) > 1 else None
         self.records, self.groups, self.val = [], {n: [] for n in names}, {n: [] for n in names}
         for d in dirs:
             has_val = os.path.exists(os.path.join(d, "val.jsonl"))
@@ -475,7 +524,8 @@ class Mixer:
                                          f"{ {k: list(v) for k, v in MIX_GROUPS.items()} }")
                     if self.system and r.get("task") == "score":
                         r = with_system(r, self.system)
-                    if split == "val" or (not has_val and rng.random() < val_frac):
+                    replaced = interpret_val is not None and name == self.interp  # its val comes from interpret_val
+                    if split == "val" or (not has_val and not replaced and rng.random() < val_frac):
                         self.val[name].append(r)
                     else:
                         self.groups[name].append(len(self.records))
@@ -484,8 +534,6 @@ class Mixer:
         if empty:
             raise ValueError(f"--mix: no training records for {empty} in {dirs}")
         if interpret_val is not None:  # Q-SiT validates interpreting on LLVisionQA-dev, not on a share of D2
-            if self.interp is None:
-                raise ValueError(f"--interpret_val: the mix {spec!r} has no second (interpreting) source")
             self.val[self.interp] = list(interpret_val)
         for n in names:  # a fixed, seeded subset keeps each evaluation comparable and quick
             random.Random(f"valpick:{seed}:{n}").shuffle(self.val[n])
@@ -516,10 +564,11 @@ class Mixer:
                 + ("; system turn on scoring data" if self.system else ""))
 
     def restore(self, log):
-        """After --resume: the mix and reference of the last balance record in the log."""
+        """After --resume: the mix and reference λ of the last balance record in the log (records of plain evaluations
+        carry the mix but no λ)."""
         for rec in reversed(log):
-            if "mix" in rec:
-                self.mix, self.lam = dict(rec["mix"]), rec.get("lambda")
+            if "lambda" in rec:
+                self.mix, self.lam = dict(rec["mix"]), rec["lambda"]
                 return
 
     @torch.no_grad()

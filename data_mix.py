@@ -2,8 +2,8 @@
 (D3) data, found on a small model, and the reference loss ratio λ that step 3 (train.py --balance) steers by.
 
 Zhang, Wu, Jia, Lin, Zhai, "Teaching LMMs for image quality scoring and interpreting" (Sec. III-C3, IV-B, Fig. 4):
-step 1 trains the small model on D2:D3 mixes (all of D2 with D3 from 1:0.1 to 1:1, then all of D3 with D2 from 1:1 to
-1:10), scores each on LLVisionQA-dev, three repeats, and takes the argmax r* of a degree-4 polynomial fit (paper: D2:D3 =
+step 1 trains the small model on D2:D3 mixes (all of D2 with D3 at 0.1..1 of it, then all of D3 with D2 at 1..0.1 of
+it, i.e. |D2|/|D3| from 10 down to 0.1), scores each on LLVisionQA-dev, three repeats, and takes the argmax r* of a degree-4 polynomial fit (paper: D2:D3 =
 2.42); step 2 mixes |D2 + D3| (at r*) with D1 as the base, |D2+D3|:D1 in [0.1, 0.2, ..., 1, 2, ..., 10], scored on the
 mean of LLVisionQA-dev accuracy and the IQA (SRCC + PLCC) / 2, again fitted (paper: 3.54). Together:
 D1:D2:D3 = 1 : rB r*/(1 + r*) : rB/(1 + r*) (paper: 1.00 : 2.50 : 1.04), and λ = L_S / L_I (paper: about 1 : 4.66).
@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from common import atomic_write, atomic_write_json, atomic_write_png, pyplot
+from common import atomic_write, atomic_write_json, atomic_write_png, pyplot, read_json
 
 # the paper's grids: step 1 as |D2| / |D3| (D3 at 0.1..1 of D2, then D2 at 1..0.1 of D3), step 2 as |D2 + D3| / |D1|
 GRID_A = sorted({round(1 / k, 4) for k in np.arange(0.1, 1.01, 0.1)} | {round(k, 4) for k in np.arange(0.1, 1.01, 0.1)})
@@ -66,24 +66,33 @@ def run_point(out, mix, data, seed, args):
     """Trains one small model on `mix` and evaluates it. -> {qbench accuracy, srcc, plcc, val losses per source}."""
     run = os.path.join(out, f"{mix.replace(':', '_').replace(',', '__')}__seed{seed}")
     py = sys.executable
-    if not os.path.exists(os.path.join(run, "eval_point.json")):
+    point = os.path.join(run, "eval_point.json")
+    settings = {k: args[k] for k in ("model", "max_steps", "train_args", "qbench_val", "qbench_split", "score_data", "iqa_split")}
+    if not os.path.exists(point) or read_json(point).get("settings") != settings:  # a rerun resumes past finished points
+        # each run measures its own fixed mix: no balancing, the validation sets of its own sources
         cmd = [py, "train.py", *args["train_args"].split(), "--model", args["model"], "--data", data, "--mix", mix,
                "--seed", str(seed), "--max_steps", str(args["max_steps"]), "--eval_every", str(args["max_steps"]),
-               "--out", run, "--overwrite", "true", "--log_every", "50"]
+               "--balance", "false", "--interpret_val", "", "--out", run, "--overwrite", "true", "--log_every", "50"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-        result = {"val_loss": [json.loads(line) for line in open(os.path.join(run, "log.jsonl")) if '"val_loss"' in line][-1]["val_loss"]}
+        with open(os.path.join(run, "log.jsonl")) as f:
+            evals = [json.loads(line) for line in f if '"val_loss"' in line]
+        if not evals:
+            raise SystemExit(f"mix-ratio: {run} logged no validation loss (do its sources have val.jsonl or a val_frac share?)")
+        result = {"settings": settings, "val_loss": evals[-1]["val_loss"]}
         subprocess.run([py, "evaluate.py", "qbench", "--ckpt", run, "--data", args["qbench_val"], "--split", args["qbench_split"]],
                        check=True)
-        result["qbench_accuracy"] = json.load(open(os.path.join(run, "eval_qbench.json")))["closed_set"]["overall"]["accuracy"]
+        result["qbench_accuracy"] = read_json(os.path.join(run, "eval_qbench.json"))["closed_set"]["overall"]["accuracy"]
+        if result["qbench_accuracy"] is None:
+            raise SystemExit(f"mix-ratio: {args['qbench_val']} ({args['qbench_split']}) has no question with a known answer")
         if args.get("score_eval"):
             subprocess.run([py, "evaluate.py", "score", "--ckpt", run, "--data", args["score_data"], "--split", args["iqa_split"]],
                            check=True)
-            per = json.load(open(os.path.join(run, "eval_score.json")))["per_source"]
+            per = read_json(os.path.join(run, "eval_score.json"))["per_source"]
             m = per.get("all", next(iter(per.values())))
             result.update(srcc=m["srcc"], plcc=m["plcc"])
-        atomic_write_json(os.path.join(run, "eval_point.json"), result)  # a rerun of the sweep resumes past this point
-    return json.load(open(os.path.join(run, "eval_point.json")))
+        atomic_write_json(point, result)
+    return read_json(point)
 
 
 def sweep(step, ratios, mixes, data, out, args, perf):
@@ -139,10 +148,13 @@ def mix_ratio(points=None, degree=4, out="out/mix_ratio", run=False, score_data=
     if not run:
         if not points:
             raise SystemExit("mix-ratio: give --points CSV (columns ratio,score) or --run true")
-        with open(points, newline="") as f:
-            rows = [{"ratio": float(r["ratio"]), "score": float(r["score"])} for r in csv.DictReader(f)]
-        if not rows:
-            raise SystemExit(f"{points}: expected a CSV with columns ratio,score and at least two rows")
+        try:
+            with open(points, newline="") as f:
+                rows = [{"ratio": float(r["ratio"]), "score": float(r["score"])} for r in csv.DictReader(f)]
+            if len({r["ratio"] for r in rows}) < 2:
+                raise ValueError("fewer than two distinct ratios")
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise SystemExit(f"{points}: expected a CSV with columns ratio,score and at least two distinct ratios ({e})") from None
         result = fit(rows, degree)
         atomic_write_json(os.path.join(out, "mix_ratio.json"), result)
         curve_png(os.path.join(out, "mix_ratio.png"), [result], [("mix ratio", "validation performance")])

@@ -131,9 +131,13 @@ def confusion_png(path, confusion, labels, title):
 
 
 @torch.no_grad()
-def eval_distortion(model, processor, records, batch_size=32, options=False, generate=True, max_new_tokens=12, device="cpu"):
+def eval_distortion(model, processor, records, batch_size=32, options=False, generate=True, max_new_tokens=12, device="cpu",
+                    tta=False):
     """Closed-set argmax over the class tokens after the teacher-forced "The image has some" (through the op), and
-    free generation parsed for the class word. -> accuracy, per-class accuracy, confusion matrices, examples."""
+    free generation parsed for the class word. -> accuracy, per-class accuracy, confusion matrices, examples.
+    tta: the closed-set probabilities averaged over the 8 flips/rotations of each image (our option, for the demo's
+    crops, whose classes do not depend on orientation; the papers evaluate each image once)."""
+    views = [None] + [lambda img, c=c: img.transpose(c) for c in range(7)] if tta else [None]
     label_ids = closed_set_token_ids(processor, LABELS, DISTORTION_PREFIX)
     level_ids = torch.tensor(label_ids, device=device)
     suffix = OPTIONS_SUFFIX if options else None
@@ -144,11 +148,15 @@ def eval_distortion(model, processor, records, batch_size=32, options=False, gen
     for start in range(0, n, batch_size):
         recs = records[start:start + batch_size]
         truth = [LABELS.index(r["label"]) for r in recs]
-        enc, last = encode_prompts(processor, recs, answer_prefix=DISTORTION_PREFIX, suffix=suffix)
-        logits = last_token_logits(model, to_device(enc, model, device), last)
         target = level_ids[torch.tensor(truth, device=device)]
-        loss, probs = level_cross_entropy(logits.float(), target, level_ids)
-        nll_sum += float(loss.sum())
+        probs = 0
+        for k, view in enumerate(views):
+            enc, last = encode_prompts(processor, recs, answer_prefix=DISTORTION_PREFIX, suffix=suffix, transform=view)
+            logits = last_token_logits(model, to_device(enc, model, device), last)
+            loss, view_probs = level_cross_entropy(logits.float(), target, level_ids)
+            probs = probs + view_probs / len(views)
+            if k == 0:  # the NLL of the image as it is
+                nll_sum += float(loss.sum())
         for t, p in zip(truth, probs.argmax(1).tolist()):
             confusion[t][p] += 1
         if generate:
@@ -177,7 +185,7 @@ def eval_distortion(model, processor, records, batch_size=32, options=False, gen
 
 
 def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_size=32, limit=0, generate=True,
-             options="auto", allow_unfinished=False):
+             options="auto", allow_unfinished=False, tta=False):
     """evaluate.py distortion: a fine-tuned run (`ckpt`) or an untuned model (`model`) on the distortion records of
     `data` (default: the run's training data, else data/demo). options: append the options list (auto: only for
     untuned models, the paper's baseline protocol). Writes OUT/eval_distortion.json and OUT/confusion.png, OUT being
@@ -193,7 +201,8 @@ def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_siz
     if not records:
         raise SystemExit(f"no distortion records in {data} ({split})")
     appended = options == "yes" or (options == "auto" and not ckpt)
-    result = eval_distortion(vlm, processor, records, batch_size, appended, generate, device=device)
+    result = eval_distortion(vlm, processor, records, batch_size, appended, generate, device=device, tta=tta)
+    result["tta"] = tta
     result.update({"model": name, "data": data, "split": split, "unfinished_checkpoint": cfg.get("finished") is False})
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "eval_distortion.json"), result)

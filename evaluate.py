@@ -54,6 +54,8 @@ def distortion_args(p):
     p.add_argument("--generate", type=boolean, default=True, help="also answer freely and parse the class word")
     p.add_argument("--options", default="auto", choices=["auto", "yes", "no"],
                    help="append the options list to the question (auto: only for untuned models)")
+    p.add_argument("--tta", type=boolean, default=False,
+                   help="average the closed-set probabilities over the 8 flips/rotations of each image (the demo's option)")
 
 
 def score_args(p):

@@ -62,8 +62,8 @@ def ssim(x, y):
 
 def ms_ssim(x, y, weights=MS_SSIM_WEIGHTS):
     """prod_{scales < last} cs^w * ssim_last^w_last; each scale halves the image by 2 x 2 average pooling (odd sides
-    zero-padded by one, as IQA-PyTorch). A negative cs is taken as 0 (our choice: a fractional power of it has no real
-    value). Images need at least 11 * 2^(scales-1) pixels a side (176 for 5 scales)."""
+    zero-padded by one, as IQA-PyTorch). A negative cs (or last-scale SSIM) is taken as 0 (our choice, as pytorch-msssim's relu: a
+    fractional power of it has no real value). Images need at least 11 * 2^(scales-1) pixels a side (176 for 5 scales)."""
     a, b = luma255(x), luma255(y)
     if min(a.shape[-2:]) < 11 * 2 ** (len(weights) - 1):
         raise ValueError(f"MS-SSIM over {len(weights)} scales needs images of at least {11 * 2 ** (len(weights) - 1)} "
@@ -71,7 +71,7 @@ def ms_ssim(x, y, weights=MS_SSIM_WEIGHTS):
     value = 1.0
     for k, w in enumerate(weights):
         s, cs = ssim_terms(a, b)
-        value *= (s if k == len(weights) - 1 else max(cs, 0.0)) ** w
+        value *= max(s if k == len(weights) - 1 else cs, 0.0) ** w
         pad = (a.shape[2] % 2, a.shape[3] % 2)
         a, b = F.avg_pool2d(a, 2, padding=pad), F.avg_pool2d(b, 2, padding=pad)
     return value

@@ -93,7 +93,11 @@ def feature_fn(spec):
     kind, _, name = spec.partition(":")
     if kind == "clip" and name:
         from transformers import CLIPVisionModelWithProjection
-        clip = CLIPVisionModelWithProjection.from_pretrained(name).eval()
+        try:
+            clip = CLIPVisionModelWithProjection.from_pretrained(name).eval()
+        except OSError as e:
+            raise SystemExit(f"--features clip:{name}: cannot load a CLIP vision model ({e}); give a local folder, "
+                             f"vlm:MODEL_OR_CKPT, or thumbnail") from None
         side = clip.config.image_size
 
         @torch.no_grad()

@@ -361,7 +361,7 @@ def read_koniq10k(root, meta_file=None, check_images=True, resolution=None):
         extra["score_column"] = "mos"
     info = dict(source=source, layout=layout, direction="higher_better", metadata_file=meta, n_rows=len(rows),
                 root=root, image_dir=image_dir, **extra)
-    F.finish(items, files, info, check_images)
+    items, info = F.finish(items, files, info, check_images)  # its items: duplicates and skipped images left out
     if any(it.get("split") for it in items):
         info["split"] = {it["id"]: it["split"] for it in items if it.get("split")}
         info["split_counts"] = dict(Counter(info["split"].values()))

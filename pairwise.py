@@ -8,9 +8,12 @@ and Bradley-Terry (an alternative).
 Wu et al. (ECCV 2024, the MLLM-for-IQA study; released code TianheWu/MLLMs-for-IQA, utils.optimize_score): C[i, j]
 counts the times i was judged better than j, a tie adds one to both C[i, j] and C[j, i]; the scores maximise
 sum_ij C_ij log max(Phi(s_i - s_j), 1e-6) - sum_i s_i^2 / 2 (unit-variance Case V, a standard normal prior on each
-score) subject to sum_i s_i = 0, and are min-max scaled to [0, 100]. The objective is strictly convex, so its optimum
-does not depend on the start: we start from zeros where the authors start from a seeded random vector.
+score) subject to sum_i s_i = 0, and are min-max scaled to [0, 100]. Without the clip the objective is strictly convex;
+the clip only bites at differences beyond about 4.75 standard deviations. We start from zeros where the authors start
+from a seeded random vector, and say so on stderr when the optimiser reports no convergence.
 """
+import sys
+
 import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import norm
@@ -56,6 +59,8 @@ def thurstone_map(C, scale=True):
     res = minimize(thurstone_objective, np.zeros(n), args=(C,), jac=True, method="SLSQP",
                    constraints=[{"type": "eq", "fun": lambda s: s.sum(), "jac": lambda s: np.ones_like(s)}],
                    options={"maxiter": 1000, "ftol": 1e-12})
+    if not res.success:
+        print(f"thurstone_map: SLSQP did not converge ({res.message}); using its last point", file=sys.stderr)
     s = res.x - res.x.mean()
     if not scale:
         return s

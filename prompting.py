@@ -223,17 +223,17 @@ SCORE_NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
 
 
 def parse_paper(protocol, text):
-    """The authors' reading: the numbers after the first 'Score:', exactly 1 (single, double) or 4 (multiple); a
-    double answer must be 0, 1 or 2 and ranks 0..3. Anything else -> None."""
-    at = text.find("Score:")
-    if at < 0:
+    """The authors' reading: the numbers between the first 'Score:' and the next one (their split("Score:")[1]),
+    exactly 1 (single, double) or 4 (multiple); anything else -> None. A double answer other than 0, 1, 2 is read but,
+    as in their count matrix, adds no comparison (to_pairs)."""
+    parts = text.split("Score:")
+    if len(parts) < 2:
         return None
-    values = [float(v) for v in SCORE_NUMBER.findall(text[at + len("Score:"):])]
-    if protocol == "single":
-        return values[0] if len(values) == 1 else None
-    if protocol == "double":
-        return int(values[0]) if len(values) == 1 and values[0] in (0, 1, 2) else None
-    return [int(v) for v in values] if len(values) == 4 and all(v in (0, 1, 2, 3) for v in values) else None
+    values = [float(v) for v in SCORE_NUMBER.findall(parts[1])]
+    n = 4 if protocol == "multiple" else 1
+    if len(values) != n:
+        return None
+    return values[0] if protocol == "single" else int(values[0]) if protocol == "double" else [int(v) for v in values]
 
 
 def random_answer(protocol, rng):
@@ -261,7 +261,7 @@ def to_pairs(protocol, ids, parsed):
     if parsed is None:
         return []
     if protocol == "double":
-        return [(ids[0], ids[1], {1: 1.0, 0: 0.0, 2: 0.5}[parsed])]
+        return [(ids[0], ids[1], {1: 1.0, 0: 0.0, 2: 0.5}[parsed])] if parsed in (0, 1, 2) else []
     if protocol == "multiple":
         return [(ids[i], ids[j], 1.0 if parsed[i] > parsed[j] else 0.0 if parsed[i] < parsed[j] else 0.5)
                 for i in range(4) for j in range(i + 1, 4)]

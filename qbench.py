@@ -91,13 +91,14 @@ def read_llvisionqa(path, image_root=None):
         answer = e.get("correct_ans")
         answer = answer[0] if isinstance(answer, list) and len(answer) == 1 else answer
         if answer in (None, "N/A"):  # the test split's answers are withheld
-            answer, hidden = None, hidden + 1
+            answer = None
         elif answer not in cands:
             raise ValueError(f"{where}: correct_ans {answer!r} is not one of the candidates {cands}")
         image = os.path.join(image_root, e["img_path"])
         if not os.path.isfile(image):
             missing.append(e["img_path"])
             continue
+        hidden += answer is None
         records.append(mcq_record(f"{source}/{i}", image, e["question"], cands, answer,
                                   _category(e.get("type"), TYPES, "type", where),
                                   _category(e.get("concern"), CONCERNS, "concern", where), source, entry=e))
@@ -113,7 +114,10 @@ def make_qbench(path, out, image_root=None, split=None):
     """prepare_data.py --task qbench --qbench_json: every entry into one split (default: test when the answers are
     withheld, else val, as Q-SiT validates on LLVisionQA-dev)."""
     records, report = read_llvisionqa(path, image_root)
-    split = split or ("test" if report["hidden_answers"] == len(records) else "val")
+    if 0 < report["hidden_answers"] < len(records):
+        raise ValueError(f"{path}: {report['hidden_answers']} of {len(records)} questions have no answer: expected all "
+                         f"(LLVisionQA-test) or none (LLVisionQA-dev)")
+    split = split or ("test" if report["hidden_answers"] else "val")
     print(f"{path}: {report['kept']} of {report['entries']} questions, {report['missing_images']} with a missing image left "
           f"out, {report['hidden_answers']} with the answer withheld -> {split}")
     splits = {s: (records if s == split else []) for s in ("train", "val", "test")}

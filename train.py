@@ -40,7 +40,7 @@ import time
 import torch
 
 from common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
-from data import LABELS, Mixer, encode_batch, load_records
+from data import LABELS, EpochBatches, Mixer, batch_loader, load_records
 from kernels import backend, level_cross_entropy
 from model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
                    parse_trainable, set_trainable)
@@ -74,6 +74,9 @@ resume = False                 # continue from OUT's last checkpoint (optimizer 
 overwrite = False              # train into an OUT that holds a run (its evaluation outputs are removed first)
 seed = 1337
 num_threads = 0                # torch CPU threads; 0 = torch's default
+num_workers = -1               # data loader worker processes (image loading, augmentation, processor); -1 = on a GPU the
+                               # CPUs per process minus one (at most 8), on the CPU 0 (the math needs every core); 0 = in
+                               # the main process
 check_ddp_sync = False         # at the end, compare a hash of the trained tensors across ranks
 mix = ""                       # sample the --data sources per epoch, e.g. score:1.0,interpret:2.5,general:1.04: weights are
                                # record ratios relative to the first source's size (names: a folder's base name or a task
@@ -119,10 +122,12 @@ for key in ("lr", "grad_clip", "balance_step", "gpu_mem"):
     require(math.isfinite(config[key]) and config[key] > 0, f"--{key} must be a finite number > 0, got {config[key]}")
 for key in ("warmup_frac", "label_smoothing", "val_frac", "lora_dropout", "balance_tol"):
     require(0 <= config[key] < 1, f"--{key} must be in [0, 1), got {config[key]}")
+require(num_workers >= -1, f"--num_workers must be -1 (auto), 0 or a positive count, got {num_workers}")
 require(0 <= min_lr_frac <= 1, f"--min_lr_frac must be in [0, 1], got {min_lr_frac}")
 require(augment in ("none", "flip", "flip_rot"), f"--augment must be none, flip or flip_rot, got {augment!r}")
 require(not interpret_val or os.path.isfile(os.path.join(interpret_val, "val.jsonl")),
         f"--interpret_val {interpret_val}: no val.jsonl there (prepare_data.py --task qbench writes one)")
+require(not interpret_val or mix, "--interpret_val replaces the interpreting source's validation set of a --mix: give --mix")
 require(not (resume and overwrite), "--resume true continues OUT's run and --overwrite true replaces it: give one")
 try:
     parse_trainable(trainable)
@@ -130,6 +135,12 @@ except ValueError as e:
     raise SystemExit(f"train.py: {e}") from None
 
 ddp, rank, local_rank, world_size, device = setup_distributed()
+local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+# on a CPU-only run a worker takes a core from the math: the 2-core demo trains at 153 samples/s with 0 workers and
+# 2 threads, 152 with 1 worker and 1 thread, 131 with 1 worker and 2 threads (bench_train.py --loader true, README)
+workers = num_workers if num_workers >= 0 else \
+    min(8, max(0, (os.cpu_count() or 1) // local_world - 1)) if torch.cuda.is_available() else 0
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used inside forked workers
 master = rank == 0
 print0 = print if master else (lambda *a, **k: None)
 if num_threads:
@@ -198,8 +209,12 @@ if grad_ckpt:
     enable_checkpointing(vlm)
 mixer = None
 if mix:  # named sources sampled by weight per epoch, validation sets, --balance (data.Mixer)
-    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, score_system=SYSTEM_PREFIX,
-                  interpret_val=load_records(interpret_val, "val") if interpret_val else None)
+    held_out = load_records(interpret_val, "val") if interpret_val else None
+    unanswered = [r.get("id") for r in held_out or [] if not any(c["from"] in ("gpt", "assistant") for c in r["conversations"])]
+    if not held_out and interpret_val or unanswered:
+        raise SystemExit(f"--interpret_val {interpret_val}: val.jsonl has {len(held_out)} records, {len(unanswered)} without an "
+                         f"answer (e.g. {unanswered[:2]}): a validation loss needs answers (LLVisionQA-dev, not -test)")
+    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, score_system=SYSTEM_PREFIX, interpret_val=held_out)
     print0(mixer.describe())
 elif balance:
     raise SystemExit("--balance needs --mix (e.g. --mix score:1.0,interpret:1.0)")
@@ -217,7 +232,7 @@ if missing:  # met mid-epoch, hours in, a missing image would end the run; it en
     raise SystemExit(f"train.py: {len(missing)} of {len(train_records)} training images in {data} are missing, e.g. "
                      f"{missing[:3]}")
 print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size} x {grad_accum} accum; "
-       f"loss kernel: {backend(device)}")
+       f"loss kernel: {backend(device)}; data loader workers: {workers}")
 
 
 net = SupervisedLogits(vlm)
@@ -256,12 +271,13 @@ def epoch_order(epoch):
     return perm[rank::world_size][:per_rank]
 
 
-def augment_image(img):
-    # PIL transpose codes: 0 = left-right flip, 2/3/4 = rotate 90/180/270, 5/6 = transpose/transverse
-    if augment == "flip":
-        return img.transpose(0) if random.random() < 0.5 else img
-    code = random.randrange(8)
-    return img if code == 7 else img.transpose(code)
+def epoch_batches(epoch, start):
+    """(the epoch's order, an iterator over its batches from `start`): a DataLoader whose workers prepare the batches
+    (data.EpochBatches; the same batches whatever --num_workers)."""
+    order = epoch_order(epoch)
+    n_batches = len(order) // (batch_size * grad_accum) * grad_accum  # = steps_per_epoch * grad_accum without --mix
+    dataset = EpochBatches(processor, train_records, order, batch_size, n_batches, start, augment, f"{seed}:{rank}:{epoch}")
+    return n_batches, iter(batch_loader(dataset, workers, pin_memory=on_gpu))
 
 
 total_steps = max_steps or (0 if max_minutes else epochs * steps_per_epoch)
@@ -297,7 +313,7 @@ def lr_factor(step, elapsed_min):
 # a finished (or interrupted) run is never overwritten by surprise; evaluation outputs of a replaced run would sit
 # beside weights they were not computed from, so they go with it
 RUN_FILES = ("config.json", "trainable.safetensors", "resume.pt")
-STALE = re.compile(r"^(eval_.*\.json|confusion\.png|predictions_.*\.jsonl|score_table\.json|instability_.*|"
+STALE = re.compile(r"^(eval_.*\.json|confusion\.png|loss\.png|predictions_.*\.jsonl|score_table\.json|instability_.*|"
                    r"(answers|scores)_prompting_.*\.jsonl)$")
 if master:
     try:
@@ -392,6 +408,26 @@ def save(final=False):
     saved_step = step
 
 
+def curves_png(path, log):
+    """Training loss (and validation losses with --mix) against step, the learning rate on a second axis."""
+    from common import atomic_write_png, pyplot
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    steps = [r for r in log if "loss" in r]
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="train loss")
+    for name in sorted({k for r in log for k in r.get("val_loss", {})}):
+        pts = [(r["step"], r["val_loss"][name]) for r in log if name in r.get("val_loss", {})]
+        ax.plot(*zip(*pts), "o-", ms=3, lw=1, label=f"val loss {name}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8, loc="upper right")
+    lr_ax = ax.twinx()
+    lr_ax.plot([r["step"] for r in steps], [r["lr"] for r in steps], color="0.6", lw=1, ls="--")
+    lr_ax.set_ylabel("lr (dashed)")
+    fig.tight_layout()
+    atomic_write_png(path, fig)
+
+
 # ----------------------------------------------------------------------------- training loop
 signalled = []  # SIGTERM (a preemption) or SIGINT (Ctrl-C): finish the step, save, exit
 
@@ -405,8 +441,8 @@ signal.signal(signal.SIGINT, on_signal)
 vlm.train()
 t_start = time.time()
 last_save = time.time()
-t_log, samples_since_log, elapsed_min = time.time(), 0, elapsed_before
-order = epoch_order(epoch)
+t_log, samples_since_log, elapsed_min, data_wait = time.time(), 0, elapsed_before, 0.0
+epoch_len, batches = epoch_batches(epoch, batch_in_epoch)
 while True:
     elapsed_min = elapsed_before + (time.time() - t_start) / 60
     stop = (max_steps and step >= max_steps) or (max_minutes and elapsed_min >= max_minutes) or \
@@ -431,16 +467,21 @@ while True:
     for g in optimizer.param_groups:
         g["lr"] = g["peak_lr"] * factor
     loss_sum, n_tokens = 0.0, 0
-    if batch_in_epoch >= len(order) // (batch_size * grad_accum) * grad_accum:  # = steps_per_epoch * grad_accum without --mix
+    if batch_in_epoch >= epoch_len:
         if mixer:  # the epoch's end: validation losses per source; --balance sets the next epoch's mix (eqs 9-10)
             evaluate_mix(f"epoch {epoch} end", balance)
         epoch, batch_in_epoch = epoch + 1, 0
-        order = epoch_order(epoch)
+        if not max_steps and not max_minutes and epoch >= epochs:
+            break  # the last epoch is done (its evaluation too): no step of an epoch that will not run
+        epoch_len, batches = epoch_batches(epoch, 0)
+        if not max_steps and not max_minutes:  # a balanced mix changes the epochs' length: the schedule follows
+            total_steps = step + (epochs - epoch) * (epoch_len // grad_accum)
     for micro in range(grad_accum):
-        idx = order[batch_in_epoch * batch_size:(batch_in_epoch + 1) * batch_size]
+        t_wait = time.time()
+        batch, n_samples = next(batches)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        data_wait += time.time() - t_wait
         batch_in_epoch += 1
-        batch = encode_batch(processor, [train_records[i] for i in idx], transform=augment_image if augment != "none" else None)
-        batch = {k: v.to(device) for k, v in batch.items()}
         sync = (not ddp) or micro == grad_accum - 1
         ctx = net.no_sync() if not sync else torch.enable_grad()
         with ctx, torch.autocast(device_type="cuda" if on_gpu else "cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -450,7 +491,7 @@ while True:
             loss = level_cross_entropy(logits, targets, label_smoothing=label_smoothing, inplace_backward=True)[0].mean()
         (loss / grad_accum).backward()
         loss_sum += loss.item() / grad_accum
-        samples_since_log += len(idx)
+        samples_since_log += n_samples
     grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
     if not (math.isfinite(loss_sum) and math.isfinite(float(grad_norm))):  # a diverged run stops before the update
         raise SystemExit(f"train.py: non-finite {'loss' if not math.isfinite(loss_sum) else 'gradient norm'} at step "
@@ -467,15 +508,17 @@ while True:
             __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss / 2**20
         rec = {"step": step, "epoch": epoch, "loss": round(loss_sum, 5), "lr": optimizer.param_groups[0]["lr"],
                "grad_norm": round(float(grad_norm), 4), "samples_per_s": round(samples_since_log * world_size / dt, 1),
-               "mem_gb": round(mem, 3), "minutes": round(elapsed_min, 2)}
+               "data_wait": round(data_wait / dt, 3), "mem_gb": round(mem, 3), "minutes": round(elapsed_min, 2)}
         log.append(rec)
         print0(f"step {step:5d} | epoch {epoch} | loss {loss_sum:.4f} | lr {rec['lr']:.2e} | "
-               f"{rec['samples_per_s']:.0f} samples/s | {rec['minutes']:.1f} min")
-        t_log, samples_since_log = time.time(), 0
-    if mixer and eval_every and step % eval_every == 0:  # validation losses logged between epoch ends
-        evaluate_mix(f"step {step:5d}", False)
+               f"{rec['samples_per_s']:.0f} samples/s | data wait {rec['data_wait']:.0%} | {rec['minutes']:.1f} min")
+        t_log, samples_since_log, data_wait = time.time(), 0, 0.0
+    if mixer and eval_every and step % eval_every == 0 and batch_in_epoch < epoch_len:  # between epoch ends (an epoch's
+        evaluate_mix(f"step {step:5d}", False)                                          # end evaluates anyway)
 save(final=True)
-print0(f"done: {step} steps in {elapsed_min:.1f} min -> {out}")
+if master:
+    curves_png(os.path.join(out, "loss.png"), log)
+print0(f"done: {step} steps in {elapsed_min:.1f} min -> {out} (loss.png: the curves)")
 if export and master:
     export_checkpoint(out, export)
 if ddp and check_ddp_sync:  # DDP keeps replicas equal by construction; this proves it, bit for bit

@@ -117,7 +117,8 @@ def test_paper_prompts_hold_the_printed_sentences(protocol, prompting):
 def test_paper_answers_are_read_as_the_authors_read_them():
     assert P.parse_paper("single", "Description: sharp. Score: 73.5") == 73.5
     assert P.parse_paper("single", "score 73") is None and P.parse_paper("single", "Score: 70 or 80") is None
-    assert P.parse_paper("double", "Score: 1") == 1 and P.parse_paper("double", "Score: 3") is None
+    assert P.parse_paper("double", "Score: 1") == 1 and P.parse_paper("double", "Score: 1. Score: 0") == 1
+    assert P.parse_paper("double", "Score: 3") == 3 and P.to_pairs("double", ["a", "b"], 3) == []  # read, no comparison
     assert P.parse_paper("multiple", "Score: [first: 0, second: 3, third: 2, fourth: 1]") == [0, 3, 2, 1]
     assert P.parse_paper("multiple", "Score: [first: 0, second: 3]") is None
 
@@ -506,6 +507,29 @@ def test_expert_fr_metrics(tmp_path):
     x, y = E._rgb01(tmp_path / "dist.png"), E._rgb01(tmp_path / "ref.png")
     assert E.ms_ssim(x, x) == pytest.approx(1.0) and E.ms_ssim(x, y, weights=[1.0]) == pytest.approx(s["ssim"])
     assert 0 < s["ms_ssim"] < 1
+    # MS-SSIM against a separate float64 implementation (scipy's Gaussian filter, 'valid' crop, numpy 2x2 pooling)
+    from scipy.ndimage import gaussian_filter
+
+    def filt(z):
+        return gaussian_filter(z, 1.5, truncate=3.5, mode="constant")[5:-5, 5:-5]
+
+    def terms(p, q):
+        m1, m2 = filt(p), filt(q)
+        s11, s22, s12 = filt(p * p) - m1 ** 2, filt(q * q) - m2 ** 2, filt(p * q) - m1 * m2
+        c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+        cs = (2 * s12 + c2) / (s11 + s22 + c2)
+        return float(((2 * m1 * m2 + c1) / (m1 ** 2 + m2 ** 2 + c1) * cs).mean()), float(cs.mean())
+
+    def pool(z):  # odd sides padded with one zero row/column on each side, as avg_pool2d(padding=1) does
+        z = np.pad(z, ((z.shape[0] % 2,) * 2, (z.shape[1] % 2,) * 2))
+        z = z[:z.shape[0] // 2 * 2, :z.shape[1] // 2 * 2]
+        return z.reshape(z.shape[0] // 2, 2, z.shape[1] // 2, 2).mean((1, 3))
+    p, q, ref = yb.astype(float), ya.astype(float), 1.0
+    for k, w in enumerate(E.MS_SSIM_WEIGHTS):
+        full, cs = terms(p, q)
+        ref *= max(full if k == 4 else cs, 0) ** w
+        p, q = pool(p), pool(q)
+    assert s["ms_ssim"] == pytest.approx(ref, abs=1e-9)
     Image.fromarray(a[:100]).save(tmp_path / "small.png")
     with pytest.raises(ValueError, match="differ in size"):
         E.fr_scores(tmp_path / "small.png", tmp_path / "ref.png")

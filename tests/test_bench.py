@@ -1,0 +1,30 @@
+"""The training-step benchmark's CPU path and the one-shot GPU check's CPU-safe parts (bench_train.py, gpu_check.py)."""
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@pytest.mark.parametrize("model", ["tiny:llava_onevision", "tiny:qwen2_5_vl", "tiny:mplug_owl2"])
+def test_training_step_benchmark_cpu_path(model, tmp_path):
+    import bench_train
+    out = tmp_path / "b.json"
+    res = bench_train.main(["--model", model, "--steps", "2", "--warmup", "1", "--seq_len", "128", "--device", "cpu",
+                            "--out", str(out)])["step"]
+    assert res["steps_per_s"] > 0 and res["tokens_per_s"] == pytest.approx(128 * res["samples_per_s"])
+    assert 0 < res["image_tokens"] < 128 and res["estimated_gib"] > 0 and res["trained_params"] < res["params"]
+    assert json.load(open(out))["step"]["model"] == model
+
+
+def test_gpu_check_without_a_gpu_runs_the_cpu_parts_and_says_so(tmp_path, capsys):
+    import gpu_check
+    os.chdir(ROOT)
+    assert gpu_check.main(["--out", str(tmp_path), "--cpu_only", "true"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device here" in err and "Traceback" not in err
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| ours_inplace |" in md and "device: none" in md
