@@ -189,8 +189,10 @@ def test_evaluation_refuses_an_unfinished_run_unless_asked(demo, tmp_path):
     r = subprocess.run([sys.executable, "evaluate.py", "distortion", "--ckpt", str(out), "--limit", "4"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode != 0 and "an unfinished run" in r.stderr
-    sh("evaluate.py", "distortion", "--ckpt", str(out), "--limit", "4", "--allow_unfinished", "true", "--generate", "false")
-    assert json.load(open(out / "eval_distortion.json"))["unfinished_checkpoint"] is True
+    sh("evaluate.py", "distortion", "--ckpt", str(out), "--limit", "4", "--allow_unfinished", "true", "--generate", "false",
+       "--tta", "true")  # the probabilities averaged over the 8 flips/rotations
+    saved = json.load(open(out / "eval_distortion.json"))
+    assert saved["unfinished_checkpoint"] is True and saved["tta"] is True and saved["n"] == 4
 
 
 CONSTANT_LR = ["--warmup_steps", "0", "--warmup_frac", "0", "--min_lr_frac", "1"]  # the schedule ignores the run's length
