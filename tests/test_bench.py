@@ -9,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-@pytest.mark.parametrize("model", ["tiny:llava_onevision", "tiny:qwen2_5_vl", "tiny:mplug_owl2"])
+@pytest.mark.parametrize("model", ["tiny:llava_onevision", pytest.param("tiny:qwen2_5_vl", marks=pytest.mark.slow),
+                                   pytest.param("tiny:mplug_owl2", marks=pytest.mark.slow)])
 def test_training_step_benchmark_cpu_path(model, tmp_path):
     import bench_train
     out = tmp_path / "b.json"
@@ -20,6 +21,7 @@ def test_training_step_benchmark_cpu_path(model, tmp_path):
     assert json.load(open(out))["step"]["model"] == model
 
 
+@pytest.mark.slow
 def test_gpu_check_without_a_gpu_runs_the_cpu_parts_and_says_so(tmp_path, capsys):
     import gpu_check
     os.chdir(ROOT)

@@ -349,6 +349,7 @@ def test_whole_dataset_test_set_on_real_livec_metadata(tmp_path):
     assert {k: v["n"] for k, v in meta["counts"].items()} == {"train": 7, "val": 0, "test": 1162}
 
 
+@pytest.mark.slow
 def test_data_loader_workers_give_the_same_batches(demo, tmp_path):
     """Batches prepared by worker processes (each image's flip/turn drawn from its own seeded generator) train the same
     weights as batches prepared in the main process; the log records the time spent waiting for data."""

@@ -361,6 +361,7 @@ def test_hard_samples_command_hand_computed(tmp_path):
         analyze.main(["hard-samples", "--data", str(tmp_path), "--pred", str(tmp_path / "bad.jsonl"), "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_hard_samples_from_expert_metrics_on_fr_data(tmp_path):
     """--experts psnr,ssim: q_w from the FR metrics of each distorted image against its reference (the authors' FR set
     selection), features from a tiny random CLIP vision model saved here (the authors' ViT-B/32 stands in)."""
@@ -451,6 +452,7 @@ def test_prepare_data_writes_ref_image(tmp_path):
     assert all(os.path.isfile(r["ref_image"]) for r in recs)
 
 
+@pytest.mark.slow
 def test_prompting_table_on_the_tiny_model(tmp_path):
     """All nine systems, NR and FR, in Table 1's shape with the paper's rows beside; the FR expert rows measured."""
     data = tmp_path / "gen"
