@@ -40,7 +40,8 @@ import time
 import torch
 
 from common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
-from data import LABELS, EpochBatches, Mixer, batch_loader, load_records
+from data import LABELS, Mixer, load_records
+from loader import EpochBatches, batch_loader
 from kernels import backend, level_cross_entropy
 from model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
                    parse_trainable, set_trainable)
@@ -273,7 +274,7 @@ def epoch_order(epoch):
 
 def epoch_batches(epoch, start):
     """(the epoch's order, an iterator over its batches from `start`): a DataLoader whose workers prepare the batches
-    (data.EpochBatches; the same batches whatever --num_workers)."""
+    (loader.EpochBatches; the same batches whatever --num_workers)."""
     order = epoch_order(epoch)
     n_batches = len(order) // (batch_size * grad_accum) * grad_accum  # = steps_per_epoch * grad_accum without --mix
     dataset = EpochBatches(processor, train_records, order, batch_size, n_batches, start, augment, f"{seed}:{rank}:{epoch}")
