@@ -8,6 +8,7 @@ templated low-level descriptions for the interpreting and two-stage views).
 """
 import io
 import json
+import math
 import os
 import random
 import shutil
@@ -21,6 +22,7 @@ from PIL import Image
 import iqa_datasets as D
 from common import atomic_write, atomic_write_json, atomic_write_jsonl, read_jsonl
 from data import LABELS, claim_output, write_splits
+from deqa import attach_soft_labels
 from distortion import distortion_record, split_meta
 from scoring import score_record
 from two_stage import CONCLUSION_PREFIX, DESCRIBE_QUESTION
@@ -185,6 +187,15 @@ def demo_description(label, severity, level):
     return f"{text[0].upper()}{text[1:]}. {CONCLUSION_PREFIX} {level}."
 
 
+def synthetic_rating_std(mos, rng, raters=24, noise=0.7):
+    """The demo's stand-in for a dataset's per-image rating spread (DeQA-Score's soft labels need one): the sample std
+    of `raters` integer 1-5 ratings drawn around the MOS with rater noise `noise` (ours, not a paper's; the clipping
+    at 1 and 5 narrows the spread at the ends, as in real data)."""
+    ratings = [min(5, max(1, round(mos + rng.gauss(0, noise)))) for _ in range(raters)]
+    mean = sum(ratings) / raters
+    return round(math.sqrt(sum((x - mean) ** 2 for x in ratings) / (raters - 1)), 4)
+
+
 def make_demo_view(demo, out, task="score", seed=0, val_frac=0.05):
     """A scoring (task score) or interpreting (task describe: templated descriptions from label + severity)
     view of the demo set: same images (paths relative to OUT), same split by photo, val_frac of train held out."""
@@ -206,6 +217,7 @@ def demo_view_records(demo, out, task="score", seed=0, val_frac=0.05):
             image = os.path.relpath(os.path.join(demo, r["image"]), out) if not os.path.isabs(r["image"]) else r["image"]
             extra = dict(mos=r["mos"], mos_norm=round(it["mos_norm"], 4), label=r["label"], severity=r["severity"])
             if task == "score":
+                extra["std"] = synthetic_rating_std(r["mos"], random.Random(f"{seed}:std:{r['id']}"))
                 # the canonical question only, chosen when six paraphrases cost the tiny random LM most of its SRCC
                 # (0.04 vs 0.29); with the grown vocabulary they no longer do (0.304 vs 0.299, README)
                 rec = score_record(r["id"], image, it["level"], "demo", r["ref"], None, image_first=True, **extra)
@@ -216,7 +228,10 @@ def demo_view_records(demo, out, task="score", seed=0, val_frac=0.05):
                        "task": "describe", "source": "demo", "ref": r["ref"], "level": it["level"], **extra}
             to = "val" if split == "train" and rng.random() < val_frac else split
             splits[to].append(rec)
+    soft = attach_soft_labels(splits, {"demo": info}) if task == "score" else None
     meta = {"task": task, "view_of": os.path.abspath(demo), "seed": seed, "val_frac": val_frac,
+            **({"soft_labels": soft, "std": "synthetic: the spread of 24 simulated 1-5 ratings around the MOS "
+                "(demo_set.synthetic_rating_std)"} if soft else {}),
             "split_policy": "as the demo set (by photo); val: a seeded share of train",
             "score_direction": {"demo": "higher_better"}, "score_range": {"demo": info["score_range"]}}
     return splits, meta

@@ -54,7 +54,8 @@ def main(argv=None):
         code, sec, log = run([PY, "setup.py", "build_ext", "--inplace"], 300, {"TORCH_CUDA_ARCH_LIST": f"{cap[0]}.{cap[1]}"})
         parts["build"] = {"code": code, "seconds": round(sec, 1), "log": log[-800:]}
         lines.append(f"- extension build for sm_{cap[0]}{cap[1]}: {'ok' if code == 0 else 'FAILED'} ({sec:.0f} s)")
-        code, sec, log = run([PY, "-m", "pytest", "-q", "tests/test_kernels.py", "-k", "cuda"], 240, {"IQA_REQUIRE_EXT": "1"})
+        code, sec, log = run([PY, "-m", "pytest", "-q", "tests/test_kernels.py", "tests/test_kernels_soft.py", "-k", "cuda"], 240,
+                             {"IQA_REQUIRE_EXT": "1"})
         parts["cuda_tests"] = {"code": code, "seconds": round(sec, 1), "summary": log.strip().splitlines()[-1:] if log else []}
         lines.append(f"- CUDA tests: {'passed' if code == 0 else 'FAILED'}: {parts['cuda_tests']['summary']}")
         if args.install_liger == "true":

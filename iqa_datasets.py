@@ -349,6 +349,11 @@ def read_koniq10k(root, meta_file=None, check_images=True, resolution=None):
         extra["score_column"] = score_col
     else:
         header, rows = F.read_csv(meta, ["img_name", "mos", "std"])
+        # its std is the spread of the 1-5 ratings while mos is MOS_zscore (about 0-100): the range of the 1-5 MOS
+        # (from the rating shares c1..c5) is the width that std's scale has in the data (deqa.spread_scale)
+        if all(f"c{k}" in header for k in range(1, 6)):
+            acr = [sum(k * F.num(r[f"c{k}"], f"{meta}:{line}", f"c{k}") for k in range(1, 6)) for line, r in rows]
+            extra["std_scale_range"] = [round(min(acr), 6), round(max(acr), 6)] if acr else None
         for line, r in rows:
             where = f"{meta}:{line}"
             extra_item = {}

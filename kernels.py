@@ -11,6 +11,12 @@ logits [N, V] fp32/bf16/fp16 (only the supervised positions), target [N] int64, 
 int64 or None. Returns loss [N] fp32 (0 where target == ignore_index) and probs [N, K] fp32 (softmax
 over logits[:, level_ids]; None without level_ids). Exact semantics: ../shared/DESIGN.md, "The op".
 
+Soft targets (DeQA-Score's soft level labels): target_probs P [N, K] (finite, >= 0) makes every row whose
+target is a level id a soft row, loss KL(P || softmax(z)[level_ids]) over the whole-vocabulary softmax,
+gradient g (sum(P) softmax(z) - scatter(P)); the other rows keep the hard target (and its smoothing):
+
+    loss, probs = kernels.level_cross_entropy(logits, target, level_ids=L, target_probs=P)
+
 The fast path is the C++/CUDA extension (build: `python setup.py build_ext --inplace`), which
 registers torch.ops.iqa_vlm.level_ce_fwd / level_ce_bwd / level_ce_bwd_; here they get their
 fake (meta) kernels and autograd formula, so they work under torch.compile. Without the extension a
@@ -95,20 +101,24 @@ def _use_ext(device):
 # ----------------------------------------------------------------------------- public API
 
 def level_cross_entropy(logits, target, level_ids=None, label_smoothing=0.0, smooth_over="vocab",
-                        ignore_index=-100, inplace_backward=False):
-    """Per-row label-smoothed CE over the vocab plus the closed-set softmax. -> (loss [N], probs [N, K] | None)."""
+                        ignore_index=-100, inplace_backward=False, target_probs=None):
+    """Per-row label-smoothed CE over the vocab (or, with target_probs, KL to soft level targets on the rows whose
+    target is a level) plus the closed-set softmax. -> (loss [N], probs [N, K] | None)."""
     if smooth_over not in ("vocab", "levels"):
         raise ValueError(f"level_cross_entropy: smooth_over must be 'vocab' or 'levels', got {smooth_over!r}")
     smooth_levels = smooth_over == "levels"
     if smooth_levels and level_ids is None:
         raise ValueError("level_cross_entropy: smooth_over='levels' needs level_ids")
+    if target_probs is not None and level_ids is None:
+        raise ValueError("level_cross_entropy: target_probs needs level_ids")
     if _use_ext(logits.device):
         ids = level_ids if level_ids is not None else torch.empty(0, dtype=torch.long, device=logits.device)
         loss, probs, _ = torch.ops.iqa_vlm.level_ce_fwd(logits.contiguous(), target, ids, float(label_smoothing),
-                                                        smooth_levels, int(ignore_index), bool(inplace_backward))
+                                                        smooth_levels, int(ignore_index), bool(inplace_backward),
+                                                        target_probs)
     else:
         loss, probs, _ = torch_level_cross_entropy(logits, target, level_ids, label_smoothing, smooth_levels,
-                                                   ignore_index)
+                                                   ignore_index, target_probs=target_probs)
     return loss, (probs if level_ids is not None else None)
 
 
@@ -146,6 +156,31 @@ def _check_meta(logits, target, level_ids, label_smoothing):
         raise ValueError(f"level_ce: label_smoothing must be in [0, 1), got {label_smoothing}")
 
 
+def _check_probs_meta(logits, level_ids, target_probs, smooth_levels):
+    """target_probs checks, same messages as the C++ op."""
+    if target_probs is None:
+        return
+    K = 0 if level_ids is None else level_ids.numel()
+    if smooth_levels:
+        raise ValueError("level_ce: target_probs cannot be combined with smoothing over the levels")
+    if K < 1:
+        raise ValueError("level_ce: target_probs needs level_ids (K >= 1)")
+    if target_probs.dim() != 2 or tuple(target_probs.shape) != (logits.shape[0], K):
+        raise RuntimeError(f"level_ce: target_probs must be [N, K] = [{logits.shape[0]}, {K}], got shape "
+                           f"{list(target_probs.shape)}")
+    if not target_probs.is_floating_point():
+        raise TypeError(f"level_ce: target_probs must be floating point, got {target_probs.dtype}")
+    if target_probs.device != logits.device:
+        raise RuntimeError(f"level_ce: target_probs must be on the logits' device {logits.device}, got {target_probs.device}")
+
+
+def _check_probs_values(target_probs):
+    bad = (~torch.isfinite(target_probs) | (target_probs < 0)).nonzero()
+    if bad.numel():
+        i, k = bad[0].tolist()
+        raise ValueError(f"level_ce: target_probs[{i}, {k}]={float(target_probs[i, k])} must be finite and >= 0")
+
+
 def _check_values(target, level_ids, V, ignore_index):
     bad = ((target != ignore_index) & ((target < 0) | (target >= V))).nonzero()
     if bad.numel():
@@ -163,12 +198,15 @@ def _check_values(target, level_ids, V, ignore_index):
 
 
 def torch_level_cross_entropy(logits, target, level_ids=None, label_smoothing=0.0, smooth_levels=False,
-                              ignore_index=-100, dtype=torch.float32):
+                              ignore_index=-100, dtype=torch.float32, target_probs=None):
     """Pure-PyTorch version (differentiable by autograd), math in `dtype`. -> (loss, probs [N, K], lse)."""
     _check_meta(logits, target, level_ids, label_smoothing)
+    _check_probs_meta(logits, level_ids, target_probs, smooth_levels)
     N, V = logits.shape
     if not torch.compiler.is_compiling():
         _check_values(target, level_ids, V, ignore_index)
+        if target_probs is not None:
+            _check_probs_values(target_probs)
     z = logits.to(dtype)
     valid = target != ignore_index
     t = torch.where(valid, target, torch.zeros_like(target))
@@ -184,6 +222,11 @@ def torch_level_cross_entropy(logits, target, level_ids=None, label_smoothing=0.
         loss = torch.where(hit, (1 - eps) * nll + eps * smooth, nll)
     else:
         loss = (1 - eps) * nll + eps * (lse - z.mean(1)) if eps > 0 else nll
+    if target_probs is not None:  # soft rows: KL(P || softmax(z)[L]) = sum P log P - sum P (z_L - lse)
+        P = target_probs.to(dtype)
+        soft = (t[:, None] == level_ids[None, :]).any(1)
+        kl = torch.xlogy(P, P).sum(1) - (P * (zl - lse[:, None])).sum(1)
+        loss = torch.where(soft, kl, loss)
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     return loss.float(), probs, lse.detach().float()
 
@@ -193,37 +236,45 @@ def torch_level_cross_entropy(logits, target, level_ids=None, label_smoothing=0.
 if iqa_vlm_ext is not None:
 
     @torch.library.register_fake("iqa_vlm::level_ce_fwd")
-    def _fwd_fake(logits, target, level_ids, label_smoothing, smooth_levels, ignore_index, inplace_backward=False):
+    def _fwd_fake(logits, target, level_ids, label_smoothing, smooth_levels, ignore_index, inplace_backward=False,
+                  target_probs=None):
         _check_meta(logits, target, level_ids, label_smoothing)
+        _check_probs_meta(logits, level_ids, target_probs, smooth_levels)
         N, K = logits.shape[0], level_ids.shape[0]
         f32 = dict(dtype=torch.float32, device=logits.device)
         return logits.new_empty(N, **f32), logits.new_empty((N, K), **f32), logits.new_empty(N, **f32)
 
     @torch.library.register_fake("iqa_vlm::level_ce_bwd")
-    def _bwd_fake(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index):
+    def _bwd_fake(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index,
+                  target_probs=None):
         _check_meta(logits, target, level_ids, label_smoothing)
+        _check_probs_meta(logits, level_ids, target_probs, smooth_levels)
         return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("iqa_vlm::level_ce_bwd_")
-    def _bwd_inplace_fake(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index):
+    def _bwd_inplace_fake(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index,
+                          target_probs=None):
         _check_meta(logits, target, level_ids, label_smoothing)
+        _check_probs_meta(logits, level_ids, target_probs, smooth_levels)
 
     def _setup_context(ctx, inputs, output):
         logits, target, level_ids, label_smoothing, smooth_levels, ignore_index, *rest = inputs
-        ctx.save_for_backward(logits, target, level_ids, output[2])
+        inplace = rest[0] if rest else False
+        target_probs = rest[1] if len(rest) > 1 else None
+        ctx.save_for_backward(logits, target, level_ids, output[2], target_probs)
         ctx.args = (label_smoothing, smooth_levels, ignore_index)
-        ctx.inplace = bool(rest[0]) if rest else False
+        ctx.inplace = bool(inplace)
         ctx.mark_non_differentiable(output[1], output[2])
 
     def _backward(ctx, grad_loss, grad_probs, grad_lse):
-        logits, target, level_ids, lse = ctx.saved_tensors
+        logits, target, level_ids, lse, target_probs = ctx.saved_tensors
         if grad_loss is None:
-            return (None,) * 7
+            return (None,) * 8
         if ctx.inplace:
-            torch.ops.iqa_vlm.level_ce_bwd_(grad_loss, logits, target, level_ids, lse, *ctx.args)
+            torch.ops.iqa_vlm.level_ce_bwd_(grad_loss, logits, target, level_ids, lse, *ctx.args, target_probs)
             grad = logits
         else:
-            grad = torch.ops.iqa_vlm.level_ce_bwd(grad_loss, logits, target, level_ids, lse, *ctx.args)
-        return grad, None, None, None, None, None, None
+            grad = torch.ops.iqa_vlm.level_ce_bwd(grad_loss, logits, target, level_ids, lse, *ctx.args, target_probs)
+        return grad, None, None, None, None, None, None, None  # target_probs gets none: soft labels are data
 
     torch.library.register_autograd("iqa_vlm::level_ce_fwd", _backward, setup_context=_setup_context)

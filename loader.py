@@ -25,22 +25,64 @@ class EpochBatches(torch.utils.data.Dataset):
     image's augmentation is drawn from its own seeded generator (key, b, position), so the batches are the same
     whatever the number of workers, and a resumed run starting at batch b gets exactly the batches it would have."""
 
-    def __init__(self, processor, records, order, batch_size, n_batches, start=0, augment="none", key=""):
+    def __init__(self, processor, records, order, batch_size, n_batches, start=0, augment="none", key="", partners=None,
+                 score_targets=False):
         self.processor, self.records, self.order, self.batch_size = processor, records, order, batch_size
         self.n_batches, self.start, self.augment, self.key = n_batches, start, augment, key
+        self.partners, self.score_targets = partners, score_targets
 
     def __len__(self):
         return max(0, self.n_batches - self.start)
 
     def __getitem__(self, k):
         b = self.start + k
-        recs = [self.records[i] for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]]
+        idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+        if self.partners is not None:  # image pairs: the anchors, then each one's partner
+            idx = idx + pair_partners(self.records, idx, self.partners, random.Random(f"{self.key}:{b}:pairs"))
+        recs = [self.records[i] for i in idx]
         rngs = [random.Random(f"{self.key}:{b}:{j}") for j in range(len(recs))]
         transform = None
         if self.augment != "none":
             rng_iter = iter(rngs)
             transform = lambda img: augment_image(img, self.augment, next(rng_iter))
-        return encode_batch(self.processor, recs, transform=transform), len(recs)
+        batch = encode_batch(self.processor, recs, transform=transform)
+        if self.score_targets:
+            batch.update(score_targets(recs))
+        return batch, len(recs)
+
+
+def pair_pools(records):
+    """{source: [record index]}: DeQA-Score draws each image's partner from its own dataset."""
+    pools = {}
+    for i, r in enumerate(records):
+        pools.setdefault(r["source"], []).append(i)
+    small = [s for s, p in pools.items() if len(p) < 2]
+    if small:
+        raise ValueError(f"image pairs need two records of a source at least; {', '.join(small)} has one")
+    return pools
+
+
+def pair_partners(records, anchors, pools, rng):
+    """One partner per anchor: a uniformly drawn other record of the anchor's source (DeQA-Score's pair dataset)."""
+    out = []
+    for i in anchors:
+        pool = pools[records[i]["source"]]
+        j = i
+        while j == i:
+            j = pool[rng.randrange(len(pool))]
+        out.append(j)
+    return out
+
+
+def score_targets(recs):
+    """The scoring targets DeQA-Score's losses read, as tensors: level_probs [B, 5] (NaN rows: none), the MOS and its
+    spread on the 1-5 level scale [B] (mu = 4 mos_norm + 1; sigma = std_norm, 0 without one; NaN: no MOS)."""
+    nan = float("nan")
+    probs = [r.get("level_probs") or [nan] * 5 for r in recs]
+    mos = [4 * r["mos_norm"] + 1 if r.get("mos_norm") is not None else nan for r in recs]
+    std = [r.get("std_norm") or 0.0 for r in recs]
+    return {"score_level_probs": torch.tensor(probs, dtype=torch.float32), "score_mos": torch.tensor(mos),
+            "score_std": torch.tensor(std)}
 
 
 def _worker_init(_):

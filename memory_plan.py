@@ -126,10 +126,10 @@ def estimate(model, chosen, batch_size, seq_len, grad_ckpt=False, image_tokens=N
 
 
 def dry_run_report(name, trainable, batch_size=1, seq_len=1024, grad_ckpt=False, lora=0, gpu_mem=48.0,
-                   trust_remote_code=False):
+                   trust_remote_code=False, lora_targets=""):
     from model import set_trainable, trainable_summary
     model = meta_model(name, trust_remote_code)
-    chosen = set_trainable(model, trainable, verbose=False, lora=lora)
+    chosen = set_trainable(model, trainable, verbose=False, lora=lora, lora_targets=lora_targets)
     print(f"{name}: --trainable {trainable}{f' --lora {lora}' if lora else ''}, batch {batch_size} x {seq_len} tokens, "
           f"grad_ckpt {grad_ckpt}")
     print(trainable_summary(model))

@@ -132,7 +132,7 @@ def layer_params(model, a, b):
     return {name_of[id(p)]: p for i in range(a, b + 1) for p in layers[i].parameters()}
 
 
-def set_trainable(model, spec, verbose=True, lora=0, lora_alpha=0, lora_dropout=0.0):
+def set_trainable(model, spec, verbose=True, lora=0, lora_alpha=0, lora_dropout=0.0, lora_targets=""):
     """Freeze everything, then unfreeze the named parts. Returns {part_label: {name: param}}.
     With lora=R > 0 the llm part (or llm:A-B) is not unfrozen: its linear layers get rank-R LoRA adapters
     instead (add_lora), returned under the label 'lora(llm)' / 'lora(llm:A-B)'."""
@@ -146,7 +146,7 @@ def set_trainable(model, spec, verbose=True, lora=0, lora_alpha=0, lora_dropout=
             continue
         chosen[label] = layer_params(model, *rng) if rng else all_parts[name]
     for label, rng in lora_layers:  # peft marks only adapters trainable, so this goes before the unfreezing
-        chosen[f"lora({label})"] = add_lora(model, lora, lora_alpha or 2 * lora, lora_dropout, rng)
+        chosen[f"lora({label})"] = add_lora(model, lora, lora_alpha or 2 * lora, lora_dropout, rng, lora_targets)
     for p in model.parameters():
         p.requires_grad_(False)
     for params in chosen.values():
@@ -158,8 +158,9 @@ def set_trainable(model, spec, verbose=True, lora=0, lora_alpha=0, lora_dropout=
 
 
 # ----------------------------------------------------------------------------- LoRA (peft, optional)
-def add_lora(model, rank, alpha, dropout=0.0, layer_range=None):
-    """Rank-`rank` LoRA adapters (peft) on every nn.Linear of the LM's decoder layers (A..B if given),
+def add_lora(model, rank, alpha, dropout=0.0, layer_range=None, targets_regex=""):
+    """Rank-`rank` LoRA adapters (peft) on every nn.Linear of the LM's decoder layers (A..B if given), or only on those
+    whose name within the layer matches targets_regex (re.search; e.g. DeQA-Score's "q_proj|v_proj.multiway.1"),
     injected in place so the model keeps its class and attribute paths. Returns {name: adapter param},
     all trainable; base weights stay frozen. peft is imported only here (pip install peft)."""
     try:
@@ -172,7 +173,10 @@ def add_lora(model, rank, alpha, dropout=0.0, layer_range=None):
     if b >= len(layers):
         raise ValueError(f"--lora on llm:{a}-{b}: the language model has {len(layers)} layers (0..{len(layers) - 1})")
     targets = [f"{layers_path}.{i}.{n}" for i in range(a, b + 1) for n, m in layers[i].named_modules()
-               if isinstance(m, torch.nn.Linear)]
+               if isinstance(m, torch.nn.Linear) and (not targets_regex or re.search(targets_regex, n))]
+    if not targets:
+        raise ValueError(f"--lora_targets {targets_regex!r} matches no linear layer of the language model (names like "
+                         f"{[n for n, m in layers[a].named_modules() if isinstance(m, torch.nn.Linear)][:4]})")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules="|".join(re.escape(t) for t in targets))  # a regex: exactly these modules
     inject_adapter_in_model(config, model)

@@ -32,6 +32,7 @@ from data import exclude_test_images, make_instruct, read_instruction
 from demo_set import demo_view_records, make_demo, make_demo_view
 from distortion import make_distortion
 from qbench import make_demo_mcq, make_qbench
+from deqa import parse_source_map
 from scoring import SCORE_DATASETS, make_score
 from two_stage import make_pathway
 
@@ -58,6 +59,10 @@ def main(argv=None):
                          "test sets (comma-separated), matched by file name and by content hash; counted in meta.json")
     ap.add_argument("--val_frac", type=float, default=None, help="share of the training part held out as val.jsonl "
                     "(default: 0.1 for --task score, Q-SiT's; 0.05 otherwise)")
+    ap.add_argument("--soft_density", default="", help="--task score: DeQA soft-label density per source, e.g. "
+                    "livec:cdf (default: koniq10k/kadid10k pdf, spaq cdf as the authors; others pdf)")
+    ap.add_argument("--soft_spread", default="", help="--task score: what a source's std column holds, SOURCE:std|var "
+                    "(default: kadid10k:var, its 'var' column)")
     ap.add_argument("--split", default="ref", choices=["ref", "random"], help="8:2 by reference content, or random")
     ap.add_argument("--test_frac", type=float, default=0.2, help="share of each dataset tested (1: all of it, no val)")
     ap.add_argument("--check_images", type=boolean, default=True, help="decode every image (false: faster, less safe)")
@@ -95,7 +100,13 @@ def main(argv=None):
         datasets = {s: getattr(args, flag) for s, flag in SCORE_DATASETS.items() if getattr(args, flag)}
         if not datasets or not args.out:
             ap.error("--task score needs --out and at least one of " + " ".join(f"--{f}" for f in SCORE_DATASETS.values()))
-        return make_score(datasets, args.out, args.split, args.seed, args.test_frac, args.val_frac, check_images)
+        try:
+            density = parse_source_map(args.soft_density, ("pdf", "cdf"), "--soft_density")
+            spread = parse_source_map(args.soft_spread, ("std", "var"), "--soft_spread")
+        except ValueError as e:
+            ap.error(str(e))
+        return make_score(datasets, args.out, args.split, args.seed, args.test_frac, args.val_frac, check_images,
+                          density, spread)
     if args.task in ("interpret", "general"):
         ap.error(f"--task {args.task} needs --llava_json FILE (or --demo DIR for interpret)")
     datasets = {k: v for k, v in (("live", args.live), ("csiq", args.csiq), ("kadid10k", args.kadid), ("tid2013", args.tid2013)) if v}

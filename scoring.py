@@ -24,6 +24,7 @@ import torch
 import iqa_datasets as D
 import iqa_io
 from common import atomic_write_json, atomic_write_jsonl
+from deqa import attach_soft_labels
 from data import LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, uses_system_prefix, with_system, write_splits
 from metrics import closed_set_scores, plcc, score_metrics, srcc
 from model import eval_device, eval_out, last_token_logits, load_evaluated, to_device
@@ -62,13 +63,16 @@ SCORE_DATASETS = {"koniq10k": "koniq", "spaq": "spaq", "livec": "livec", "agiqa3
                   "live": "live", "csiq": "csiq", "tid2013": "tid2013"}  # source -> command-line flag
 
 
-def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, check_images=True):
+def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, check_images=True, soft_density=None,
+               soft_spread=None):
     """Scoring records (Q-Align form) from IQA datasets: MOS -> level by equal intervals between the dataset's
     min and max (iqa_datasets.norm_scores). KonIQ-10k keeps its official training/test split when the metadata has it
     (its official validation set goes to official_val.jsonl, counted); the others are split test_frac by reference
     content (or randomly; test_frac 1: all of it tested, as Q-SiT tests LIVE-C, AGIQA-3K and KADID-10k). Then val_frac
     of each training part is held out for validation (Q-SiT: 10 %). LIVE Challenge's t1..t7 stay in train. Reference
-    images without a score are left out. Train questions are seeded paraphrases; val/test use the canonical question."""
+    images without a score are left out. Train questions are seeded paraphrases; val/test use the canonical question.
+    Every record also carries DeQA-Score's soft labels (deqa.attach_soft_labels; soft_density / soft_spread: per-source
+    overrides {source: "pdf"|"cdf"}, {source: "std"|"var"}), counted per kind in meta.json."""
     claim_output(out)  # before hours of reading, not after
     splits, infos = {"train": [], "val": [], "test": []}, {}
     for source, root in datasets.items():
@@ -105,7 +109,10 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, 
         infos[source] = info
         print(f"{source}: {len(scored)} scored images ({info['layout']} layout, range {info['score_range']}, "
               f"{info['direction']}), split {info['split_counts']}, {time.time() - t0:.1f}s" + iqa_io.skipped_note(info))
-    meta = {"task": "score", "seed": seed, "datasets": infos,
+    soft = attach_soft_labels(splits, infos, soft_density, soft_spread)
+    for source, c in soft.items():
+        print(f"{source}: soft labels {', '.join(f'{k} {v}' for k, v in c.items())}")
+    meta = {"task": "score", "seed": seed, "datasets": infos, "soft_labels": soft,
             "score_direction": {s: i.get("direction") for s, i in infos.items()},
             "score_range": {s: i.get("score_range") for s, i in infos.items()}}
     return write_splits(out, splits, meta)

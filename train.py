@@ -40,12 +40,13 @@ import time
 import torch
 
 from common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
-from data import LABELS, Mixer, load_records
-from loader import EpochBatches, batch_loader
+from data import LABELS, LEVELS, Mixer, closed_set_token_ids, load_records
+from deqa import deqa_batch_loss
+from loader import EpochBatches, batch_loader, pair_pools
 from kernels import backend, level_cross_entropy
 from model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
                    parse_trainable, set_trainable)
-from scoring import SYSTEM_PREFIX
+from scoring import SCORE_PREFIX, SYSTEM_PREFIX
 
 # ----------------------------------------------------------------------------- config (defaults: a real 7B fine-tune)
 model = "tiny"                 # 'tiny' (the CPU demo's model), 'tiny:FAMILY', a Hugging Face id, or a local path
@@ -65,6 +66,12 @@ warmup_frac = 0.03             # warmup as a share of the run's steps (or minute
 weight_decay = 0.0
 grad_clip = 1.0
 label_smoothing = 0.0          # over the vocabulary (F.cross_entropy semantics); Q-Align / Q-SiT train plain CE
+score_loss = "ce"              # ce: the level word as a token (Q-Align, Q-SiT); kl: DeQA-Score's soft labels (the records'
+                               # level_probs, prepare_data.py --task score) by KL at the level position (deqa.py)
+kl_weight = 1.0                # DeQA's weight_softkl: KL against CE on the answer's other tokens
+fidelity = 0.0                 # DeQA's weight_rank: its fidelity loss over image pairs (its recipe: 1.0). > 0: each batch is
+                               # --batch_size pairs (an anchor, and a partner drawn from its source), as in DeQA
+next_token_weight = 1.0        # weight on CE (+ KL); DeQA's recipe 0.05, summed over both images of a pair
 augment = "none"               # none | flip | flip_rot (flips and 90-degree turns; the demo uses flip_rot)
 dtype = "auto"                 # auto = bf16 autocast on GPU, fp32 on CPU; or float32 / bfloat16
 grad_ckpt = True               # gradient checkpointing (non-reentrant: gradients flow with frozen inputs)
@@ -95,6 +102,8 @@ interpret_val = ""             # with --mix: a folder whose val.jsonl replaces t
 lora = 0                       # LoRA rank for the llm part (llm or llm:A-B in --trainable); 0 = train it fully. Needs peft
 lora_alpha = 0                 # LoRA scale numerator; 0 = 2 * rank
 lora_dropout = 0.0
+lora_targets = ""              # regex on the names of a decoder layer's linear layers to adapt ("" = all; DeQA-Score:
+                               # q_proj|v_proj.multiway.1)
 weights_dtype = "auto"         # frozen weights: auto = bfloat16 on GPU (trained tensors stay float32), float32 on CPU
 fsdp = False                   # with torchrun: shard with FSDP2 (fully_shard per decoder/vision layer) instead of DDP
 trust_remote_code = False      # checkpoints whose class transformers lacks (mPLUG-Owl2 needs none: mplug_owl2.py)
@@ -126,6 +135,10 @@ for key in ("warmup_frac", "label_smoothing", "val_frac", "lora_dropout", "balan
 require(num_workers >= -1, f"--num_workers must be -1 (auto), 0 or a positive count, got {num_workers}")
 require(0 <= min_lr_frac <= 1, f"--min_lr_frac must be in [0, 1], got {min_lr_frac}")
 require(augment in ("none", "flip", "flip_rot"), f"--augment must be none, flip or flip_rot, got {augment!r}")
+require(score_loss in ("ce", "kl"), f"--score_loss must be ce or kl, got {score_loss!r}")
+for key in ("kl_weight", "fidelity", "next_token_weight"):
+    require(math.isfinite(config[key]) and config[key] >= 0, f"--{key} must be a finite number >= 0, got {config[key]}")
+require(not (fidelity and mix), "--fidelity draws pairs from the scoring records of one --data set, not a --mix")
 require(not interpret_val or os.path.isfile(os.path.join(interpret_val, "val.jsonl")),
         f"--interpret_val {interpret_val}: no val.jsonl there (prepare_data.py --task qbench writes one)")
 require(not interpret_val or mix, "--interpret_val replaces the interpreting source's validation set of a --mix: give --mix")
@@ -137,8 +150,8 @@ except ValueError as e:
 
 ddp, rank, local_rank, world_size, device = setup_distributed()
 local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-# on a CPU-only run a worker takes a core from the math: the 2-core demo trains at 153 samples/s with 0 workers and
-# 2 threads, 152 with 1 worker and 1 thread, 131 with 1 worker and 2 threads (bench_train.py --loader true, README)
+# on a CPU-only run a worker takes a core from the math: the 2-core demo trains at 185 samples/s with 0 workers and
+# 2 threads, 172 with 1 worker and 2 threads, 157 with 1 worker and 1 thread (bench_train.py --loader true, README)
 workers = num_workers if num_workers >= 0 else \
     min(8, max(0, (os.cpu_count() or 1) // local_world - 1)) if torch.cuda.is_available() else 0
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used inside forked workers
@@ -187,13 +200,17 @@ if init:
 # ----------------------------------------------------------------------------- model and data
 if dry_run:  # no weights are loaded: the model is built on the meta device from its config
     from memory_plan import dry_run_report
-    dry_run_report(model, trainable, batch_size=batch_size, seq_len=seq_len, grad_ckpt=grad_ckpt, lora=lora,
-                   gpu_mem=gpu_mem, trust_remote_code=trust_remote_code)
+    dry_run_report(model, trainable, batch_size=batch_size * (2 if fidelity else 1), seq_len=seq_len, grad_ckpt=grad_ckpt,
+                   lora=lora, lora_targets=lora_targets, gpu_mem=gpu_mem, trust_remote_code=trust_remote_code)
     sys.exit(0)
 frozen_dtype = {"auto": torch.bfloat16 if on_gpu else torch.float32, "float32": torch.float32,
                 "bfloat16": torch.bfloat16}[weights_dtype]
 vlm, processor = load_model(model, dtype=frozen_dtype, device=device, trust_remote_code=trust_remote_code)
-parts = set_trainable(vlm, trainable, verbose=master, lora=lora, lora_alpha=lora_alpha, lora_dropout=lora_dropout)
+try:
+    parts = set_trainable(vlm, trainable, verbose=master, lora=lora, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                          lora_targets=lora_targets)
+except ValueError as e:
+    raise SystemExit(f"train.py: {e}") from None
 for p in vlm.parameters():  # trained tensors in float32 (AdamW on bf16 weights loses small updates); autocast runs bf16
     if p.requires_grad:
         p.data = p.data.float()
@@ -232,8 +249,22 @@ missing = [r["image"] for r in train_records if r.get("image") and not os.path.i
 if missing:  # met mid-epoch, hours in, a missing image would end the run; it ends it now
     raise SystemExit(f"train.py: {len(missing)} of {len(train_records)} training images in {data} are missing, e.g. "
                      f"{missing[:3]}")
-print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size} x {grad_accum} accum; "
-       f"loss kernel: {backend(device)}; data loader workers: {workers}")
+deqa_losses = score_loss == "kl" or fidelity > 0
+pools, level_ids = None, None
+if deqa_losses:  # DeQA-Score: soft labels and/or pairs need scoring records with their MOS (and level_probs for kl)
+    need = "level_probs" if score_loss == "kl" else "mos_norm"
+    lacking = [r.get("id") for r in train_records if r.get(need) is None]
+    require(not lacking, f"--score_loss {score_loss} --fidelity {fidelity}: {len(lacking)} of {len(train_records)} training "
+            f"records have no {need} (e.g. {lacking[:2]}); prepare_data.py --task score writes it")
+    if fidelity:
+        try:
+            pools = pair_pools(train_records)
+        except ValueError as e:
+            raise SystemExit(f"train.py: --fidelity: {e}") from None
+    level_ids = torch.tensor(closed_set_token_ids(processor, LEVELS, SCORE_PREFIX), device=device)
+print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size}"
+       f"{' pairs' if fidelity else ''} x {grad_accum} accum; loss kernel: {backend(device)}; data loader workers: {workers}"
+       + (f"; score loss {score_loss}, fidelity {fidelity}, next-token weight {next_token_weight}" if deqa_losses else ""))
 
 
 net = SupervisedLogits(vlm)
@@ -277,7 +308,8 @@ def epoch_batches(epoch, start):
     (loader.EpochBatches; the same batches whatever --num_workers)."""
     order = epoch_order(epoch)
     n_batches = len(order) // (batch_size * grad_accum) * grad_accum  # = steps_per_epoch * grad_accum without --mix
-    dataset = EpochBatches(processor, train_records, order, batch_size, n_batches, start, augment, f"{seed}:{rank}:{epoch}")
+    dataset = EpochBatches(processor, train_records, order, batch_size, n_batches, start, augment, f"{seed}:{rank}:{epoch}",
+                           partners=pools, score_targets=deqa_losses)
     return n_batches, iter(batch_loader(dataset, workers, pin_memory=on_gpu))
 
 
@@ -345,8 +377,9 @@ if resume and fsdp:
     raise SystemExit("--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
 # what a resumed run may not change: it would no longer be the run it continues (max_steps / max_minutes / epochs may grow)
 FIXED_ON_RESUME = ("model", "data", "trainable", "lr", "lr_encoder", "batch_size", "grad_accum", "lora", "lora_alpha",
-                   "mix", "stage", "seed", "label_smoothing", "weight_decay", "augment", "init", "world_size", "balance",
-                   "balance_lambda", "balance_step", "balance_tol", "interpret_val")
+                   "lora_targets", "mix", "stage", "seed", "label_smoothing", "weight_decay", "augment", "init", "world_size",
+                   "balance", "balance_lambda", "balance_step", "balance_tol", "interpret_val", "score_loss", "kl_weight",
+                   "fidelity", "next_token_weight")
 if resume:
     state_path = os.path.join(out, "resume.pt")
     if not os.path.exists(state_path):
@@ -467,7 +500,7 @@ while True:
     factor = lr_factor(step, elapsed_min)
     for g in optimizer.param_groups:
         g["lr"] = g["peak_lr"] * factor
-    loss_sum, n_tokens = 0.0, 0
+    loss_sum, n_tokens, loss_parts = 0.0, 0, {}
     if batch_in_epoch >= epoch_len:
         if mixer:  # the epoch's end: validation losses per source; --balance sets the next epoch's mix (eqs 9-10)
             evaluate_mix(f"epoch {epoch} end", balance)
@@ -486,10 +519,17 @@ while True:
         sync = (not ddp) or micro == grad_accum - 1
         ctx = net.no_sync() if not sync else torch.enable_grad()
         with ctx, torch.autocast(device_type="cuda" if on_gpu else "cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            score = {k: batch.pop(k) for k in ("score_level_probs", "score_mos", "score_std") if k in batch}
             logits, targets = net(**batch)
             # fused op: one pass over each [V] row for the loss, one more for the gradient (kernels.py);
             # the gradient overwrites the logits, a fresh lm_head output nothing else reads (saves N x V)
-            loss = level_cross_entropy(logits, targets, label_smoothing=label_smoothing, inplace_backward=True)[0].mean()
+            if deqa_losses:
+                loss, parts_now = deqa_batch_loss(logits, targets, batch["labels"], score, level_ids, score_loss, kl_weight,
+                                                  fidelity, next_token_weight, label_smoothing)
+                for k, v in parts_now.items():
+                    loss_parts[k] = loss_parts.get(k, 0.0) + v / grad_accum
+            else:
+                loss = level_cross_entropy(logits, targets, label_smoothing=label_smoothing, inplace_backward=True)[0].mean()
         (loss / grad_accum).backward()
         loss_sum += loss.item() / grad_accum
         samples_since_log += n_samples
@@ -509,9 +549,11 @@ while True:
             __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss / 2**20
         rec = {"step": step, "epoch": epoch, "loss": round(loss_sum, 5), "lr": optimizer.param_groups[0]["lr"],
                "grad_norm": round(float(grad_norm), 4), "samples_per_s": round(samples_since_log * world_size / dt, 1),
-               "data_wait": round(data_wait / dt, 3), "mem_gb": round(mem, 3), "minutes": round(elapsed_min, 2)}
+               "data_wait": round(data_wait / dt, 3), "mem_gb": round(mem, 3), "minutes": round(elapsed_min, 2),
+               **{k: round(v, 5) for k, v in loss_parts.items()}}
         log.append(rec)
-        print0(f"step {step:5d} | epoch {epoch} | loss {loss_sum:.4f} | lr {rec['lr']:.2e} | "
+        print0(f"step {step:5d} | epoch {epoch} | loss {loss_sum:.4f} | " +
+               "".join(f"{k.replace('loss_', '')} {v:.4f} | " for k, v in loss_parts.items()) + f"lr {rec['lr']:.2e} | "
                f"{rec['samples_per_s']:.0f} samples/s | data wait {rec['data_wait']:.0%} | {rec['minutes']:.1f} min")
         t_log, samples_since_log, data_wait = time.time(), 0, 0.0
     if mixer and eval_every and step % eval_every == 0 and batch_in_epoch < epoch_len:  # between epoch ends (an epoch's

@@ -14,6 +14,9 @@
 //     gradient w.r.t. logits, in the logits' dtype, 0 on ignored rows.
 //   level_ce_bwd_(Tensor grad_loss, Tensor(a!) logits, ...same...) -> ()
 //     the same gradient, written over `logits` (saves one [N, V] buffer).
+//   Each takes a last optional `Tensor? target_probs` [N, K] (any float dtype, used as fp32; finite, >= 0):
+//   soft targets for the rows whose target is a level id (KL to the closed set, level_ce.h). It cannot be
+//   combined with smooth_levels, and needs K >= 1.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -104,6 +107,34 @@ void check_values(const at::Tensor& target, const at::Tensor& level_ids, int64_t
                       ") and is not ignore_index=", ignore_index);
   }
   check_level_values(h, K, V);
+}
+
+// Soft targets: [N, K] floats on the logits' device -> contiguous fp32 (undefined when not given).
+at::Tensor prep_target_probs(const c10::optional<at::Tensor>& tp, const at::Tensor& logits, int64_t K,
+                             bool smooth_levels) {
+  if (!tp.has_value() || !tp->defined()) return at::Tensor();
+  const at::Tensor& P = *tp;
+  TORCH_CHECK_VALUE(!smooth_levels, "level_ce: target_probs cannot be combined with smoothing over the levels");
+  TORCH_CHECK_VALUE(K >= 1, "level_ce: target_probs needs level_ids (K >= 1)");
+  TORCH_CHECK(P.dim() == 2 && P.size(0) == logits.size(0) && P.size(1) == K, "level_ce: target_probs must be [N, K] = [",
+              logits.size(0), ", ", K, "], got shape ", P.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(P.scalar_type()), "level_ce: target_probs must be floating point, got ",
+                   P.scalar_type());
+  TORCH_CHECK(P.device() == logits.device(), "level_ce: target_probs must be on the logits' device ", logits.device(),
+              ", got ", P.device());
+  return P.to(at::kFloat).contiguous();
+}
+
+// Soft-target values: finite and >= 0 (one reduction; on CUDA one small copy to the host).
+void check_probs_values(const at::Tensor& P) {
+  if (!P.defined() || P.numel() == 0) return;
+  const auto bad = P.isfinite().logical_not().logical_or(P < 0);
+  if (bad.any().item<bool>()) {
+    const auto at_ = bad.nonzero()[0].cpu();
+    const int64_t i = at_[0].item<int64_t>(), k = at_[1].item<int64_t>();
+    TORCH_CHECK_VALUE(false, "level_ce: target_probs[", i, ", ", k, "]=", P[i][k].item<float>(),
+                      " must be finite and >= 0");
+  }
 }
 
 LevelCEParams make_params(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& level_ids,
@@ -200,18 +231,22 @@ int64_t grain_rows(int64_t V) { return std::max<int64_t>(1, at::internal::GRAIN_
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& logits, const at::Tensor& target_,
                                                        const at::Tensor& level_ids_, double label_smoothing,
                                                        bool smooth_levels, int64_t ignore_index,
-                                                       bool /*inplace_backward*/) {
+                                                       bool /*inplace_backward*/,
+                                                       const c10::optional<at::Tensor>& target_probs) {
   check_meta(logits, target_, level_ids_, label_smoothing);
   const auto target = target_.contiguous();
   const auto level_ids = level_ids_.to(at::kCPU).contiguous();
   const int64_t N = logits.size(0), V = logits.size(1), K = level_ids.numel();
   check_values(target, level_ids, V, ignore_index);
+  const auto P = prep_target_probs(target_probs, logits, K, smooth_levels);
+  check_probs_values(P);
   auto f32 = logits.options().dtype(at::kFloat);
   auto loss = at::empty({N}, f32), probs = at::empty({N, K}, f32), lse = at::empty({N}, f32);
   LevelCEParams p = make_params(logits, target, level_ids, label_smoothing, smooth_levels, ignore_index);
   p.loss = loss.data_ptr<float>();
   p.probs = probs.data_ptr<float>();
   p.lse = lse.data_ptr<float>();
+  p.target_probs = P.defined() ? P.data_ptr<float>() : nullptr;
   const RowFn fn = pick_cpu_kernels().fwd;
   at::parallel_for(0, N, grain_rows(V), [&](int64_t b, int64_t e) { fn(p, b, e); });
   return {loss, probs, lse};
@@ -219,7 +254,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& logits,
 
 void bwd_cpu_into(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target_,
                   const at::Tensor& level_ids_, const at::Tensor& lse, double label_smoothing, bool smooth_levels,
-                  int64_t ignore_index, const at::Tensor& out) {
+                  int64_t ignore_index, const c10::optional<at::Tensor>& target_probs,
+                  const at::Tensor& out) {
   check_meta(logits, target_, level_ids_, label_smoothing);
   check_lse(lse, logits);
   const auto g = prep_grad_loss(grad_loss, logits);
@@ -228,6 +264,8 @@ void bwd_cpu_into(const at::Tensor& grad_loss, const at::Tensor& logits, const a
   const int64_t N = logits.size(0), V = logits.size(1);
   check_values(target, level_ids, V, ignore_index);
   LevelCEParams p = make_params(logits, target, level_ids, label_smoothing, smooth_levels, ignore_index);
+  const auto P = prep_target_probs(target_probs, logits, p.K, smooth_levels);  // values checked by the forward
+  p.target_probs = P.defined() ? P.data_ptr<float>() : nullptr;
   p.grad_loss = g.data_ptr<float>();
   p.lse_in = lse.data_ptr<float>();
   p.grad = out.data_ptr();
@@ -237,17 +275,17 @@ void bwd_cpu_into(const at::Tensor& grad_loss, const at::Tensor& logits, const a
 
 at::Tensor bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                    const at::Tensor& level_ids, const at::Tensor& lse, double label_smoothing, bool smooth_levels,
-                   int64_t ignore_index) {
+                   int64_t ignore_index, const c10::optional<at::Tensor>& target_probs) {
   auto out = at::empty_like(logits, at::MemoryFormat::Contiguous);
   advise_huge_pages(out);
-  bwd_cpu_into(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index, out);
+  bwd_cpu_into(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index, target_probs, out);
   return out;
 }
 
 void bwd_inplace_cpu(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
                      const at::Tensor& level_ids, const at::Tensor& lse, double label_smoothing, bool smooth_levels,
-                     int64_t ignore_index) {
-  bwd_cpu_into(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index, logits);
+                     int64_t ignore_index, const c10::optional<at::Tensor>& target_probs) {
+  bwd_cpu_into(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index, target_probs, logits);
 }
 
 // ----------------------------------------------------------------------------- CUDA
@@ -261,13 +299,16 @@ void check_cuda_launch(int err, const char* what) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& logits, const at::Tensor& target_,
                                                         const at::Tensor& level_ids_, double label_smoothing,
                                                         bool smooth_levels, int64_t ignore_index,
-                                                        bool /*inplace_backward*/) {
+                                                        bool /*inplace_backward*/,
+                                                        const c10::optional<at::Tensor>& target_probs) {
   check_meta(logits, target_, level_ids_, label_smoothing);
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto target = target_.contiguous();
   const auto level_ids = level_ids_.to(logits.device()).contiguous();
   const int64_t N = logits.size(0), V = logits.size(1), K = level_ids.numel();
   check_values(target, level_ids, V, ignore_index);
+  const auto P = prep_target_probs(target_probs, logits, K, smooth_levels);
+  check_probs_values(P);
   auto f32 = logits.options().dtype(at::kFloat);
   auto loss = at::empty({N}, f32), probs = at::empty({N, K}, f32), lse = at::empty({N}, f32);
   if (N == 0) return {loss, probs, lse};
@@ -275,6 +316,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& logits
   p.loss = loss.data_ptr<float>();
   p.probs = probs.data_ptr<float>();
   p.lse = lse.data_ptr<float>();
+  p.target_probs = P.defined() ? P.data_ptr<float>() : nullptr;
   check_cuda_launch(level_ce_fwd_cuda(p, c10::cuda::getCurrentCUDAStream().stream()), "forward");
   return {loss, probs, lse};
 }
@@ -283,7 +325,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& logits
 // The kernel still never indexes out of bounds (a bad target gives a NaN row).
 void bwd_cuda_into(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target_,
                    const at::Tensor& level_ids_, const at::Tensor& lse, double label_smoothing, bool smooth_levels,
-                   int64_t ignore_index, const at::Tensor& out) {
+                   int64_t ignore_index, const c10::optional<at::Tensor>& target_probs,
+                  const at::Tensor& out) {
   check_meta(logits, target_, level_ids_, label_smoothing);
   check_lse(lse, logits);
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -294,6 +337,8 @@ void bwd_cuda_into(const at::Tensor& grad_loss, const at::Tensor& logits, const 
               level_ids.numel());
   if (logits.size(0) == 0) return;
   LevelCEParams p = make_params(logits, target, level_ids, label_smoothing, smooth_levels, ignore_index);
+  const auto P = prep_target_probs(target_probs, logits, p.K, smooth_levels);  // values checked by the forward
+  p.target_probs = P.defined() ? P.data_ptr<float>() : nullptr;
   p.grad_loss = g.data_ptr<float>();
   p.lse_in = lse.data_ptr<float>();
   p.grad = out.data_ptr();
@@ -302,16 +347,16 @@ void bwd_cuda_into(const at::Tensor& grad_loss, const at::Tensor& logits, const 
 
 at::Tensor bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                     const at::Tensor& level_ids, const at::Tensor& lse, double label_smoothing, bool smooth_levels,
-                    int64_t ignore_index) {
+                    int64_t ignore_index, const c10::optional<at::Tensor>& target_probs) {
   auto out = at::empty_like(logits, at::MemoryFormat::Contiguous);
-  bwd_cuda_into(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index, out);
+  bwd_cuda_into(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index, target_probs, out);
   return out;
 }
 
 void bwd_inplace_cuda(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
                       const at::Tensor& level_ids, const at::Tensor& lse, double label_smoothing, bool smooth_levels,
-                      int64_t ignore_index) {
-  bwd_cuda_into(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index, logits);
+                      int64_t ignore_index, const c10::optional<at::Tensor>& target_probs) {
+  bwd_cuda_into(grad_loss, logits, target, level_ids, lse, label_smoothing, smooth_levels, ignore_index, target_probs, logits);
 }
 #endif  // WITH_CUDA
 
@@ -325,13 +370,14 @@ TORCH_LIBRARY(iqa_vlm, m) {
   m.set_python_module("kernels");
   m.def(
       "level_ce_fwd(Tensor logits, Tensor target, Tensor level_ids, float label_smoothing, "
-      "bool smooth_levels, int ignore_index, bool inplace_backward=False) -> (Tensor, Tensor, Tensor)");
+      "bool smooth_levels, int ignore_index, bool inplace_backward=False, Tensor? target_probs=None) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "level_ce_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor level_ids, Tensor lse, "
-      "float label_smoothing, bool smooth_levels, int ignore_index) -> Tensor");
+      "float label_smoothing, bool smooth_levels, int ignore_index, Tensor? target_probs=None) -> Tensor");
   m.def(
       "level_ce_bwd_(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor level_ids, Tensor lse, "
-      "float label_smoothing, bool smooth_levels, int ignore_index) -> ()");
+      "float label_smoothing, bool smooth_levels, int ignore_index, Tensor? target_probs=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(iqa_vlm, CPU, m) {

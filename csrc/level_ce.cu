@@ -5,10 +5,11 @@
 // One block per row. Rows are read with 16-byte loads (a scalar head until the row pointer is
 // 16-byte aligned, a scalar tail), four loads in flight per thread. Forward: per-thread online
 // max / sum-of-exp / sum in fp32, combined with warp shuffles, then across warps in shared memory;
-// warp 0 then does the closed-set softmax and the loss. Backward: one read and one write per
-// element (g * exp(z - lse) - g * eps/|S|); the target / level entries are computed first (so the
-// gradient may overwrite the logits in place) and written last. All indexing into the [N, V]
-// buffer is int64 (N * V exceeds 2^31 at N=16384, V=151936).
+// warp 0 then does the closed-set softmax and the loss (a soft row's KL too). Backward: one read and
+// one write per element (g * exp(z - lse) - g * eps/|S|, or g * mass * exp(z - lse) on a soft row);
+// the target / level entries are computed first (so the gradient may overwrite the logits in place)
+// and written last. All indexing into the [N, V] buffer is int64 (N * V exceeds 2^31 at N=16384,
+// V=151936).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -209,24 +210,32 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const LevelCEParams p, co
   for (int64_t k = lane; k < K; k += 32)
     p.probs[i * K + k] = __expf(Elt<T>::load(z + p.level_ids[k]) - lm) / den;
 
-  // loss (lanes help with the level sum when smoothing over the levels)
+  // loss (lanes help with the level sums when smoothing over the levels or on a soft row)
   const int64_t y = p.target[i];
   const bool ignored = y == p.ignore_index, bad = !ignored && (y < 0 || y >= V);
-  float zl = 0.f;
+  const float* P = p.target_probs ? p.target_probs + i * K : nullptr;
+  float zl = 0.f, mass = 0.f, ent = 0.f, pz = 0.f;
   bool hit = false;
-  if (p.smooth_levels && !ignored && !bad) {
+  if ((p.smooth_levels || P) && !ignored && !bad) {
     for (int64_t k = lane; k < K; k += 32) {
       const int64_t c = p.level_ids[k];
-      zl += Elt<T>::load(z + c);
+      const float zc = Elt<T>::load(z + c);
+      zl += zc;
       hit |= (c == y);
+      if (P && P[k] > 0.f) mass += P[k], ent += P[k] * logf(P[k]), pz += P[k] * zc;
     }
     zl = warp_sum(zl);
+    if (P) mass = warp_sum(mass), ent = warp_sum(ent), pz = warp_sum(pz);
     hit = __any_sync(0xffffffffu, hit);
   }
   if (lane != 0) return;
   p.lse[i] = lse;
   if (ignored) { p.loss[i] = 0.f; return; }
   if (bad) { p.loss[i] = __int_as_float(0x7fc00000); return; }  // the glue checks targets first
+  if (P && hit) {  // soft row: KL(P || softmax(z)[L])
+    p.loss[i] = static_cast<float>(static_cast<double>(ent) - pz + static_cast<double>(mass) * lse);
+    return;
+  }
   const double nll = static_cast<double>(lse) - Elt<T>::load(z + y);
   double eps = p.label_smoothing, mean_s = 0.0;
   if (!p.smooth_levels) mean_s = static_cast<double>(st.sz) / static_cast<double>(V);
@@ -257,21 +266,36 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const LevelCEParams p, co
   }
   const float g = p.grad_loss[i], lse = p.lse_in[i];
 
-  // mode: 0 = smooth over vocab, 1 = over the levels (y is a level), 2 = plain NLL (y not a level)
-  if (threadIdx.x == 0) s_hit = 0;
+  // mode: 0 = smooth over vocab, 1 = over the levels (y is a level), 2 = plain NLL (y not a level),
+  // 3 = soft row (target_probs given, y is a level)
+  const float* P = p.target_probs ? p.target_probs + i * K : nullptr;
+  __shared__ float s_mass;
+  if (threadIdx.x == 0) {
+    s_hit = 0;
+    float m = 0.f;  // K is small (5 levels): one thread sums the soft row's mass
+    if (P)
+      for (int64_t k = 0; k < K; ++k) m += P[k];
+    s_mass = m;
+  }
   __syncthreads();
-  if (p.smooth_levels)
+  if (p.smooth_levels || P)
     for (int64_t k = threadIdx.x; k < K; k += kThreads)
       if (p.level_ids[k] == y) s_hit = 1;
   __syncthreads();
-  const int mode = !p.smooth_levels ? 0 : (s_hit ? 1 : 2);
-  // special entries: g * (p_c - corr_c), corr_c = (1-eps)[c == y] + eps/|S| [c in S] formed in double
-  const double e = p.label_smoothing;
+  const int mode = P ? (s_hit ? 3 : 0) : !p.smooth_levels ? 0 : (s_hit ? 1 : 2);
+  // special entries: g * (p_c - corr_c), corr_c = (1-eps)[c == y] + eps/|S| [c in S] formed in double;
+  // soft row: g * (mass * p_c - P_k)
+  const double e = mode == 3 ? 0.0 : p.label_smoothing;
   const float b_all = mode == 0 ? static_cast<float>(e / static_cast<double>(V)) : 0.f;
-  const int64_t nfix = mode == 1 ? K : 1;
+  const float mass = mode == 3 ? s_mass : 1.f;
+  const int64_t nfix = (mode == 1 || mode == 3) ? K : 1;
   for (int64_t k = threadIdx.x; k < nfix; k += kThreads) {
-    const int64_t c = mode == 1 ? p.level_ids[k] : y;
+    const int64_t c = (mode == 1 || mode == 3) ? p.level_ids[k] : y;
     const float pc = __expf(Elt<T>::load(z + c) - lse);
+    if (mode == 3) {
+      fix_val[k] = g * (mass * pc - P[k]);
+      continue;
+    }
     double corr;
     if (mode == 0) corr = 1.0 - e + e / static_cast<double>(V);
     else if (mode == 1) corr = (c == y ? 1.0 - e : 0.0) + e / static_cast<double>(K);
@@ -281,6 +305,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const LevelCEParams p, co
   __syncthreads();  // every special entry is read before any write below
 
   const float gb = g * b_all;
+  const float gs = g * mass;  // the factor on softmax(z)
   const uint4* zv = reinterpret_cast<const uint4*>(z + rs.head);
   uint4* ov = reinterpret_cast<uint4*>(out + rs.head);
   int64_t j = threadIdx.x;
@@ -293,7 +318,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const LevelCEParams p, co
       float f[n];
       Elt<T>::unpack(r[u], f);
 #pragma unroll
-      for (int k = 0; k < n; ++k) f[k] = g * __expf(f[k] - lse) - gb;
+      for (int k = 0; k < n; ++k) f[k] = gs * __expf(f[k] - lse) - gb;
       ov[j + u * kThreads] = Elt<T>::pack(f);
     }
   }
@@ -301,16 +326,16 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const LevelCEParams p, co
     float f[n];
     Elt<T>::unpack(zv[j], f);
 #pragma unroll
-    for (int k = 0; k < n; ++k) f[k] = g * __expf(f[k] - lse) - gb;
+    for (int k = 0; k < n; ++k) f[k] = gs * __expf(f[k] - lse) - gb;
     ov[j] = Elt<T>::pack(f);
   }
   for (int64_t c = threadIdx.x; c < rs.head; c += kThreads)
-    out[c] = Elt<T>::cvt(g * __expf(Elt<T>::load(z + c) - lse) - gb);
+    out[c] = Elt<T>::cvt(gs * __expf(Elt<T>::load(z + c) - lse) - gb);
   for (int64_t c = rs.tail_begin + threadIdx.x; c < V; c += kThreads)
-    out[c] = Elt<T>::cvt(g * __expf(Elt<T>::load(z + c) - lse) - gb);
+    out[c] = Elt<T>::cvt(gs * __expf(Elt<T>::load(z + c) - lse) - gb);
   __syncthreads();
   for (int64_t k = threadIdx.x; k < nfix; k += kThreads)
-    out[mode == 1 ? p.level_ids[k] : y] = Elt<T>::cvt(fix_val[k]);
+    out[(mode == 1 || mode == 3) ? p.level_ids[k] : y] = Elt<T>::cvt(fix_val[k]);
 }
 
 // ---------------------------------------------------------------------------- launchers

@@ -9,6 +9,11 @@
 //             y is a level id; smooth_levels=true with y not a level id: plain NLL (eps ignored).
 //   probs   = softmax(z[level_ids])                                  (fp32, every row)
 //   dz      = g (softmax(z) - (1-eps) onehot(y) - eps u_S)           (0 when y == ignore_index)
+// Soft targets (target_probs P [N, K] given; DeQA-Score's soft level labels): a row whose y is a level
+// id is a soft row, with S = sum_k P_k (DeQA's mean-preserving labels need not sum to exactly 1):
+//   loss    = KL(P || softmax(z)[L]) = sum_k P_k log P_k - sum_k P_k z_{L_k} + S lse   (0 log 0 = 0)
+//   dz      = g (S softmax(z) - scatter_L(P))
+// Other rows keep the hard-target formulas above (eps applies to them); P's rows for them are not read.
 #pragma once
 #include <cstdint>
 
@@ -25,6 +30,7 @@ struct LevelCEParams {
   bool smooth_levels = false;
   int64_t ignore_index = -100;
   DType dtype = DType::F32;
+  const float* target_probs = nullptr;  // [N, K] fp32, finite and >= 0; nullptr = hard targets only
   // forward outputs (fp32)
   float* loss = nullptr;   // [N]
   float* probs = nullptr;  // [N, K]

@@ -6,7 +6,8 @@
 // Forward, per row: one streaming read of the row, in L1-sized chunks; each chunk gives its max,
 // sum(z) and sum(exp(z - m)) against the running max m of the chunks before it, and m is moved up
 // once per chunk (online softmax at chunk granularity): one read and one exp per element.
-// Backward, per row: one read of z, one write of g * exp(z - lse) - g * eps/|S|; the few entries
+// Backward, per row: one read of z, one write of g * exp(z - lse) - g * eps/|S| (g * mass * exp(z - lse)
+// on a soft row); the few entries
 // that also carry the target / level terms are computed before the sweep (so the gradient may
 // overwrite the logits in place) and written after it. Everything accumulates in fp32
 // (per-chunk partial sums are added in double).
@@ -203,6 +204,17 @@ void fwd_row(const LevelCEParams& p, int64_t i) {
   const int64_t y = p.target[i];
   if (y == p.ignore_index) { p.loss[i] = 0.f; return; }
   if (y < 0 || y >= V) { p.loss[i] = std::numeric_limits<float>::quiet_NaN(); return; }  // checked by the glue
+  if (p.target_probs != nullptr && in_levels(p, y)) {  // soft row: KL(P || softmax(z)[L])
+    const float* P = p.target_probs + i * p.K;
+    double mass = 0.0, ent = 0.0, pz = 0.0;
+    for (int64_t k = 0; k < p.K; ++k) {
+      const double pk = P[k];
+      mass += pk;
+      if (pk > 0.0) ent += pk * std::log(pk), pz += pk * static_cast<float>(z[p.level_ids[k]]);
+    }
+    p.loss[i] = static_cast<float>(ent - pz + mass * lse);
+    return;
+  }
   const double nll = lse - static_cast<float>(z[y]);
   double eps = p.label_smoothing, mean_s = 0.0;
   if (!p.smooth_levels) {
@@ -240,12 +252,20 @@ void bwd_row(const LevelCEParams& p, int64_t i, std::vector<std::pair<int64_t, f
 
   // Special entries first (read before the sweep, which may overwrite z in place). Each gets
   // g * (p_c - corr_c), corr_c = (1-eps)[c == y] + eps/|S| [c in S] formed in double (one rounding,
-  // so e.g. V=1 gives exactly 0).
+  // so e.g. V=1 gives exactly 0); a soft row's level entries get g * (mass * p_c - P_k).
   fix.clear();
   const double e = p.label_smoothing;
   auto corr = [](double x) { return static_cast<float>(x); };
   float b_all = 0.f;  // eps/|S| when S is the whole vocab
-  if (!p.smooth_levels) {
+  float gs = g;       // the sweep's factor on softmax(z): g, or g * mass on a soft row
+  if (p.target_probs != nullptr && in_levels(p, y)) {
+    const float* P = p.target_probs + i * p.K;
+    double mass = 0.0;
+    for (int64_t k = 0; k < p.K; ++k) mass += P[k];
+    gs = static_cast<float>(g * mass);
+    for (int64_t k = 0; k < p.K; ++k)
+      fix.emplace_back(p.level_ids[k], static_cast<float>(g * (mass * prob(p.level_ids[k]) - P[k])));
+  } else if (!p.smooth_levels) {
     b_all = corr(e / static_cast<double>(V));
     fix.emplace_back(y, g * (prob(y) - corr(1.0 - e + e / static_cast<double>(V))));
   } else if (in_levels(p, y)) {
@@ -258,9 +278,9 @@ void bwd_row(const LevelCEParams& p, int64_t i, std::vector<std::pair<int64_t, f
     fix.emplace_back(y, g * (prob(y) - 1.f));
   }
 
-  // Sweep: out = g * exp(z - lse) - g * b_all
+  // Sweep: out = gs * exp(z - lse) - g * b_all
   const int64_t lv = V - V % kW;
-  const Vec vg(g), vl(lse), vb(g * b_all);
+  const Vec vg(gs), vl(lse), vb(g * b_all);
   for (int64_t j = 0; j < lv; j += kW) {
     Vec a, b;
     load2(z + j, a, b);
@@ -268,7 +288,7 @@ void bwd_row(const LevelCEParams& p, int64_t i, std::vector<std::pair<int64_t, f
     b = (b - vl).exp_u20() * vg - vb;
     store2(out + j, a, b);
   }
-  for (int64_t j = lv; j < V; ++j) out[j] = T(g * prob(j) - g * b_all);
+  for (int64_t j = lv; j < V; ++j) out[j] = T(gs * prob(j) - g * b_all);
   for (const auto& f : fix) out[f.first] = T(f.second);
 }
 

@@ -172,6 +172,16 @@ def test_make_score_on_real_pyiqa_metadata(tmp_path):
     assert {r["conversations"][0]["value"] for r in splits["test"]} == {S.SCORE_QUESTION + "\n<image>"}
     assert len({r["conversations"][0]["value"] for r in splits["train"]}) == len(S.SCORE_PARAPHRASES)
     assert (lo, hi) == (2.0, 96.0) and set(meta["counts"]["test"]["by_level"]) == set(LEVELS)
+    # DeQA-Score's soft labels on every record: KonIQ's spread is that of its 1-5 ratings (sigma = 4 std / the observed
+    # range of the 1-5 MOS, 1.10-4.31), SPAQ has none
+    soft = meta["soft_labels"]
+    assert soft["spaq"] == {"density": "cdf", "spread": "std", "binary (no spread)": 11125}
+    assert sum(v for k, v in soft["koniq10k"].items() if k not in ("density", "spread")) == 10073
+    acr = [sum(k * float(r[f"c{k}"]) for k in range(1, 6)) for r in krows]  # KonIQ's 1-5 MOS, the scale of its std
+    assert meta["datasets"]["koniq10k"]["std_scale_range"] == pytest.approx([min(acr), max(acr)], abs=1e-6)
+    for r in (r for s in splits.values() for r in s if r["source"] == "koniq10k"):
+        assert r["std_norm"] == pytest.approx(4 * r["std"] / (max(acr) - min(acr)), abs=1e-5) and len(r["level_probs"]) == 5
+        assert sum(x * p for x, p in zip(range(1, 6), r["level_probs"])) == pytest.approx(4 * r["mos_norm"] + 1, abs=0.1)
 
 
 @needs_meta
