@@ -56,7 +56,7 @@ def gaussian_blur(x, sigma):
 
 def distort(x, label, severity, rng):
     """x float32 HxWx3 in [0,1] -> distorted copy. Severity 1..5; strengths chosen so that each is
-    visible at 64x64 (KADID-10k's types as the model: gaussian blur, white noise, brighten/darken,
+    visible at 32x32 (KADID-10k's types as the model: gaussian blur, white noise, brighten/darken,
     JPEG, contrast change, saturation change, pixel jitter)."""
     s = severity - 1
     if label == "clean":
@@ -70,7 +70,7 @@ def distort(x, label, severity, rng):
         return np.clip(x, 0, 1) ** gamma
     if label == "compression":
         # JPEG's 8x8 block grid at a random offset: in a real image it has no relation to the model's
-        # patch grid, and here (patch 8 on a 64x64 crop) an aligned grid would hide every block edge
+        # patch grid, and here (patch 4 on a 32x32 crop) an aligned grid would hide every block edge
         dy, dx = rng.integers(0, 8, 2)
         padded = np.pad(x, ((dy, 8 - dy), (dx, 8 - dx), (0, 0)), mode="reflect")
         buf = io.BytesIO()
@@ -116,7 +116,7 @@ def synthetic_mos(label, severity, rng):
     return round(float(np.clip(base, 1.0, 5.0)), 3)
 
 
-def make_demo(out, seed=0, size=64, crops_per_class=96, n_test_photos=4):
+def make_demo(out, seed=0, size=32, crops_per_class=96, n_test_photos=4):
     t0 = time.time()
     rng = np.random.default_rng(seed)
     photos = list(DEMO_PHOTOS)

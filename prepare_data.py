@@ -68,7 +68,7 @@ def main(argv=None):
     ap.add_argument("--check_images", type=boolean, default=True, help="decode every image (false: faster, less safe)")
     ap.add_argument("--skip_bad_images", type=boolean, default=False,
                     help="leave out images that cannot be decoded, counted in meta.json (default: an error naming them)")
-    ap.add_argument("--image_size", type=int, default=64, help="demo only: side of the crops")
+    ap.add_argument("--image_size", type=int, default=32, help="demo only: side of the crops (the tiny model's input)")
     ap.add_argument("--crops_per_class", type=int, default=96, help="demo only: crops per class per training photo")
     args = ap.parse_args(argv)
     check_arguments(args, ap)
