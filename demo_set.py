@@ -56,8 +56,8 @@ def gaussian_blur(x, sigma):
 
 def distort(x, label, severity, rng):
     """x float32 HxWx3 in [0,1] -> distorted copy. Severity 1..5; strengths chosen so that each is
-    visible at 32x32 (KADID-10k's types as the model: gaussian blur, white noise, brighten/darken,
-    JPEG, contrast change, saturation change, pixel jitter)."""
+    visible at 64x64 and kept when the crops became 32x32 (KADID-10k's types as the model: gaussian blur,
+    white noise, brighten/darken, JPEG, contrast change, saturation change, pixel jitter)."""
     s = severity - 1
     if label == "clean":
         return x
