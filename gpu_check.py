@@ -9,12 +9,15 @@ Each part has its own time limit and its failure is recorded, not fatal: one bro
 Without a CUDA device it runs the CPU-safe parts and exits with status 2 and a message saying what needs a GPU.
 """
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+
+from common import atomic_write, atomic_write_json
 
 PY = sys.executable
 # the op at LLaVA-OV / Qwen2 vocabulary (bf16) and at a LLaMA-2 vocabulary with more rows (fp32)
@@ -48,17 +51,26 @@ def main(argv=None):
     lines = ["# GPU check", "", f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- torch {torch.__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}"]
     parts = {}
+
+    def save():  # after every part: a run cut off by its time limit still leaves what it measured
+        atomic_write(os.path.join(args.out, "gpu_check.md"), "\n".join(lines) + "\n")
+        atomic_write_json(os.path.join(args.out, "gpu_check.json"), parts)
+
     if gpu:
         name, cap = torch.cuda.get_device_name(), torch.cuda.get_device_capability()
         lines.append(f"- device: {name}, sm_{cap[0]}{cap[1]}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
         code, sec, log = run([PY, "setup.py", "build_ext", "--inplace"], 300, {"TORCH_CUDA_ARCH_LIST": f"{cap[0]}.{cap[1]}"})
         parts["build"] = {"code": code, "seconds": round(sec, 1), "log": log[-800:]}
         lines.append(f"- extension build for sm_{cap[0]}{cap[1]}: {'ok' if code == 0 else 'FAILED'} ({sec:.0f} s)")
+        save()
         code, sec, log = run([PY, "-m", "pytest", "-q", "tests/test_kernels.py", "tests/test_kernels_soft.py", "-k", "cuda"], 240,
                              {"IQA_REQUIRE_EXT": "1"})
         parts["cuda_tests"] = {"code": code, "seconds": round(sec, 1), "summary": log.strip().splitlines()[-1:] if log else []}
         lines.append(f"- CUDA tests: {'passed' if code == 0 else 'FAILED'}: {parts['cuda_tests']['summary']}")
-        if args.install_liger == "true":
+        save()
+        if importlib.util.find_spec("liger_kernel") is not None:
+            lines.append("- liger-kernel: already installed")
+        elif args.install_liger == "true":
             code, _, _ = run([PY, "-m", "pip", "install", "-q", "liger-kernel"], 120)
             lines.append(f"- liger-kernel install: {'ok' if code == 0 else 'failed (no Liger baseline)'}")
     else:
@@ -88,6 +100,7 @@ def main(argv=None):
             lines.append("")
         else:
             lines.append(f"N {n} x V {v}, {dtype}: FAILED ({code}): {log[-400:]}")
+        save()
     if gpu:
         lines += ["## Training step (random weights, synthetic batch; bench_train.py)", "",
                   "| preset | trainable | batch x tokens | image tokens | steps/s | samples/s | tokens/s | peak GiB | estimated GiB | measured / estimated | MFU |",
@@ -104,10 +117,8 @@ def main(argv=None):
                              f"{r['measured_over_estimated']:.2f} | {r.get('mfu', float('nan')):.1%} |")
             else:
                 lines.append(f"| {preset} | {trainable} | {batch} x {seq} | failed ({code}: out of memory or time?) | | | | | | | |")
-    with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-        json.dump(parts, f, indent=2)
+            save()
+    save()
     print("\n".join(lines))
     if not gpu:
         print(f"\ngpu_check: no CUDA device here: the extension's CUDA build, the CUDA tests, the GPU op benchmark and the "
