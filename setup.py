@@ -3,7 +3,7 @@
     python setup.py build_ext --inplace          # CPU kernels, plus CUDA when torch and a toolkit have it
     USE_CUDA=0 python setup.py build_ext --inplace   # CPU only, even on a CUDA machine
 
-It is built as a CUDAExtension (with -DWITH_CUDA and csrc/level_ce.cu) when torch is a CUDA build
+It is built as a CUDAExtension (with -DWITH_CUDA and csrc/level_ce_cuda.cu) when torch is a CUDA build
 (torch.version.cuda is set) AND a CUDA toolkit is found (CUDA_HOME / nvcc), unless USE_CUDA=0;
 otherwise as a CppExtension. GPU architectures: TORCH_CUDA_ARCH_LIST if set, else "8.0;8.6;9.0"
 (A100, A6000/RTX 30xx, H100). On an A6000 box (sm_86) build just that one, which is faster:
@@ -31,7 +31,8 @@ with_cuda = want_cuda and torch.version.cuda is not None and cpp_extension.CUDA_
 
 sources = [csrc("level_ce.cpp"), csrc("level_ce_cpu_default.cpp")]
 macros = []
-if platform.machine().lower() in ("x86_64", "amd64"):
+# IQA_CPU_VARIANTS=0: the portable CPU kernel only (for a compiler that rejects the per-ISA files)
+if platform.machine().lower() in ("x86_64", "amd64") and os.environ.get("IQA_CPU_VARIANTS", "1") != "0":
     sources += [csrc("level_ce_cpu_avx2.cpp"), csrc("level_ce_cpu_avx512.cpp")]
     macros += [("IQA_HAVE_AVX2", None), ("IQA_HAVE_AVX512", None)]
 
@@ -42,7 +43,7 @@ extra = dict(extra_compile_args={"cxx": cxx_flags}, extra_link_args=omp)
 
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0")
-    sources.append(csrc("level_ce.cu"))
+    sources.append(csrc("level_ce_cuda.cu"))  # not level_ce.cu: its object would collide with level_ce.cpp's level_ce.o
     macros.append(("WITH_CUDA", None))
     extra["extra_compile_args"]["nvcc"] = ["-O3", "-lineinfo"]  # torch adds -std and the arch flags
     ext = CUDAExtension("iqa_vlm_ext", sources, define_macros=macros, **extra)

@@ -1,5 +1,5 @@
 // Torch glue for the fused level cross-entropy op: schema, input checks, CPU dispatch and (with
-// -DWITH_CUDA) the CUDA dispatch. Kernels live in level_ce_cpu.h (CPU) and level_ce.cu (CUDA).
+// -DWITH_CUDA) the CUDA dispatch. Kernels live in level_ce_cpu.h (CPU) and level_ce_cuda.cu (CUDA).
 //
 // Ops (namespace iqa_vlm; the Python face is kernels.py, which adds autograd and fake kernels):
 //   level_ce_fwd(Tensor logits, Tensor target, Tensor level_ids, float label_smoothing,

@@ -1,5 +1,5 @@
 // Plain-C++ interface shared by the torch glue (level_ce.cpp), the CPU row kernels
-// (level_ce_cpu_*.cpp) and the CUDA kernels (level_ce.cu). No torch or CUDA headers here,
+// (level_ce_cpu_*.cpp) and the CUDA kernels (level_ce_cuda.cu). No torch or CUDA headers here,
 // so nvcc can compile the .cu without a torch install.
 //
 // Semantics (see ../shared/DESIGN.md, "The op"), per row i with z = logits[i], y = target[i]:
@@ -52,7 +52,7 @@ namespace cpu_avx2    { void fwd_rows(const LevelCEParams&, int64_t, int64_t);
 namespace cpu_avx512  { void fwd_rows(const LevelCEParams&, int64_t, int64_t);
                         void bwd_rows(const LevelCEParams&, int64_t, int64_t); }
 
-// CUDA launchers (level_ce.cu). `stream` is a cudaStream_t passed as void* so this header stays
+// CUDA launchers (level_ce_cuda.cu). `stream` is a cudaStream_t passed as void* so this header stays
 // free of CUDA includes. They return a cudaError_t value (0 = success) from the launch.
 int level_ce_fwd_cuda(const LevelCEParams& p, void* stream);
 int level_ce_bwd_cuda(const LevelCEParams& p, void* stream);

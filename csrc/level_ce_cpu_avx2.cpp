@@ -1,7 +1,16 @@
 // AVX2+FMA build of the CPU row kernels. The glue calls it only on CPUs that have AVX2 and FMA
 // (at::get_cpu_capability(), which also honours ATEN_CPU_CAPABILITY). setup.py compiles this file
-// only for x86-64; the target pragma comes before every include, like ATen's per-ISA kernel files.
+// only for x86-64; the target pragma comes before every include but the standard library's.
 #if defined(__x86_64__) || defined(_M_X64)
+// The standard headers come first, outside the target pragma: GCC 13's libstdc++ declares std::allocator's
+// members always_inline, and defined under the pragma they fail to inline ("target specific option mismatch").
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <utility>
+#include <vector>
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt"))), apply_to = function)
 #elif defined(__GNUC__)

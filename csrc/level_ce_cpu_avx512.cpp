@@ -1,6 +1,15 @@
 // AVX-512 (F/BW/VL/DQ) build of the CPU row kernels. The glue calls it only when
 // at::get_cpu_capability() says AVX512. See level_ce_cpu_avx2.cpp.
 #if defined(__x86_64__) || defined(_M_X64)
+// The standard headers come first, outside the target pragma: GCC 13's libstdc++ declares std::allocator's
+// members always_inline, and defined under the pragma they fail to inline ("target specific option mismatch").
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <utility>
+#include <vector>
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt"))), apply_to = function)
 #elif defined(__GNUC__)

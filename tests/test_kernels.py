@@ -423,3 +423,13 @@ def test_cuda_matches_cpu_and_errors():
         assert relerr(v, u) <= 1e-2
     with pytest.raises(ValueError, match="target\\[0\\]=5000 is out of range"):
         kernels.level_cross_entropy(logits.cuda(), torch.full((4,), 5000, device="cuda"))
+
+
+def test_extension_sources_have_distinct_stems():
+    """setuptools names each object after its source's stem: level_ce.cpp next to level_ce.cu would both become
+    level_ce.o and break the CUDA build (ninja: "multiple rules generate"), which a CPU-only build never compiles."""
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    sources = [f for f in os.listdir(csrc) if f.endswith((".cpp", ".cu"))]
+    stems = [os.path.splitext(f)[0] for f in sources]
+    assert "level_ce_cuda.cu" in sources
+    assert len(stems) == len(set(stems)), sorted(sources)

@@ -1,5 +1,5 @@
 // CUDA kernels for the fused level cross-entropy op (semantics in level_ce.h / DESIGN.md).
-// Only CUDA headers here, so `nvcc -c -arch=sm_80 csrc/level_ce.cu` works without torch or a GPU;
+// Only CUDA headers here, so `nvcc -c -arch=sm_80 csrc/level_ce_cuda.cu` works without torch or a GPU;
 // the torch glue (level_ce.cpp) passes raw pointers and the stream.
 //
 // One block per row. Rows are read with 16-byte loads (a scalar head until the row pointer is
