@@ -2,6 +2,7 @@
 
     python setup.py build_ext --inplace          # CPU kernels, plus CUDA when torch and a toolkit have it
     USE_CUDA=0 python setup.py build_ext --inplace   # CPU only, even on a CUDA machine
+    IQA_CPU_VARIANTS=0 python setup.py build_ext --inplace   # the portable CPU kernel alone (no AVX2/AVX-512 files)
 
 It is built as a CUDAExtension (with -DWITH_CUDA and csrc/level_ce_cuda.cu) when torch is a CUDA build
 (torch.version.cuda is set) AND a CUDA toolkit is found (CUDA_HOME / nvcc), unless USE_CUDA=0;

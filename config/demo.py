@@ -1,6 +1,7 @@
-# The tiny demo on a CPU: the built-in 287k-parameter LLaVA (tiny_models.py) on the scikit-image demo set
-# (python prepare_data.py). Measured settings, not a paper's: a random tiny model needs a high lr, and
-# flips / 90-degree turns multiply its few photos (no distortion class depends on orientation).
+# The tiny demo on a CPU: the built-in 287k-parameter LLaVA (tiny_models.py) on the demo set (python prepare_data.py:
+# 21 photos that scikit-image, matplotlib and scikit-learn ship). Measured settings, not a paper's: a random tiny
+# model needs a high lr, and flips / 90-degree turns multiply its few photos (no distortion class depends on
+# orientation).
 #   python train.py config/demo.py --trainable encoder,projector --max_steps 1800 --out out/demo && python evaluate.py distortion --ckpt out/demo --tta true
 model = "tiny"
 data = "data/demo"

@@ -1,8 +1,7 @@
 // AVX-512 (F/BW/VL/DQ) build of the CPU row kernels. The glue calls it only when
 // at::get_cpu_capability() says AVX512. See level_ce_cpu_avx2.cpp.
 #if defined(__x86_64__) || defined(_M_X64)
-// The standard headers come first, outside the target pragma: GCC 13's libstdc++ declares std::allocator's
-// members always_inline, and defined under the pragma they fail to inline ("target specific option mismatch").
+// the standard headers outside the target pragma, as in level_ce_cpu_avx2.cpp (GCC 13)
 #include <algorithm>
 #include <cmath>
 #include <functional>

@@ -35,6 +35,10 @@ def test_demo_set_is_deterministic_and_split_by_photo(demo, tmp_path):
     test = [json.loads(l) for l in open(demo / "test.jsonl")]
     assert not {r["ref"] for r in train} & {r["ref"] for r in test}
     assert {r["label"] for r in test} == set(meta["labels"])
+    # matplotlib's and scikit-learn's photos are colour and only train (the held-out draw is over DEMO_TEST_POOL)
+    import demo_set
+    assert set(demo_set.EXTRA_PHOTOS) <= {r["ref"] for r in train if r["label"] == "colorfulness"}
+    assert set(meta["test_photos"]) <= set(demo_set.DEMO_TEST_POOL)
     for r in train[:50]:
         assert (r["severity"] == 0) == (r["label"] == "clean") and 1 <= r["mos"] <= 5
         assert os.path.exists(demo / r["image"])
