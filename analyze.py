@@ -4,13 +4,14 @@ JSON of its numbers and, where a person would rather look, a PNG.
     python analyze.py level-precision --meta ../shared/iqa_meta      # what the MOS -> 5 levels conversion keeps
     python analyze.py mix-ratio --run true --repeats 1 --grid_a 0.25,1,4 --grid_b 0.5,1,2  # Q-SiT Alg. 1 steps 1-2
     python analyze.py semantic-shift --ckpt out/ablation/encoder --ckpt out/ablation/projector
+    python analyze.py feature-baseline --data data/demo               # the classes without a VLM: a bar for one
     python analyze.py hard-samples --data data/demo_score --pred out/score_tiny/predictions_score.jsonl
     python analyze.py logit-lens --ckpt out/pw_stage2 --mode two_stage --data data/demo_pathway
     python analyze.py attention --ckpt out/pw_one_stage --mode one_stage --data data/demo_pathway
 
-Each analysis lives with its line of work: level-precision in scoring.py, mix-ratio in data_mix.py, semantic-shift in
-distortion.py, hard-samples in hard_samples.py, logit-lens and attention in quality_token.py. Booleans are spelled
-true / false.
+Each analysis lives with its line of work: level-precision in scoring.py, mix-ratio in data_mix.py, semantic-shift and
+feature-baseline in distortion.py, hard-samples in hard_samples.py, logit-lens and attention in quality_token.py.
+Booleans are spelled true / false.
 """
 import data_mix
 import distortion
@@ -101,6 +102,13 @@ def logit_lens_args(p):
     p.add_argument("--focus", default="poor", help="token frequency per layer for samples predicted this level")
 
 
+def feature_baseline_args(p):
+    p.add_argument("--data", default="data/demo", help="a prepared distortion folder (train.jsonl fits, --split scores)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default="out/feature_baseline")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def distortion_tables_args(p):
     p.add_argument("--ablation", default=None, help="ablation.py's OUT/ablation.json")
     p.add_argument("--shift", default=None, help="semantic-shift's OUT/semantic_shift.json")
@@ -127,6 +135,8 @@ COMMANDS = {
                      "select difficult, diverse samples from a weak model's errors (Wu et al. 2024), NR or FR"),
     "logit-lens": (quality_token.logit_lens_report, logit_lens_args,
                    "logit lens at the quality token: top tokens and level probabilities per layer"),
+    "feature-baseline": (distortion.feature_baseline, feature_baseline_args,
+                         "a bar without a VLM: global image statistics + gradient-boosted trees, per class and photo"),
     "distortion-tables": (distortion.paper_tables, distortion_tables_args,
                           "Tables 1 and 2 of the distortion paper in its shape, this run's numbers beside the paper's"),
     "two-stage-tables": (two_stage.paper_tables, two_stage_tables_args,

@@ -8,6 +8,7 @@ token (Table 2, Fig. 6).
     python prepare_data.py --task distortion --kadid /data/kadid10k --out data/distortion   # distortion_records
     python evaluate.py distortion --ckpt out/run                                         # evaluate()
     python analyze.py semantic-shift --ckpt out/ablation/encoder --ckpt out/ablation/projector   # semantic_shift()
+    python analyze.py feature-baseline --data data/distortion     # feature_baseline(): the split without a VLM
 """
 import os
 import random
@@ -213,6 +214,68 @@ def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_siz
         print(f"free generation: accuracy {100 * result['generation_accuracy']:.1f}%, "
               f"unparsed {result['generation_unparsed']}/{result['n']}")
     print(f"test accuracy (closed-set, {result['n']} samples): {100 * result['accuracy']:.1f}%  -> {out}/eval_distortion.json")
+    return result
+
+
+# ----------------------------------------------------------------------------- a reference without a VLM
+def global_features(img):
+    """40 numbers a distortion class changes, from a PIL image: luma histogram (16 bins) and percentiles, chroma
+    magnitude histogram (12 bins) and spread (saturation), gradient and Laplacian statistics (blur, noise, jitter,
+    blocks). Hand-made for this reference, not a paper's."""
+    x = np.asarray(img, dtype=np.float32) / 255
+    y = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    chroma = np.sqrt(((x - y[..., None]) ** 2).sum(-1))
+    gy, gx = np.gradient(y)
+    grad = np.hypot(gx, gy)
+    lap = np.abs(4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:])
+    return np.concatenate([np.histogram(y, 16, (0, 1))[0] / y.size, np.histogram(chroma, 12, (0, 0.6))[0] / y.size,
+                           np.percentile(y, [1, 5, 25, 50, 75, 95, 99]),
+                           [y.std(), chroma.mean(), chroma.std(), grad.mean(), grad.std(), np.percentile(grad, 90),
+                            lap.mean(), lap.std()], (x - y[..., None]).std(axis=(0, 1))[[0, 2]]])
+
+
+def feature_baseline(data="data/demo", split="test", out="out/feature_baseline", seed=0):
+    """analyze.py feature-baseline: what the split's classes give away without a VLM, as a bar for a fine-tuned one:
+    global_features of every image, a gradient-boosted tree ensemble (scikit-learn's histogram GBT, 300 rounds) fit on
+    train, scored on `split`, overall, per class and per reference photo (held-out content is what a no-reference model
+    has to generalise over). Writes OUT/feature_baseline.json and OUT/confusion.png."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    def features(name):
+        records = [r for r in load_records(data, name) if r.get("task", "distortion") == "distortion"]
+        if not records:
+            raise SystemExit(f"no distortion records in {data} ({name})")
+        feats, t0 = [], time.time()
+        for i, r in enumerate(records, 1):
+            feats.append(global_features(load_image(r["image"])))
+            if i % 500 == 0 or i == len(records):
+                print(f"\rfeatures {name}: {i}/{len(records)} ({i / (time.time() - t0):.0f} images/s)", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        unknown = sorted({r["label"] for r in records} - set(LABELS))
+        if unknown:
+            raise SystemExit(f"{data} ({name}): labels {unknown} are not among {LABELS}")
+        return records, np.stack(feats), np.array([LABELS.index(r["label"]) for r in records])
+
+    _, x_train, y_train = features("train")
+    records, x_test, y_test = features(split)
+    clf = HistGradientBoostingClassifier(max_iter=300, random_state=seed).fit(x_train, y_train)
+    pred = clf.predict(x_test)
+    confusion = [[int(((y_test == t) & (pred == p)).sum()) for p in range(len(LABELS))] for t in range(len(LABELS))]
+    per_ref = {}
+    for r, ok in zip(records, pred == y_test):
+        per_ref.setdefault(r.get("ref", "?"), []).append(bool(ok))
+    result = {"data": data, "split": split, "n": len(records), "n_train": len(y_train), "accuracy": float((pred == y_test).mean()),
+              "per_class": {l: float((pred[y_test == i] == i).mean()) if (y_test == i).any() else None for i, l in enumerate(LABELS)},
+              "per_ref": {k: sum(v) / len(v) for k, v in sorted(per_ref.items())}, "labels": LABELS, "confusion": confusion,
+              "confusion_axes": "rows = true label, columns = predicted", "classifier": "HistGradientBoostingClassifier(max_iter=300)",
+              "features": "distortion.global_features (40 global statistics)", "seed": seed}
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, "feature_baseline.json"), result)
+    confusion_png(os.path.join(out, "confusion.png"), confusion, LABELS,
+                  f"global features + GBT: accuracy {100 * result['accuracy']:.1f}% (n={result['n']})")
+    print("per class: " + ", ".join(f"{l} {100 * a:.0f}%" for l, a in result["per_class"].items() if a is not None))
+    print("per photo: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in result["per_ref"].items()))
+    print(f"feature baseline accuracy ({split}, {result['n']} samples): {100 * result['accuracy']:.1f}%  -> {out}/feature_baseline.json")
     return result
 
 

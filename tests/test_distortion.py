@@ -1,11 +1,12 @@
 """Distortion perception, semantic shift: the cosine and logit math on hand-built tensors, pooling shapes, V = the tokens that
 enter the LM, zero shift for unchanged weights, an LM-only change that moves the logit but not the cosine, and
-clear errors for bad checkpoints.
+clear errors for bad checkpoints; the feature baseline on textures whose classes global statistics separate.
 
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_distortion.py
 """
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -182,3 +184,37 @@ def test_bad_ckpt_gives_a_clear_error(tmp_path):
     (tmp_path / "nofield" / "config.json").write_text("{not json")
     with pytest.raises(SystemExit, match=r"nofield/config\.json: not valid JSON"):
         run_cmd("--ckpt", ckpt, "--out", str(tmp_path / "out"))
+
+
+def _write_split(folder, split, per_class, labels, rng):
+    """Textures in `labels`' classes, distorted strongly enough that global statistics separate them."""
+    from common import atomic_write_jsonl
+    from demo_set import distort, to_uint8
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    records = []
+    for label in labels:
+        for k in range(per_class):
+            ref = f"{split}{k % 3}"
+            base = gaussian_filter(rng.random((32, 32, 3)), (1.5, 1.5, 0)).astype(np.float32)
+            base = (base - base.min()) / (base.max() - base.min())
+            x = distort(base, label, 5, rng)
+            name = f"images/{split}_{label}_{k}.png"
+            Image.fromarray(to_uint8(x)).save(os.path.join(folder, name))
+            records.append(A.distortion_record(f"t/{name}", name, label, "t", ref))
+    atomic_write_jsonl(os.path.join(folder, f"{split}.jsonl"), records)
+
+
+def test_feature_baseline_separates_global_distortions(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = ["clean", "blur", "noise", "contrast"]
+    _write_split(str(tmp_path / "d"), "train", 30, labels, rng)
+    _write_split(str(tmp_path / "d"), "test", 12, labels, rng)
+    res = A.feature_baseline(str(tmp_path / "d"), out=str(tmp_path / "fb"))
+    assert res["n"] == 48 and res["n_train"] == 120
+    assert res["accuracy"] >= 0.9, res  # blur, noise and contrast at severity 5 change every statistic they touch
+    assert sum(map(sum, res["confusion"])) == 48
+    assert res["per_class"]["jitter"] is None and set(res["per_ref"]) == {"test0", "test1", "test2"}
+    assert json.load(open(tmp_path / "fb" / "feature_baseline.json"))["accuracy"] == res["accuracy"]
+    assert (tmp_path / "fb" / "confusion.png").stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="val.jsonl"):
+        A.feature_baseline(str(tmp_path / "d"), split="val", out=str(tmp_path / "fb"))
