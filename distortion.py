@@ -219,7 +219,7 @@ def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_siz
 
 # ----------------------------------------------------------------------------- a reference without a VLM
 def global_features(img):
-    """40 numbers a distortion class changes, from a PIL image: luma histogram (16 bins) and percentiles, chroma
+    """45 numbers a distortion class changes, from a PIL image: luma histogram (16 bins) and percentiles, chroma
     magnitude histogram (12 bins) and spread (saturation), gradient and Laplacian statistics (blur, noise, jitter,
     blocks). Hand-made for this reference, not a paper's."""
     x = np.asarray(img, dtype=np.float32) / 255
@@ -245,15 +245,15 @@ def feature_baseline(data="data/demo", split="test", out="out/feature_baseline",
         records = [r for r in load_records(data, name) if r.get("task", "distortion") == "distortion"]
         if not records:
             raise SystemExit(f"no distortion records in {data} ({name})")
+        unknown = sorted({r["label"] for r in records} - set(LABELS))
+        if unknown:
+            raise SystemExit(f"{data} ({name}): labels {unknown} are not among {LABELS}")
         feats, t0 = [], time.time()
         for i, r in enumerate(records, 1):
             feats.append(global_features(load_image(r["image"])))
             if i % 500 == 0 or i == len(records):
                 print(f"\rfeatures {name}: {i}/{len(records)} ({i / (time.time() - t0):.0f} images/s)", end="", file=sys.stderr)
         print(file=sys.stderr)
-        unknown = sorted({r["label"] for r in records} - set(LABELS))
-        if unknown:
-            raise SystemExit(f"{data} ({name}): labels {unknown} are not among {LABELS}")
         return records, np.stack(feats), np.array([LABELS.index(r["label"]) for r in records])
 
     _, x_train, y_train = features("train")
@@ -268,7 +268,7 @@ def feature_baseline(data="data/demo", split="test", out="out/feature_baseline",
               "per_class": {l: float((pred[y_test == i] == i).mean()) if (y_test == i).any() else None for i, l in enumerate(LABELS)},
               "per_ref": {k: sum(v) / len(v) for k, v in sorted(per_ref.items())}, "labels": LABELS, "confusion": confusion,
               "confusion_axes": "rows = true label, columns = predicted", "classifier": "HistGradientBoostingClassifier(max_iter=300)",
-              "features": "distortion.global_features (40 global statistics)", "seed": seed}
+              "features": "distortion.global_features (45 global statistics)", "seed": seed}
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "feature_baseline.json"), result)
     confusion_png(os.path.join(out, "confusion.png"), confusion, LABELS,

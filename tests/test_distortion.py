@@ -218,3 +218,8 @@ def test_feature_baseline_separates_global_distortions(tmp_path):
     assert (tmp_path / "fb" / "confusion.png").stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="val.jsonl"):
         A.feature_baseline(str(tmp_path / "d"), split="val", out=str(tmp_path / "fb"))
+    bad = [json.loads(line) for line in open(tmp_path / "d" / "test.jsonl")]
+    bad[3]["label"] = "haze"
+    (tmp_path / "d" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with pytest.raises(SystemExit, match=r"val\): labels \['haze'\] are not among"):
+        A.feature_baseline(str(tmp_path / "d"), split="val", out=str(tmp_path / "fb"))
