@@ -35,9 +35,9 @@ DEMO_PHOTOS = ["astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohis
                "stereo_motorcycle", "brick", "camera", "cell", "clock", "coins", "grass", "gravel", "moon", "page", "text"]
 # The natural colour photos other installed packages ship: matplotlib's sample portrait and scikit-learn's two sample
 # images (no download either). They only train: the held-out draw stays over DEMO_TEST_POOL, so the test photos are
-# the earlier demos'. Measured (README): a 32 px vision tower alone goes from 59.1 % to 72.8 % held-out with them, the
-# demo from 61.7 % to 72.4 % (1,800 steps): global distortions (brightness, contrast, colorfulness) need a prior of
-# what natural colour looks like, which the scientific and gray images do not give.
+# the earlier demos'. Measured (README): the demo goes from 61.7 % to 72.4 % held-out with them (1,800 steps): global
+# distortions (brightness, contrast, colorfulness) need a prior of what natural colour looks like, which the
+# scientific and gray images do not give.
 EXTRA_PHOTOS = {"grace_hopper": "matplotlib", "china": "scikit-learn", "flower": "scikit-learn"}
 DEMO_PHOTOS += list(EXTRA_PHOTOS)
 # Held-out photos are drawn from the natural scenes only, like the content of IQA datasets; the
