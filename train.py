@@ -42,7 +42,7 @@ import torch
 from common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
 from data import LABELS, LEVELS, Mixer, closed_set_token_ids, load_records
 from deqa import deqa_batch_loss
-from loader import EpochBatches, batch_loader, pair_pools
+from loader import AUGMENTS, EpochBatches, batch_loader, pair_pools
 from kernels import backend, level_cross_entropy
 from model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
                    parse_trainable, set_trainable)
@@ -72,7 +72,8 @@ kl_weight = 1.0                # DeQA's weight_softkl: KL against CE on the answ
 fidelity = 0.0                 # DeQA's weight_rank: its fidelity loss over image pairs (its recipe: 1.0). > 0: each batch is
                                # --batch_size pairs (an anchor, and a partner drawn from its source), as in DeQA
 next_token_weight = 1.0        # weight on CE (+ KL); DeQA's recipe 0.05, summed over both images of a pair
-augment = "none"               # none | flip | flip_rot (flips and 90-degree turns; the demo uses flip_rot)
+augment = "none"               # none | flip | flip_rot (flips and 90-degree turns) | flip_rot_shift (and a shift of up to
+                               # 1/8 of the side, mirrored border; the demo's, loader.shift_image)
 dtype = "auto"                 # auto = bf16 autocast on GPU, fp32 on CPU; or float32 / bfloat16
 grad_ckpt = True               # gradient checkpointing (non-reentrant: gradients flow with frozen inputs)
 log_every = 20
@@ -134,7 +135,7 @@ for key in ("warmup_frac", "label_smoothing", "val_frac", "lora_dropout", "balan
     require(0 <= config[key] < 1, f"--{key} must be in [0, 1), got {config[key]}")
 require(num_workers >= -1, f"--num_workers must be -1 (auto), 0 or a positive count, got {num_workers}")
 require(0 <= min_lr_frac <= 1, f"--min_lr_frac must be in [0, 1], got {min_lr_frac}")
-require(augment in ("none", "flip", "flip_rot"), f"--augment must be none, flip or flip_rot, got {augment!r}")
+require(augment in AUGMENTS, f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
 require(score_loss in ("ce", "kl"), f"--score_loss must be ce or kl, got {score_loss!r}")
 for key in ("kl_weight", "fidelity", "next_token_weight"):
     require(math.isfinite(config[key]) and config[key] >= 0, f"--{key} must be a finite number >= 0, got {config[key]}")
