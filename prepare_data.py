@@ -1,6 +1,7 @@
 """Raw IQA datasets -> unified JSONL (DESIGN.md, "Data format"); with no arguments, the embedded demo set.
 
     python prepare_data.py                                   # demo set -> data/demo (no download, < 1 min)
+    python prepare_data.py --dead_leaves 0                   # the demo's photos alone, without the dead-leaves images
     python prepare_data.py --out data/demo --seed 1          # another draw of the demo set
     python prepare_data.py --task distortion --kadid /data/kadid10k --tid2013 /data/tid2013 \\
         --live /data/databaserelease2 --csiq /data/CSIQ --out data/distortion   # any subset of the four
@@ -29,7 +30,7 @@ import random
 
 from common import boolean
 from data import exclude_test_images, make_instruct, read_instruction
-from demo_set import demo_view_records, make_demo, make_demo_view
+from demo_set import DEAD_LEAVES, demo_view_records, make_demo, make_demo_view
 from distortion import make_distortion
 from qbench import make_demo_mcq, make_qbench
 from deqa import parse_source_map
@@ -70,6 +71,8 @@ def main(argv=None):
                     help="leave out images that cannot be decoded, counted in meta.json (default: an error naming them)")
     ap.add_argument("--image_size", type=int, default=32, help="demo only: side of the crops (the tiny model's input)")
     ap.add_argument("--crops_per_class", type=int, default=96, help="demo only: crops per class per training photo")
+    ap.add_argument("--dead_leaves", type=int, default=DEAD_LEAVES,
+                    help="demo only: procedural dead-leaves images added to the training photos (0: the photos alone)")
     args = ap.parse_args(argv)
     check_arguments(args, ap)
     flags = [f"--{f}" for f in ("live", "csiq", "kadid", "tid2013", "koniq", "spaq", "livec", "agiqa", "llava_json", "demo",
@@ -113,7 +116,8 @@ def main(argv=None):
     if not datasets:
         if args.task:
             ap.error(f"--task {args.task} needs at least one of --live --csiq --kadid --tid2013")
-        return make_demo(args.out or "data/demo", args.seed, args.image_size, args.crops_per_class)
+        return make_demo(args.out or "data/demo", args.seed, args.image_size, args.crops_per_class,
+                         dead_leaves=args.dead_leaves)
     if not args.out:
         ap.error("--out is required with real datasets")
     return make_distortion(datasets, args.out, args.split, args.seed, args.test_frac, check_images)

@@ -1,6 +1,6 @@
 """Fine-tune chosen parts of a VLM on prepared JSONL data (loss on answer tokens only).
 
-    python train.py config/demo.py --trainable encoder,projector --max_steps 1800 --out out/demo   # the tiny demo (config/demo.py)
+    python train.py config/demo.py --trainable encoder,projector --max_steps 2700 --out out/demo   # the tiny demo (config/demo.py)
     torchrun --standalone --nproc_per_node=4 train.py config/distortion_llava15_7b.py --trainable encoder,projector
     python train.py config/qsit_mini.py --lr 2e-5                                  # a recipe, then overrides
     python train.py config/demo.py --data data/demo_score,data/demo_interpret --mix score:1.0,interpret:2.5 --balance true

@@ -39,9 +39,46 @@ def test_demo_set_is_deterministic_and_split_by_photo(demo, tmp_path):
     import demo_set
     assert set(demo_set.EXTRA_PHOTOS) <= {r["ref"] for r in train if r["label"] == "colorfulness"}
     assert set(meta["test_photos"]) <= set(demo_set.DEMO_TEST_POOL)
+    assert meta["dead_leaves"] == demo_set.DEAD_LEAVES > 0  # prepare_data.py's default, training only
+    assert set(demo_set.dead_leaves_names(demo_set.DEAD_LEAVES)) <= {r["ref"] for r in train}
     for r in train[:50]:
         assert (r["severity"] == 0) == (r["label"] == "clean") and 1 <= r["mos"] <= 5
         assert os.path.exists(demo / r["image"])
+
+
+def test_dead_leaves_are_occluding_disks_of_natural_colours():
+    import numpy as np
+    import demo_set
+    sharp = demo_set.dead_leaves(0, size=128, blur=0)
+    assert sharp.shape == (128, 128, 3) and sharp.dtype == np.uint8 and not sharp.flags.writeable
+    assert np.array_equal(sharp, demo_set.dead_leaves.__wrapped__(0, size=128, blur=0))  # deterministic, not just cached
+    assert not np.array_equal(sharp, demo_set.dead_leaves(1, size=128, blur=0))
+    # unblurred, every pixel is one disk's colour, taken from the natural photos' palette
+    palette = {tuple(c) for c in (demo_set.dead_leaves_palette() + 0.5).astype(np.uint8)}
+    colours = {tuple(c) for c in sharp.reshape(-1, 3)}
+    assert colours <= palette and len(colours) > 50
+    # radius density ~ r^-3 from 3 px: small disks dominate, so many 4-pixel runs of a row cross a disk edge (about
+    # half at this size), yet flat areas remain (disks up to a quarter of the side)
+    edges = (np.abs(np.diff(sharp.astype(int), axis=1)).sum(-1) > 0)[:, :124].reshape(128, 31, 4).any(-1).mean()
+    assert 0.2 < edges < 0.95
+    blurred = demo_set.dead_leaves(0, size=128)
+    assert 0 < np.abs(blurred.astype(int) - sharp).mean() < 20
+
+
+def test_dead_leaves_only_add_training_crops(tmp_path):
+    import demo_set
+    a = demo_set.make_demo(str(tmp_path / "a"), crops_per_class=2, dead_leaves=0)
+    b = demo_set.make_demo(str(tmp_path / "b"), crops_per_class=2, dead_leaves=2)
+    assert (a["dead_leaves"], b["dead_leaves"], a["test_photos"]) == (0, 2, b["test_photos"])
+    test = (tmp_path / "a" / "test.jsonl").read_text()
+    assert test == (tmp_path / "b" / "test.jsonl").read_text()  # each photo has its own random stream
+    for r in map(json.loads, test.splitlines()):
+        assert (tmp_path / "a" / r["image"]).read_bytes() == (tmp_path / "b" / r["image"]).read_bytes()
+    train = [json.loads(l) for l in open(tmp_path / "b" / "train.jsonl")]
+    assert {r["label"] for r in train if r["ref"] == "dead_leaves_1"} == set(a["labels"])
+    assert b["counts"]["train"]["n"] > a["counts"]["train"]["n"]
+    with pytest.raises(ValueError, match="dead_leaves"):
+        demo_set.make_demo(str(tmp_path / "c"), dead_leaves=-1)
 
 
 def test_train_evaluate_resume(demo, tmp_path):
