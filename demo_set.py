@@ -62,9 +62,12 @@ def dead_leaves_names(n):
     return [f"dead_leaves_{i}" for i in range(n)]
 
 
+@functools.lru_cache(maxsize=None)  # every dead-leaves image draws from it: decode the three photos once
 def dead_leaves_palette():
-    """The colours the disks take: every 97th pixel of EXTRA_PHOTOS (about 9,000 natural colours), float32 N x 3."""
-    return np.concatenate([demo_photo(p)[0].reshape(-1, 3)[::97] for p in EXTRA_PHOTOS]).astype(np.float32)
+    """The colours the disks take: every 97th pixel of EXTRA_PHOTOS (about 9,000 natural colours), read-only float32 N x 3."""
+    palette = np.concatenate([demo_photo(p)[0].reshape(-1, 3)[::97] for p in EXTRA_PHOTOS]).astype(np.float32)
+    palette.flags.writeable = False
+    return palette
 
 
 @functools.lru_cache(maxsize=None)  # make_demo asks for each photo twice (colour check, then crops)
