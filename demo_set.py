@@ -51,10 +51,10 @@ DEMO_TEST_POOL = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle
 
 # Procedural training content: colour "dead leaves" images (occluding disks: a model of natural images' occlusion and
 # scale statistics, and the chart camera-quality tests measure texture loss with). They only train, like EXTRA_PHOTOS;
-# each photo's crops come from its own random stream, so the held-out crops stay the same. Their parameters are ours, no paper's: radius density ~ r^-3 (scale invariant, as natural images are)
-# from 3 px to a quarter of the side, each disk's colour a random pixel of one of EXTRA_PHOTOS (natural colours), a
-# 0.7 px blur for the optics. Measured (README, five seeds, 1,800 steps): 8 of them take the demo from 68.5 to
-# 71.6 % on average.
+# each photo's crops come from its own random stream, so the held-out crops stay the same. Their parameters are ours,
+# no paper's: radius density ~ r^-3 (scale invariant, as natural images are) from 3 px to a quarter of the side, each
+# disk's colour a random pixel of one of EXTRA_PHOTOS (natural colours), a 0.7 px blur for the optics. Measured
+# (README, five seeds, 1,800 steps): 8 of them take the demo from 68.5 to 71.6 % on average.
 DEAD_LEAVES = 8
 
 
@@ -64,7 +64,8 @@ def dead_leaves_names(n):
 
 @functools.lru_cache(maxsize=None)  # every dead-leaves image draws from it: decode the three photos once
 def dead_leaves_palette():
-    """The colours the disks take: every 97th pixel of EXTRA_PHOTOS (about 9,000 natural colours), read-only float32 N x 3."""
+    """The colours the disks take: every 97th pixel of EXTRA_PHOTOS (about 9,000 natural colours), read-only float32
+    N x 3."""
     palette = np.concatenate([demo_photo(p)[0].reshape(-1, 3)[::97] for p in EXTRA_PHOTOS]).astype(np.float32)
     palette.flags.writeable = False
     return palette
@@ -86,7 +87,8 @@ def dead_leaves(index, size=512, rmin=3.0, coverage=0.999, blur=0.7):
     while n_free > (1 - coverage) * size * size:
         for r, cy, cx, k in zip((a - rng.random(4096) * (a - b)) ** -0.5, *rng.uniform(0, size, (2, 4096)),
                                 rng.integers(0, len(palette), 4096)):
-            y0, y1, x0, x1 = max(0, int(cy - r)), min(size, int(cy + r) + 2), max(0, int(cx - r)), min(size, int(cx + r) + 2)
+            y0, y1 = max(0, int(cy - r)), min(size, int(cy + r) + 2)
+            x0, x1 = max(0, int(cx - r)), min(size, int(cx + r) + 2)
             if y0 >= y1 or x0 >= x1 or not free[y0:y1, x0:x1].any():  # late disks mostly lie behind: skip them early
                 continue
             yy, xx = np.ogrid[y0:y1, x0:x1]
