@@ -1,7 +1,7 @@
 """Look inside fine-tuned VLMs and their data: one subcommand per analysis, each with its own --help, each writing a
 JSON of its numbers and, where a person would rather look, a PNG.
 
-    python analyze.py level-precision --meta ../shared/iqa_meta      # what the MOS -> 5 levels conversion keeps
+    python analyze.py level-precision --meta IQA-PyTorch/pyiqa/data/meta_info      # what the MOS -> 5 levels conversion keeps
     python analyze.py mix-ratio --run true --repeats 1 --grid_a 0.25,1,4 --grid_b 0.5,1,2  # Q-SiT Alg. 1 steps 1-2
     python analyze.py semantic-shift --ckpt out/ablation/encoder --ckpt out/ablation/projector
     python analyze.py feature-baseline --data data/demo               # the classes without a VLM: a bar for one
@@ -13,17 +13,17 @@ Each analysis lives with its line of work: level-precision in scoring.py, mix-ra
 feature-baseline in distortion.py, hard-samples in hard_samples.py, logit-lens and attention in quality_token.py.
 Booleans are spelled true / false.
 """
-import data_mix
-import distortion
-import hard_samples
-import quality_token
-import scoring
-import two_stage
-from common import boolean, run_subcommand
+from iqa_vlm.studies import data_mix
+from iqa_vlm.studies import distortion
+from iqa_vlm.studies import hard_samples
+from iqa_vlm.studies import quality_token
+from iqa_vlm.studies import scoring
+from iqa_vlm.studies import two_stage
+from iqa_vlm.common import boolean, run_subcommand
 
 
 def level_precision_args(p):
-    p.add_argument("--meta", default=None, help="folder of IQA-PyTorch meta_info_*.csv files (e.g. ../shared/iqa_meta)")
+    p.add_argument("--meta", default=None, help="folder of IQA-PyTorch meta_info_*.csv files (e.g. a clone of IQA-PyTorch: pyiqa/data/meta_info)")
     p.add_argument("--data", default=None, help="prepared score folder(s), comma-separated (prepare_data.py --task score)")
     p.add_argument("--out", default="out", help="output folder")
 

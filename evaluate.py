@@ -24,13 +24,13 @@ descriptions written out for a GPT judge.
 
 OUT is --out, else the checkpoint folder, else out/untuned_MODEL. Booleans are spelled true / false.
 """
-import distortion
-import prompting
-import prompting_table
-import qbench
-import scoring
-import two_stage
-from common import boolean, run_subcommand
+from iqa_vlm.studies import distortion
+from iqa_vlm.studies import prompting
+from iqa_vlm.studies import prompting_table
+from iqa_vlm.studies import qbench
+from iqa_vlm.studies import scoring
+from iqa_vlm.studies import two_stage
+from iqa_vlm.common import boolean, run_subcommand
 
 
 def common_args(p, several_ckpts=False):

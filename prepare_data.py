@@ -28,14 +28,14 @@ import argparse
 import os
 import random
 
-from common import boolean
-from data import exclude_test_images, make_instruct, read_instruction
-from demo_set import DEAD_LEAVES, demo_view_records, make_demo, make_demo_view
-from distortion import make_distortion
-from qbench import make_demo_mcq, make_qbench
-from deqa import parse_source_map
-from scoring import SCORE_DATASETS, make_score
-from two_stage import make_pathway
+from iqa_vlm.common import boolean
+from iqa_vlm.data import exclude_test_images, make_instruct, read_instruction
+from iqa_vlm.studies.demo_set import DEAD_LEAVES, demo_view_records, make_demo, make_demo_view
+from iqa_vlm.studies.distortion import make_distortion
+from iqa_vlm.studies.qbench import make_demo_mcq, make_qbench
+from iqa_vlm.studies.deqa import parse_source_map
+from iqa_vlm.studies.scoring import SCORE_DATASETS, make_score
+from iqa_vlm.studies.two_stage import make_pathway
 
 
 def main(argv=None):

@@ -1,8 +1,13 @@
-"""Builds the `iqa_vlm_ext` extension (the fused level cross-entropy op, see kernels.py).
+"""Installs the `iqa_vlm` package and builds its extension `iqa_vlm._C` (the fused level cross-entropy op,
+iqa_vlm/level_ce.py). Torch must be installed first; the extension is compiled against the torch it finds.
 
-    python setup.py build_ext --inplace          # CPU kernels, plus CUDA when torch and a toolkit have it
+    pip install --no-build-isolation -e .            # the package, importable from any folder, with the op built
+    python setup.py build_ext --inplace              # the op alone, into iqa_vlm/ (a plain clone runs without pip install)
     USE_CUDA=0 python setup.py build_ext --inplace   # CPU only, even on a CUDA machine
     IQA_CPU_VARIANTS=0 python setup.py build_ext --inplace   # the portable CPU kernel alone (no AVX2/AVX-512 files)
+
+--no-build-isolation: without it pip would build in a fresh environment with a torch of its own choosing (a
+multi-GB download), and an extension compiled against another torch does not load.
 
 It is built as a CUDAExtension (with -DWITH_CUDA and csrc/level_ce_cuda.cu) when torch is a CUDA build
 (torch.version.cuda is set) AND a CUDA toolkit is found (CUDA_HOME / nvcc), unless USE_CUDA=0;
@@ -13,13 +18,13 @@ otherwise as a CppExtension. GPU architectures: TORCH_CUDA_ARCH_LIST if set, els
 
 The CPU kernels are compiled three times (portable, AVX2, AVX-512 on x86-64) and the best one the
 CPU supports is chosen at run time, so a build runs on any x86-64 machine. Ninja is used when
-installed (pip install ninja). Result: ./iqa_vlm_ext*.so in the repo root.
+installed (pip install ninja).
 """
 import os
 import platform
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
@@ -47,16 +52,15 @@ if with_cuda:
     sources.append(csrc("level_ce_cuda.cu"))  # not level_ce.cu: its object would collide with level_ce.cpp's level_ce.o
     macros.append(("WITH_CUDA", None))
     extra["extra_compile_args"]["nvcc"] = ["-O3", "-lineinfo"]  # torch adds -std and the arch flags
-    ext = CUDAExtension("iqa_vlm_ext", sources, define_macros=macros, **extra)
+    ext = CUDAExtension("iqa_vlm._C", sources, define_macros=macros, **extra)
 else:
-    ext = CppExtension("iqa_vlm_ext", sources, define_macros=macros, **extra)
+    ext = CppExtension("iqa_vlm._C", sources, define_macros=macros, **extra)
 
-print(f"[setup.py] building iqa_vlm_ext with {'CUDA (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if with_cuda else 'CPU only'}"
+print(f"[setup.py] building iqa_vlm._C with {'CUDA (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if with_cuda else 'CPU only'}"
       f"{'' if want_cuda else ' (USE_CUDA=0)'}", flush=True)
 
 setup(
-    name="iqa_vlm_ext",
-    version="0.1",
+    packages=find_packages(include=["iqa_vlm", "iqa_vlm.*"]),
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

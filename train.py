@@ -39,14 +39,14 @@ import time
 
 import torch
 
-from common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
-from data import LABELS, LEVELS, Mixer, closed_set_token_ids, load_records
-from deqa import deqa_batch_loss
-from loader import AUGMENTS, EpochBatches, batch_loader, pair_pools
-from kernels import backend, level_cross_entropy
-from model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
+from iqa_vlm.common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
+from iqa_vlm.data import LABELS, LEVELS, Mixer, closed_set_token_ids, load_records
+from iqa_vlm.studies.deqa import deqa_batch_loss
+from iqa_vlm.loader import AUGMENTS, EpochBatches, batch_loader, pair_pools
+from iqa_vlm.level_ce import backend, level_cross_entropy
+from iqa_vlm.model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
                    parse_trainable, set_trainable)
-from scoring import SCORE_PREFIX, SYSTEM_PREFIX
+from iqa_vlm.studies.scoring import SCORE_PREFIX, SYSTEM_PREFIX
 
 # ----------------------------------------------------------------------------- config (defaults: a real 7B fine-tune)
 model = "tiny"                 # 'tiny' (the CPU demo's model), 'tiny:FAMILY', a Hugging Face id, or a local path
@@ -200,7 +200,7 @@ if init:
 
 # ----------------------------------------------------------------------------- model and data
 if dry_run:  # no weights are loaded: the model is built on the meta device from its config
-    from memory_plan import dry_run_report
+    from iqa_vlm.memory_plan import dry_run_report
     dry_run_report(model, trainable, batch_size=batch_size * (2 if fidelity else 1), seq_len=seq_len, grad_ckpt=grad_ckpt,
                    lora=lora, lora_targets=lora_targets, gpu_mem=gpu_mem, trust_remote_code=trust_remote_code)
     sys.exit(0)
@@ -445,7 +445,7 @@ def save(final=False):
 
 def curves_png(path, log):
     """Training loss (and validation losses with --mix) against step, the learning rate on a second axis."""
-    from common import atomic_write_png, pyplot
+    from iqa_vlm.common import atomic_write_png, pyplot
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     steps = [r for r in log if "loss" in r]
@@ -522,7 +522,7 @@ while True:
         with ctx, torch.autocast(device_type="cuda" if on_gpu else "cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             score = {k: batch.pop(k) for k in ("score_level_probs", "score_mos", "score_std") if k in batch}
             logits, targets = net(**batch)
-            # fused op: one pass over each [V] row for the loss, one more for the gradient (kernels.py);
+            # fused op: one pass over each [V] row for the loss, one more for the gradient (iqa_vlm/level_ce.py);
             # the gradient overwrites the logits, a fresh lm_head output nothing else reads (saves N x V)
             if deqa_losses:
                 loss, parts_now = deqa_batch_loss(logits, targets, batch["labels"], score, level_ids, score_loss, kl_weight,

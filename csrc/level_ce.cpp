@@ -1,14 +1,14 @@
 // Torch glue for the fused level cross-entropy op: schema, input checks, CPU dispatch and (with
 // -DWITH_CUDA) the CUDA dispatch. Kernels live in level_ce_cpu.h (CPU) and level_ce_cuda.cu (CUDA).
 //
-// Ops (namespace iqa_vlm; the Python face is kernels.py, which adds autograd and fake kernels):
+// Ops (namespace iqa_vlm; the Python face is iqa_vlm/level_ce.py, which adds autograd and fake kernels):
 //   level_ce_fwd(Tensor logits, Tensor target, Tensor level_ids, float label_smoothing,
 //                bool smooth_levels, int ignore_index, bool inplace_backward=False)
 //       -> (Tensor loss, Tensor probs, Tensor lse)
 //     logits [N, V] fp32/bf16/fp16 contiguous; target [N] int64; level_ids [K] int64 (K may be 0:
 //     no closed set, probs is then [N, 0]); loss [N] fp32 (0 on ignored rows); probs [N, K] fp32;
 //     lse [N] fp32 (saved for the backward). inplace_backward is not used by the forward itself:
-//     kernels.py's autograd formula reads it to pick level_ce_bwd_ over level_ce_bwd.
+//     iqa_vlm/level_ce.py's autograd formula reads it to pick level_ce_bwd_ over level_ce_bwd.
 //   level_ce_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor level_ids, Tensor lse,
 //                float label_smoothing, bool smooth_levels, int ignore_index) -> Tensor
 //     gradient w.r.t. logits, in the logits' dtype, 0 on ignored rows.
@@ -366,8 +366,8 @@ void bwd_inplace_cuda(const at::Tensor& grad_loss, at::Tensor& logits, const at:
 // ----------------------------------------------------------------------------- registration
 
 TORCH_LIBRARY(iqa_vlm, m) {
-  // kernels.py registers the fake (meta) kernels and the autograd formula.
-  m.set_python_module("kernels");
+  // iqa_vlm/level_ce.py registers the fake (meta) kernels and the autograd formula.
+  m.set_python_module("iqa_vlm.level_ce");
   m.def(
       "level_ce_fwd(Tensor logits, Tensor target, Tensor level_ids, float label_smoothing, "
       "bool smooth_levels, int ignore_index, bool inplace_backward=False, Tensor? target_probs=None) "
@@ -396,7 +396,7 @@ TORCH_LIBRARY_IMPL(iqa_vlm, CUDA, m) {
 
 // The Python module only carries a few introspection helpers; importing it registers the ops.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "iqa_vlm fused level cross-entropy op (torch.ops.iqa_vlm.*); use kernels.py";
+  m.doc() = "iqa_vlm fused level cross-entropy op (torch.ops.iqa_vlm.*); use iqa_vlm.level_ce";
   m.attr("with_cuda") =
 #ifdef WITH_CUDA
       true;

@@ -2,7 +2,7 @@
 // (level_ce_cpu_*.cpp) and the CUDA kernels (level_ce_cuda.cu). No torch or CUDA headers here,
 // so nvcc can compile the .cu without a torch install.
 //
-// Semantics (see ../shared/DESIGN.md, "The op"), per row i with z = logits[i], y = target[i]:
+// Semantics (see docs/DESIGN.md, "The op"), per row i with z = logits[i], y = target[i]:
 //   lse     = logsumexp(z)
 //   loss    = (1-eps)(lse - z_y) + eps(lse - mean_{c in S} z_c)      (0 when y == ignore_index)
 //             S = whole vocab (smooth_levels=false), or the level ids when smooth_levels=true and

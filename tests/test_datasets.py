@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -16,10 +17,15 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import iqa_datasets as D  # noqa: E402
+from iqa_vlm import iqa_datasets as D  # noqa: E402
 
-META = Path(__file__).resolve().parents[2] / "shared" / "iqa_meta"
-needs_meta = pytest.mark.skipif(not META.is_dir(), reason=f"real pyiqa metadata not found at {META}")
+# Real IQA-PyTorch metadata: verbatim excerpts kept in tests/data/iqa_meta (each opens with a line naming its source
+# file and commit), and the complete files when IQA_META_DIR names a folder of them (CI points it at its copy).
+EXCERPTS = Path(__file__).resolve().parent / "data" / "iqa_meta"
+FULL_META = os.environ.get("IQA_META_DIR") or None
+full_meta = pytest.param("full", marks=pytest.mark.skipif(
+    FULL_META is None, reason="IQA_META_DIR is not set: complete IQA-PyTorch metadata not at hand (the excerpts ran)"))
+_stripped = {}
 
 _buf = io.BytesIO()
 Image.new("RGB", (1, 1)).save(_buf, "PNG")
@@ -321,12 +327,29 @@ def test_readers_table():
 
 
 # ============================================================================ real pyiqa metadata
-def rows_of(name):
-    with open(META / name, newline="") as f:
+def meta_file(name, which="excerpt"):
+    """A readable copy of the IQA-PyTorch metadata file `name`: the complete file from IQA_META_DIR (which="full"),
+    or the excerpt kept in tests/ without its source line."""
+    if which == "full":
+        path = Path(FULL_META) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"IQA_META_DIR={FULL_META} has no {name}")
+        return path
+    if name not in _stripped:
+        lines = (EXCERPTS / name).read_text().splitlines(keepends=True)
+        assert lines[0].startswith("# Verbatim excerpt of chaofengc/IQA-PyTorch") and "commit" in lines[0]
+        folder = Path(tempfile.mkdtemp(prefix="iqa_meta_"))
+        (folder / name).write_text("".join(lines[1:]))
+        _stripped[name] = folder / name
+    return _stripped[name]
+
+
+def rows_of(name, which="excerpt"):
+    with open(meta_file(name, which), newline="") as f:
         return list(csv.DictReader(f))
 
 
-# Expected per-class counts, by hand from the DESIGN.md table and the dataset sizes:
+# The complete files' counts, by hand from the DESIGN.md table and the dataset sizes:
 # LIVE (pyiqa leaves out the reference copies): gblur 145 blur, wn 145 noise, jp2k 169 + jpeg 175 = 344
 #   compression, fastfading 145 excluded, 29 references. 145+145+344+145 = 779 rows.
 # CSIQ: blur 150, awgn 150 + fnoise 150 = 300 noise, jpeg 150 + jpeg2000 150 = 300 compression,
@@ -372,10 +395,10 @@ def type_field(source, dist_name):
     return int(dist_name.split("_")[1])
 
 
-def build_pyiqa(source, root):
+def build_pyiqa(source, root, which="excerpt"):
     """Placeholder images where IQA-PyTorch expects them; the metadata CSV put in a different place per dataset."""
     csv_name = D.PYIQA_META[source]
-    rows = rows_of(csv_name)
+    rows = rows_of(csv_name, which)
     dist_dir, ref_dir = {"live": ("", ""), "csiq": ("dst_imgs", "src_imgs"), "kadid10k": ("images", "images"),
                          "tid2013": ("distorted_images", "reference_images")}[source]
     paths = {root / dist_dir / r["dist_name"] for r in rows} | {root / ref_dir / r["ref_name"] for r in rows}
@@ -384,75 +407,95 @@ def build_pyiqa(source, root):
     where = {"live": root / csv_name, "csiq": root.parent / "meta_info" / csv_name}.get(source)
     if where is not None:  # found automatically
         where.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(META / csv_name, where)
+        shutil.copy(meta_file(csv_name, which), where)
         return rows, None
-    return rows, META / csv_name  # passed explicitly
+    return rows, meta_file(csv_name, which)  # passed explicitly
 
 
-@needs_meta
+@pytest.mark.parametrize("which", ["excerpt", full_meta])
 @pytest.mark.parametrize("source", ["live", "csiq", "kadid10k", "tid2013"])
-def test_pyiqa_real_metadata(tmp_path, source):
-    exp = EXPECTED[source]
+def test_pyiqa_real_metadata(tmp_path, source, which):
     root = tmp_path / source
-    rows, meta_file = build_pyiqa(source, root)
-    items, info = D.READERS[source](root, meta_file=meta_file, check_images=True)  # PIL header check on all
-    assert info["layout"] == "pyiqa" and info["direction"] == exp["direction"]
-    assert info["n_rows"] == len(rows) == exp["rows"]
-    assert labels(items) == exp["labels"]
-    assert info["excluded"] == exp["excluded"]
-    assert info["n_refs"] == exp["refs"] == exp["labels"]["clean"]
-    # cross-checks: the literals add up, and recounting the CSV's type fields with TABLE gives them too
-    assert sum(exp["labels"].values()) - exp["refs"] + sum(exp["excluded"].values()) == exp["rows"]
+    rows, meta_file_arg = build_pyiqa(source, root, which)
+    items, info = D.READERS[source](root, meta_file=meta_file_arg, check_images=True)  # PIL header check on all
+    # what the reader must find, recounted from the CSV's type fields with TABLE (independent of iqa_datasets)
     types = Counter(type_field(source, r["dist_name"]) for r in rows)
-    recount = Counter()
+    recount, excluded = Counter(), Counter()
     for t, c in types.items():
-        recount[TABLE[source].get(t, "excluded")] += c
-    assert {k: v for k, v in recount.items() if k != "excluded"} == {k: v for k, v in exp["labels"].items() if k != "clean"}
-    assert recount["excluded"] == sum(exp["excluded"].values())
+        if t in TABLE[source]:
+            recount[TABLE[source][t]] += c
+        else:
+            excluded[t] += c
+    refs = len({r["ref_name"] for r in rows})
+    assert info["layout"] == "pyiqa" and info["direction"] == EXPECTED[source]["direction"]
+    assert info["n_rows"] == len(rows)
+    assert labels(items) == {**recount, "clean": refs}
+    assert info["excluded"] == dict(excluded)
+    assert info["n_refs"] == refs
+    if which == "full":  # the complete files against the counts worked out by hand above
+        exp = EXPECTED[source]
+        assert len(rows) == exp["rows"] and labels(items) == exp["labels"] and info["excluded"] == exp["excluded"]
+        assert refs == exp["refs"] == exp["labels"]["clean"]
+        assert sum(exp["labels"].values()) - exp["refs"] + sum(exp["excluded"].values()) == exp["rows"]
+    else:  # the excerpt spans every distortion type of its dataset
+        assert set(types) == set(TABLE[source]) | set(EXPECTED[source]["excluded"]) and refs >= 2
     lo, hi = info["score_range"]
-    assert exp["bounds"][0] <= lo < hi <= exp["bounds"][1]
+    assert EXPECTED[source]["bounds"][0] <= lo < hi <= EXPECTED[source]["bounds"][1]
     score_col = {"csiq": "dmos", "kadid10k": "dmos"}.get(source, "mos")
     assert [lo, hi] == [min(float(r[score_col]) for r in rows), max(float(r[score_col]) for r in rows)]
     assert len({it["id"] for it in items}) == len(items)
     assert all(os.path.isfile(it["image"]) for it in items[:50])
 
 
-@needs_meta
-def test_pyiqa_kadid_split_by_ref(tmp_path):
+@pytest.mark.parametrize("which", ["excerpt", full_meta])
+def test_pyiqa_kadid_split_by_ref(tmp_path, which):
     root = tmp_path / "kadid"
-    _, meta_file = build_pyiqa("kadid10k", root)
-    items, _ = D.read_kadid10k(root, meta_file=meta_file, check_images=False)
+    _, meta_file_arg = build_pyiqa("kadid10k", root, which)
+    items, _ = D.read_kadid10k(root, meta_file=meta_file_arg, check_images=False)
     train, test = D.split_items(items, test_frac=0.2, by="ref", seed=0)
-    # 81 groups of 126 images (125 distorted + the reference): 16 groups = 2016 is closest to 0.2 * 10206
-    assert len(test) == 16 * 126 and len(train) == 65 * 126
-    assert not {it["ref"] for it in train} & {it["ref"] for it in test}
+    assert not {it["ref"] for it in train} & {it["ref"] for it in test} and train and test
+    if which == "full":  # 81 groups of 126 images (125 distorted + the reference): 16 groups = 2016 is closest to 0.2 * 10206
+        assert len(test) == 16 * 126 and len(train) == 65 * 126
+    else:  # two groups of 126: one on each side
+        assert len(test) == len(train) == 126
 
 
-@needs_meta
-def test_pyiqa_scoring_datasets(tmp_path):
-    # KonIQ-10k: pyiqa's split codes 0/1/2 are the official training/validation/test (7058/1000/2015)
-    rows = rows_of("meta_info_KonIQ10kDataset.csv")
+@pytest.mark.parametrize("which", ["excerpt", full_meta])
+def test_pyiqa_scoring_datasets(tmp_path, which):
+    # KonIQ-10k: pyiqa's split codes 0/1/2 are the official training/validation/test (7058/1000/2015 in the full file)
+    name = "meta_info_KonIQ10kDataset.csv"
+    rows = rows_of(name, which)
     for r in rows:
         placeholder(tmp_path / "koniq" / "512x384" / r["img_name"], b"")
-    items, info = D.read_koniq10k(tmp_path / "koniq", meta_file=META / "meta_info_KonIQ10kDataset.csv", check_images=False)
-    assert info["n_rows"] == len(items) == 10073 and info["image_dir"] == "512x384"
-    assert info["split_counts"] == {"training": 7058, "validation": 1000, "test": 2015}
+    items, info = D.read_koniq10k(tmp_path / "koniq", meta_file=meta_file(name, which), check_images=False)
+    codes = Counter({"0": "training", "1": "validation", "2": "test"}[r["split"]] for r in rows)
+    assert info["n_rows"] == len(items) == len(rows) and info["image_dir"] == "512x384"
+    assert info["split_counts"] == dict(codes) and len(codes) == 3
     assert 0 < info["score_range"][0] < info["score_range"][1] < 100
+    if which == "full":
+        assert len(rows) == 10073 and codes == {"training": 7058, "validation": 1000, "test": 2015}
     # SPAQ
-    rows = rows_of("meta_info_SPAQDataset.csv")
+    name = "meta_info_SPAQDataset.csv"
+    rows = rows_of(name, which)
     for r in rows:
         placeholder(tmp_path / "spaq" / "TestImage" / r["Image name"], b"")
-    items, info = D.read_spaq(tmp_path / "spaq", meta_file=META / "meta_info_SPAQDataset.csv", check_images=False)
-    assert len(items) == 11125 and info["score_range"] == [2.0, 96.0]
+    items, info = D.read_spaq(tmp_path / "spaq", meta_file=meta_file(name, which), check_images=False)
+    mos = [float(r["MOS"]) for r in rows]
+    assert len(items) == len(rows) and info["score_range"] == [min(mos), max(mos)]
     assert items[0]["attributes"]["Brightness"] == 47.43  # the attribute, not the EXIF column of the same name
+    if which == "full":
+        assert len(items) == 11125 and info["score_range"] == [2.0, 96.0]
     # LIVE Challenge: t1..t7 flagged
-    rows = rows_of("meta_info_LIVEChallengeDataset.csv")
+    name = "meta_info_LIVEChallengeDataset.csv"
+    rows = rows_of(name, which)
     for r in rows:
         placeholder(tmp_path / "livec" / r["img_name"], b"")
-    items, info = D.read_livec(tmp_path / "livec", meta_file=META / "meta_info_LIVEChallengeDataset.csv", check_images=False)
-    assert len(items) == 1169 and info["n_train_only"] == 7
+    items, info = D.read_livec(tmp_path / "livec", meta_file=meta_file(name, which), check_images=False)
+    assert len(items) == len(rows) and info["n_train_only"] == 7
     assert sorted(it["ref"] for it in items if it["is_train_only"]) == [f"t{i}" for i in range(1, 8)]
     assert 0 <= info["score_range"][0] < info["score_range"][1] <= 100
+    if which == "full":
+        assert len(items) == 1169
 
 
 # ============================================================================ errors

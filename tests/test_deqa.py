@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import deqa  # noqa: E402
-import kernels  # noqa: E402
-import loader  # noqa: E402
+from iqa_vlm.studies import deqa  # noqa: E402
+from iqa_vlm import level_ce  # noqa: E402
+from iqa_vlm import loader  # noqa: E402
 import prepare_data as P  # noqa: E402
 from test_scoring import mini_demo  # noqa: E402
 
@@ -198,8 +198,8 @@ def test_train_kl_fidelity_then_score(tmp_path):
 def test_lora_targets_pick_deqas_layers():
     """DeQA-Score's LoRA: q_proj and the visual branch of v_proj in every decoder layer of mPLUG-Owl2, nothing else."""
     pytest.importorskip("peft")
-    from model import set_trainable
-    from tiny_models import build_tiny
+    from iqa_vlm.model import set_trainable
+    from iqa_vlm.tiny_models import build_tiny
     vlm, _ = build_tiny("mplug_owl2")
     chosen = set_trainable(vlm, "llm", verbose=False, lora=4, lora_targets="q_proj|v_proj.multiway.1")
     adapted = {n.split(".lora_")[0] for n in chosen["lora(llm)"]}

@@ -19,9 +19,9 @@ from scipy.ndimage import gaussian_filter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import analyze  # noqa: E402
-import distortion as A  # noqa: E402
-from data import LABELS, closed_set_token_ids  # noqa: E402
-from model import load_model, lm_readout, visual_tokens  # noqa: E402
+from iqa_vlm.studies import distortion as A  # noqa: E402
+from iqa_vlm.data import LABELS, closed_set_token_ids  # noqa: E402
+from iqa_vlm.model import load_model, lm_readout, visual_tokens  # noqa: E402
 
 
 # ============================================================================ the math on hand-built tensors
@@ -107,7 +107,7 @@ def tiny():
 
 
 def test_visual_tokens_are_what_enters_the_lm_and_logit_matches_the_head(tiny, tmp_path):
-    from data import encode_prompts, load_records
+    from iqa_vlm.data import encode_prompts, load_records
     model, processor = tiny
     recs = load_records([write_images_and_records(tmp_path, n=2)], "test")
     enc, _ = encode_prompts(processor, recs)
@@ -188,8 +188,8 @@ def test_bad_ckpt_gives_a_clear_error(tmp_path):
 
 def _write_split(folder, split, per_class, labels, rng):
     """Textures in `labels`' classes, distorted strongly enough that global statistics separate them."""
-    from common import atomic_write_jsonl
-    from demo_set import distort, to_uint8
+    from iqa_vlm.common import atomic_write_jsonl
+    from iqa_vlm.studies.demo_set import distort, to_uint8
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     records = []
     for label in labels:

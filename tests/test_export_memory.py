@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data import LEVELS, encode_prompts
-from scoring import SCORE_PREFIX, score_record
+from iqa_vlm.data import LEVELS, encode_prompts
+from iqa_vlm.studies.scoring import SCORE_PREFIX, score_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,7 @@ def score_data(tmp_path_factory):
 @pytest.mark.parametrize("model", ["tiny", "tiny:qwen2_vl"])
 def test_lora_train_export_reload_same_logits(model, score_data, tmp_path):
     from transformers import AutoModelForImageTextToText
-    from model import load_checkpoint
+    from iqa_vlm.model import load_checkpoint
     out, hf = tmp_path / "run", tmp_path / "hf"
     sh("train.py", "config/demo.py", "--model", model, "--data", str(score_data), "--out", str(out), "--trainable", "projector,llm",
        "--lora", "4", "--max_steps", "3", "--batch_size", "4", "--lr", "1e-2", "--warmup_steps", "1", "--export", str(hf))
@@ -70,8 +70,8 @@ def test_dry_run_prints_parts_and_memory_without_weights():
 def test_dry_run_arithmetic():
     """Weights 2 B frozen + 4 B trained, gradients 4 B, AdamW 8 B per trained parameter; activations only of the
     decoder layers the gradient crosses."""
-    from memory_plan import estimate
-    from model import load_model, set_trainable
+    from iqa_vlm.memory_plan import estimate
+    from iqa_vlm.model import load_model, set_trainable
     model, _ = load_model("tiny")
     n_all = sum(p.numel() for p in model.parameters())
     chosen = set_trainable(model, "llm:1-1", verbose=False)
@@ -93,6 +93,6 @@ def test_fsdp_two_cpu_processes(score_data, tmp_path):
     from safetensors.torch import load_file
     tensors = load_file(out / "trainable.safetensors")
     assert any(k.startswith("model.language_model.layers.1.") for k in tensors)
-    from model import load_model
+    from iqa_vlm.model import load_model
     full = dict(load_model("tiny")[0].named_parameters())
     assert all(tuple(v.shape) == tuple(full[k].shape) for k, v in tensors.items())  # gathered, not shards

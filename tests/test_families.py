@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from data import LEVELS, closed_set_token_ids, encode_batch, encode_prompts
-from kernels import level_cross_entropy
-from model import FAMILIES, SupervisedLogits, enable_checkpointing, family_of, part_params, set_trainable
-from metrics import closed_set_scores
-from scoring import SCORE_PREFIX, score_record
-from tiny_models import TINY_FAMILIES, build_tiny
+from iqa_vlm.data import LEVELS, closed_set_token_ids, encode_batch, encode_prompts
+from iqa_vlm.level_ce import level_cross_entropy
+from iqa_vlm.model import FAMILIES, SupervisedLogits, enable_checkpointing, family_of, part_params, set_trainable
+from iqa_vlm.metrics import closed_set_scores
+from iqa_vlm.studies.scoring import SCORE_PREFIX, score_record
+from iqa_vlm.tiny_models import TINY_FAMILIES, build_tiny
 
 # tensors that get no gradient by design: pooling heads and norms that serve only a pooled output the VLM ignores
 # mPLUG-Owl2: the last decoder layer's visual-branch MLP norm shapes only the visual positions' final states, which no

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loader import AUGMENTS, augment_image, shift_image
+from iqa_vlm.loader import AUGMENTS, augment_image, shift_image
 
 
 def dihedral(x):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model import load_model, parse_trainable, part_params, set_trainable
+from iqa_vlm.model import load_model, parse_trainable, part_params, set_trainable
 
 COMBOS = ["encoder", "projector", "llm", "head", "llm:1-1", "encoder,projector", "encoder,llm:1-1", "projector,llm",
           "encoder,projector,llm,head"]
@@ -86,7 +86,7 @@ def test_unknown_family_lists_modules():
         def __init__(self):
             super().__init__()
             self.backbone = torch.nn.Linear(2, 2)
-    from model import family_of
+    from iqa_vlm.model import family_of
     with pytest.raises(ValueError, match="backbone"):
         family_of(M())
 

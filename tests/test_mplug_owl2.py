@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import mplug_owl2 as M
+from iqa_vlm import mplug_owl2 as M
 import mplug_owl2_reference as R
-from data import LEVELS, closed_set_token_ids, encode_batch
-from model import SupervisedLogits, load_model, part_params, set_trainable
-from scoring import SCORE_PREFIX, eval_score, score_record
+from iqa_vlm.data import LEVELS, closed_set_token_ids, encode_batch
+from iqa_vlm.model import SupervisedLogits, load_model, part_params, set_trainable
+from iqa_vlm.studies.scoring import SCORE_PREFIX, eval_score, score_record
 
 needs_reference = pytest.mark.skipif(R.reference_dir() is None, reason="pyiqa 0.1.16 not installed (the oracle)")
 N_VISUAL = 5  # 4 queries + vit_eos at the tiny size
@@ -170,7 +170,7 @@ def test_chat_template_is_the_conversation_of_the_authors_code(sp_folder):
     folder, sp = sp_folder
     processor = M.load_processor(str(folder), M.MPLUGOwl2Config(**{**_tiny_kw(), "vocab_size": sp.get_piece_size()}))
     rec = score_record("x", "x.png", "good", "t", "0")
-    from data import answer_prefix_text, to_messages
+    from iqa_vlm.data import answer_prefix_text, to_messages
     msgs = to_messages(rec["conversations"], True)
     assert processor.apply_chat_template(msgs) == ("USER: How would you rate the quality of this image?\n<|image|> "
                                                    "ASSISTANT: The quality of the image is good.</s>")
@@ -223,7 +223,7 @@ def _tiny_kw():
 
 
 def _word_tokenizer():
-    from tiny_models import _tokenizer
+    from iqa_vlm.tiny_models import _tokenizer
     return _tokenizer([], {})
 
 
@@ -241,8 +241,8 @@ def score_records(tmp_path_factory):
                                             ("head", 0, False), ("encoder,projector", 0, True), ("llm:1-1", 0, True),
                                             ("projector,llm", 4, False), ("encoder,llm", 4, True)])
 def test_one_step_moves_exactly_the_chosen_tensors(score_records, spec, lora, ckpt):
-    from kernels import level_cross_entropy
-    from model import enable_checkpointing
+    from iqa_vlm.level_ce import level_cross_entropy
+    from iqa_vlm.model import enable_checkpointing
     model, processor = load_model("tiny:mplug_owl2")
     chosen = set_trainable(model, spec, verbose=False, lora=lora)
     if ckpt:
@@ -270,7 +270,7 @@ def test_one_step_moves_exactly_the_chosen_tensors(score_records, spec, lora, ck
 
 
 def test_parts_table_and_export_reload_same_logits(score_records, tmp_path):
-    from model import export_checkpoint
+    from iqa_vlm.model import export_checkpoint
     model, processor = load_model("tiny:mplug_owl2")
     parts = part_params(model)
     assert all(n.startswith("model.vision_model.") for n in parts["encoder"])
@@ -285,7 +285,7 @@ def test_parts_table_and_export_reload_same_logits(score_records, tmp_path):
     (run / "config.json").write_text(json.dumps({"model": "tiny:mplug_owl2", "trainable": "projector"}))
     export_checkpoint(str(run), str(tmp_path / "hf"))
     reloaded, reprocessor = load_model(str(tmp_path / "hf"))
-    from model import load_checkpoint
+    from iqa_vlm.model import load_checkpoint
     tuned = load_checkpoint(str(run))[0]
     enc = encode_batch(processor, score_records)
     enc.pop("labels")
@@ -298,7 +298,7 @@ def test_evaluations_and_analyses_run_on_tiny_mplug_owl2(tmp_path):
     """The repo's evaluations and analyses through the native model: distortion, two-stage, attention over the
     image-token span, logit lens, semantic shift on V = the abstractor's output tokens."""
     import analyze
-    import demo_set
+    from iqa_vlm.studies import demo_set
     import evaluate
     import prepare_data
     demo_set.make_demo(str(tmp_path / "demo"), crops_per_class=4)
@@ -313,7 +313,7 @@ def test_evaluations_and_analyses_run_on_tiny_mplug_owl2(tmp_path):
     lens = analyze.main(["logit-lens", "--data", str(tmp_path / "pw"), "--description", "reference", "--limit", "2",
                          "--model", "tiny:mplug_owl2", "--out", str(tmp_path / "lens")])
     assert lens["last_layer_vs_model_logits_max_abs_diff"] < 1e-4
-    from model import visual_tokens
+    from iqa_vlm.model import visual_tokens
     model, processor = load_model("tiny:mplug_owl2")
     pixels = processor.image_processor(images=[photo(32, 32)], return_tensors="pt")
     assert [tuple(t.shape) for t in visual_tokens(model, pixels)] == [(N_VISUAL, model.config.hidden_size)]

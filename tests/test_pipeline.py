@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from safetensors.torch import load_file
+from test_datasets import TABLE, build_pyiqa, full_meta, meta_file, placeholder, rows_of, type_field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +37,7 @@ def test_demo_set_is_deterministic_and_split_by_photo(demo, tmp_path):
     assert not {r["ref"] for r in train} & {r["ref"] for r in test}
     assert {r["label"] for r in test} == set(meta["labels"])
     # matplotlib's and scikit-learn's photos are colour and only train (the held-out draw is over DEMO_TEST_POOL)
-    import demo_set
+    from iqa_vlm.studies import demo_set
     assert set(demo_set.EXTRA_PHOTOS) <= {r["ref"] for r in train if r["label"] == "colorfulness"}
     assert set(meta["test_photos"]) <= set(demo_set.DEMO_TEST_POOL)
     assert meta["dead_leaves"] == demo_set.DEAD_LEAVES > 0  # prepare_data.py's default, training only
@@ -48,7 +49,7 @@ def test_demo_set_is_deterministic_and_split_by_photo(demo, tmp_path):
 
 def test_dead_leaves_are_occluding_disks_of_natural_colours():
     import numpy as np
-    import demo_set
+    from iqa_vlm.studies import demo_set
     sharp = demo_set.dead_leaves(0, size=128, blur=0)
     assert sharp.shape == (128, 128, 3) and sharp.dtype == np.uint8 and not sharp.flags.writeable
     assert np.array_equal(sharp, demo_set.dead_leaves.__wrapped__(0, size=128, blur=0))  # deterministic, not just cached
@@ -66,7 +67,7 @@ def test_dead_leaves_are_occluding_disks_of_natural_colours():
 
 
 def test_dead_leaves_only_add_training_crops(tmp_path):
-    import demo_set
+    from iqa_vlm.studies import demo_set
     a = demo_set.make_demo(str(tmp_path / "a"), crops_per_class=2, dead_leaves=0)
     b = demo_set.make_demo(str(tmp_path / "b"), crops_per_class=2, dead_leaves=2)
     assert (a["dead_leaves"], b["dead_leaves"], a["test_photos"]) == (0, 2, b["test_photos"])
@@ -119,15 +120,13 @@ def test_ddp_two_processes_end_identical(demo, tmp_path):
     assert cfg["world_size"] == 2 and cfg["steps_done"] == 20
 
 
-def test_prepare_distortion_on_real_pyiqa_metadata(tmp_path):
+@pytest.mark.parametrize("which", ["excerpt", full_meta])
+def test_prepare_distortion_on_real_pyiqa_metadata(tmp_path, which):
     """prepare_data.py --task distortion on placeholder images named after IQA-PyTorch's KADID-10k and LIVE files."""
-    from test_datasets import META, build_pyiqa
-    if not META.exists():
-        pytest.skip(f"{META} not found (../shared is not beside the repo)")
     kadid, live = tmp_path / "kadid10k", tmp_path / "live"
-    _, kadid_meta = build_pyiqa("kadid10k", kadid)
+    kadid_rows, kadid_meta = build_pyiqa("kadid10k", kadid, which)
     shutil.copy(kadid_meta, kadid / "meta_info_KADID10kDataset.csv")  # found next to the images
-    build_pyiqa("live", live)
+    live_rows, _ = build_pyiqa("live", live, which)
     out = tmp_path / "out"
     sh("prepare_data.py", "--task", "distortion", "--kadid", str(kadid), "--live", str(live), "--out", str(out), "--check_images", "false")
     meta = json.load(open(out / "meta.json"))
@@ -135,13 +134,25 @@ def test_prepare_distortion_on_real_pyiqa_metadata(tmp_path):
     for split in ("train", "test"):
         for key, n in meta["counts"][split]["by_source_label"].items():
             counts[key] = counts.get(key, 0) + n
-    assert counts == {"kadid10k/blur": 1215, "kadid10k/noise": 1620, "kadid10k/brightness": 1215, "kadid10k/compression": 810,
-                      "kadid10k/contrast": 405, "kadid10k/colorfulness": 810, "kadid10k/jitter": 405, "kadid10k/clean": 81,
-                      "live/blur": 145, "live/noise": 145, "live/compression": 344, "live/clean": 29}
-    assert meta["datasets"]["kadid10k"]["n_excluded_types"] == 3645 and meta["datasets"]["live"]["n_excluded_types"] == 145
+    expected, n_excluded = {}, {}
+    for source, rows in (("kadid10k", kadid_rows), ("live", live_rows)):  # recounted with the test's own table
+        for r in rows:
+            label = TABLE[source].get(type_field(source, r["dist_name"]))
+            if label is None:
+                n_excluded[source] = n_excluded.get(source, 0) + 1
+            else:
+                expected[f"{source}/{label}"] = expected.get(f"{source}/{label}", 0) + 1
+        expected[f"{source}/clean"] = len({r["ref_name"] for r in rows})
+    assert counts == expected
+    assert meta["datasets"]["kadid10k"]["n_excluded_types"] == n_excluded["kadid10k"]
+    assert meta["datasets"]["live"]["n_excluded_types"] == n_excluded["live"]
+    if which == "full":
+        assert counts == {"kadid10k/blur": 1215, "kadid10k/noise": 1620, "kadid10k/brightness": 1215, "kadid10k/compression": 810,
+                          "kadid10k/contrast": 405, "kadid10k/colorfulness": 810, "kadid10k/jitter": 405, "kadid10k/clean": 81,
+                          "live/blur": 145, "live/noise": 145, "live/compression": 344, "live/clean": 29}
     train = [json.loads(l) for l in open(out / "train.jsonl")]
     test = [json.loads(l) for l in open(out / "test.jsonl")]
-    assert 0.15 < len(test) / (len(train) + len(test)) < 0.25
+    assert train and test and (which == "excerpt" or 0.15 < len(test) / (len(train) + len(test)) < 0.25)
     assert not {(r["source"], r["ref"]) for r in train} & {(r["source"], r["ref"]) for r in test}
     r = next(r for r in train if r["source"] == "live" and r["label"] != "clean")
     assert 0 <= r["mos_norm"] <= 1 and r["level"] in ("bad", "poor", "fair", "good", "excellent")
@@ -173,7 +184,7 @@ def test_defaults_are_for_a_real_fine_tune():
 
 @pytest.mark.parametrize("recipe", sorted(f for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py")))
 def test_every_recipe_sets_only_known_keys(recipe):
-    from common import apply_overrides
+    from iqa_vlm.common import apply_overrides
     resolved = apply_overrides(train_defaults(), [os.path.join(ROOT, "config", recipe)])
     keys = {}
     exec(open(os.path.join(ROOT, "config", recipe)).read(), {}, keys)
@@ -321,7 +332,7 @@ def test_prepare_data_never_deletes_what_it_did_not_write(tmp_path):
 
 def test_one_writer_per_folder(demo, tmp_path):
     """A second train.py or prepare_data.py into a folder another process is writing stops at once, naming the holder."""
-    import common
+    from iqa_vlm import common
     out = tmp_path / "run"
     out.mkdir()
     common.hold_lock(out / ".lock", "test")  # as a running train.py holds it
@@ -340,13 +351,13 @@ def test_one_writer_per_folder(demo, tmp_path):
 
 
 def test_outputs_follow_the_umask(tmp_path):
-    from common import UMASK, atomic_write
+    from iqa_vlm.common import UMASK, atomic_write
     atomic_write(tmp_path / "x.json", "{}")
     assert os.stat(tmp_path / "x.json").st_mode & 0o777 == 0o666 & ~UMASK  # not mkstemp's 0600
 
 
 def test_load_errors_name_the_file(demo, tmp_path):
-    from model import load_checkpoint, load_model
+    from iqa_vlm.model import load_checkpoint, load_model
     out = tmp_path / "run"
     assert run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4").returncode == 0
     weights = os.path.realpath(out / "trainable.safetensors")
@@ -375,19 +386,20 @@ def test_prepare_arguments_are_checked(tmp_path, argv, says, capsys):
     assert says in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
-def test_whole_dataset_test_set_on_real_livec_metadata(tmp_path):
+@pytest.mark.parametrize("which", ["excerpt", full_meta])
+def test_whole_dataset_test_set_on_real_livec_metadata(tmp_path, which):
     """--test_frac 1 (how Q-SiT tests LIVE Challenge): every image but the training-only t1..t7 is tested, no val."""
-    from test_datasets import META, placeholder, rows_of
-    if not META.exists():
-        pytest.skip(f"{META} not found (../shared is not beside the repo)")
     livec = tmp_path / "livec"
-    for r in rows_of("meta_info_LIVEChallengeDataset.csv"):
+    rows = rows_of("meta_info_LIVEChallengeDataset.csv", which)
+    for r in rows:
         placeholder(livec / "Images" / r["img_name"])
-    shutil.copy(META / "meta_info_LIVEChallengeDataset.csv", livec)
+    shutil.copy(meta_file("meta_info_LIVEChallengeDataset.csv", which), livec)
     import prepare_data
     prepare_data.main(["--task", "score", "--livec", str(livec), "--test_frac", "1", "--out", str(tmp_path / "o")])
     meta = json.load(open(tmp_path / "o" / "meta.json"))
-    assert {k: v["n"] for k, v in meta["counts"].items()} == {"train": 7, "val": 0, "test": 1162}
+    assert {k: v["n"] for k, v in meta["counts"].items()} == {"train": 7, "val": 0, "test": len(rows) - 7}
+    if which == "full":
+        assert len(rows) - 7 == 1162
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ from PIL import Image
 
 import analyze
 import evaluate
-import hard_samples as H
-import prompting as P
+from iqa_vlm.studies import hard_samples as H
+from iqa_vlm.studies import prompting as P
 
 
 # ============================================================================ prompts of the nine systems
@@ -99,7 +99,7 @@ PRINTED = {
 
 @pytest.mark.parametrize("protocol,prompting", sorted(PRINTED))
 def test_paper_prompts_hold_the_printed_sentences(protocol, prompting):
-    from prompting_paper import ATTRIBUTES, CLOSING
+    from iqa_vlm.studies.prompting_paper import ATTRIBUTES, CLOSING
     k = P.N_IMAGES[protocol]
     example = {"paths": EXAMPLE["paths"][:k], "ref_path": None}
     content, images, idx = P.build_prompt(protocol, prompting, QUERY[:k], None, example if prompting == "icl" else None)
@@ -126,7 +126,7 @@ def test_paper_answers_are_read_as_the_authors_read_them():
 def test_tiny_model_takes_several_images_in_one_prompt():
     """Every word of the plain prompts is in the tiny vocabulary, and the 10 images of FR multiple icl all become image
     tokens (the paper's prompts hold words the tiny model lacks: <unk>, as a real model would read a foreign word)."""
-    from tiny_models import build_tiny_processor
+    from iqa_vlm.tiny_models import build_tiny_processor
     processor = build_tiny_processor()
     P.check_multi_image(processor, 10, "tiny")
     img = Image.new("RGB", (64, 64), (10, 200, 30))
@@ -325,7 +325,7 @@ def test_hard_samples_command_hand_computed(tmp_path):
     """mos 1, 2, 3, 5 -> q = 0, .25, .5, 1; std .4, .2, .6, .4 -> sigma (min-max) .5, 0, 1, .5; q_w: the predictions
     logistic-fitted onto q; errors (q_w - q)^2 / (sigma^2 + 1). Gray images 0, 51, 255, 102 as thumbnails; with the
     cosine Div all four thumbnails point the same way (Div 0 after the first pick) except the black one (norm 0: Div 1)."""
-    from metrics import fit_logistic, logistic4
+    from iqa_vlm.metrics import fit_logistic, logistic4
     (tmp_path / "images").mkdir()
     recs, preds = [], [1, 0, 0.5, 0.5]
     for k, (mos, std, value) in enumerate(zip([1, 2, 3, 5], [0.4, 0.2, 0.6, 0.4], [0, 51, 255, 102])):
@@ -470,7 +470,7 @@ def test_thurstone_map_hand_solved_and_known_order():
     """3 items: item 0 beats 1 and 2 once each, 1 and 2 tie once. By symmetry s1 = s2 = -s0 / 2 = -a / 2, and the MAP
     objective -2 log Phi(1.5 a) + 0.75 a^2 is least where a = 2 phi(1.5 a) / Phi(1.5 a): solved here by bisection."""
     from scipy.stats import norm
-    from pairwise import comparison_counts, thurstone_map
+    from iqa_vlm.pairwise import comparison_counts, thurstone_map
     C, items = comparison_counts([("a", "b", 1.0), ("a", "c", 1.0), ("b", "c", 0.5)], ["a", "b", "c"])
     assert C.tolist() == [[0, 1, 1], [0, 0, 1], [0, 1, 0]]
     lo, hi = 0.0, 5.0
@@ -494,7 +494,7 @@ def test_expert_fr_metrics(tmp_path):
     PSNR by hand; MS-SSIM of an image with itself is 1, and with one scale it is SSIM."""
     import torch
     from skimage.metrics import structural_similarity
-    import expert_iqa as E
+    from iqa_vlm import expert_iqa as E
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (180, 190, 3)).astype(np.uint8)
     b = np.clip(a + rng.normal(0, 15, a.shape), 0, 255).astype(np.uint8)

@@ -13,9 +13,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import qbench as Q  # noqa: E402
-import scoring as S  # noqa: E402
-from tiny_models import build_tiny  # noqa: E402
+from iqa_vlm.studies import qbench as Q  # noqa: E402
+from iqa_vlm.studies import scoring as S  # noqa: E402
+from iqa_vlm.tiny_models import build_tiny  # noqa: E402
 
 # (type, concern, candidates, correct) in the released form: type 0/1/2, concern 0..3
 FIXTURE = [(0, 0, ["Yes", "No"], "Yes"), (0, 1, ["Yes", "No"], "No"), (1, 0, ["Blur", "Noise", "Overexposure"], "Noise"),
@@ -141,7 +141,7 @@ def test_evaluate_on_the_demo_mcq_view(tmp_path):
     prepare_data.main(["--task", "qbench", "--demo", str(tmp_path / "demo"), "--out", str(tmp_path / "mcq")])
     recs = [json.loads(line) for line in open(tmp_path / "mcq" / "test.jsonl")]
     assert len(recs) == 12 and {r["type"] for r in recs} == {"What", "How"} and all(len(r["candidates"]) == 4 for r in recs)
-    from data import LABELS, LEVELS
+    from iqa_vlm.data import LABELS, LEVELS
     assert all(r["candidates"][r["answer_index"]] in (LABELS if r["type"] == "What" else LEVELS) for r in recs)
     assert all(set(r["candidates"]) <= set(LABELS if r["type"] == "What" else LEVELS) for r in recs)
     res = Q.evaluate(model="tiny", data=str(tmp_path / "mcq"), split="test", out=str(tmp_path / "ev"), generate=True,
@@ -179,7 +179,7 @@ def test_qsit_prompt_matches_its_released_evaluation(tmp_path):
 
 
 def test_exclude_test_images_by_name_and_content(tmp_path):
-    from data import exclude_test_images, read_instruction
+    from iqa_vlm.data import exclude_test_images, read_instruction
     test_dir, imgs = tmp_path / "score", tmp_path / "imgs"
     test_dir.mkdir(), imgs.mkdir()
     for i in range(3):

@@ -19,27 +19,27 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import iqa_datasets as D  # noqa: E402
-import kernels  # noqa: E402
+from iqa_vlm import iqa_datasets as D  # noqa: E402
+from iqa_vlm import level_ce  # noqa: E402
 import prepare_data as P  # noqa: E402
-import data as DM  # noqa: E402
-import metrics as M  # noqa: E402
-import data_mix  # noqa: E402
-import scoring as S  # noqa: E402
-from data import LEVELS  # noqa: E402
+from iqa_vlm import data as DM  # noqa: E402
+from iqa_vlm import metrics as M  # noqa: E402
+from iqa_vlm.studies import data_mix  # noqa: E402
+from iqa_vlm.studies import scoring as S  # noqa: E402
+from iqa_vlm.data import LEVELS  # noqa: E402
 
 META = ROOT.parent / "shared" / "iqa_meta"
 needs_meta = pytest.mark.skipif(not META.is_dir(), reason=f"real pyiqa metadata not found at {META}")
 
 
 def spy_op(monkeypatch):
-    """Counts calls of kernels.level_cross_entropy (metrics calls it through the module)."""
-    calls, real = [], kernels.level_cross_entropy
+    """Counts calls of level_ce.level_cross_entropy (metrics calls it through the module)."""
+    calls, real = [], level_ce.level_cross_entropy
 
     def spy(*a, **k):
         calls.append(a[2] if len(a) > 2 else k.get("level_ids"))
         return real(*a, **k)
-    monkeypatch.setattr(kernels, "level_cross_entropy", spy)
+    monkeypatch.setattr(level_ce, "level_cross_entropy", spy)
     return calls
 
 
@@ -51,7 +51,7 @@ def test_closed_set_score_is_manual_softmax_times_weights(monkeypatch, path):
     ids = [11, 3, 40, 27, 8]
     target = torch.tensor([0, 4, 2, -1, 1, 3, 3])
     calls = spy_op(monkeypatch)
-    with kernels.force_backend(path):
+    with level_ce.force_backend(path):
         probs, score, nll = M.closed_set_scores(logits, ids, target)
     assert len(calls) == 1 and list(calls[0]) == ids  # through the op, with the level ids as its closed set
     manual = torch.softmax(logits[:, ids].double(), -1)
@@ -75,8 +75,8 @@ def tiny_images(folder, n=6):
 
 
 def test_eval_score_on_tiny_model_matches_manual_and_uses_op(tmp_path, monkeypatch):
-    from data import closed_set_token_ids, encode_prompts
-    from model import last_token_logits, load_model
+    from iqa_vlm.data import closed_set_token_ids, encode_prompts
+    from iqa_vlm.model import last_token_logits, load_model
     model, processor = load_model("tiny")
     model.eval()
     recs = [S.score_record(f"x/{i}", p, LEVELS[i % 5], "x", str(i), mos=1.0 + i % 5, mos_norm=(i % 5) / 4)
@@ -197,8 +197,8 @@ def test_level_precision_on_real_metadata(tmp_path):
 
 # ============================================================================ instruction data
 def test_instruction_reader_keeps_multi_turn(tmp_path):
-    from data import encode_batch
-    from tiny_models import build_tiny_processor
+    from iqa_vlm.data import encode_batch
+    from iqa_vlm.tiny_models import build_tiny_processor
     imgs = tiny_images(tmp_path / "imgs", 2)
     entries = [
         {"id": "a", "image": "im0.png", "conversations": [

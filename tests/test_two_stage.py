@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import two_stage as PW  # noqa: E402
-import quality_token as QT  # noqa: E402
-from data import LEVELS  # noqa: E402
-from metrics import mean_std  # noqa: E402
+from iqa_vlm.studies import two_stage as PW  # noqa: E402
+from iqa_vlm.studies import quality_token as QT  # noqa: E402
+from iqa_vlm.data import LEVELS  # noqa: E402
+from iqa_vlm.metrics import mean_std  # noqa: E402
 
 
 def sh(*args, ok=True):
@@ -79,7 +79,7 @@ def test_splitter_without_a_usable_conclusion(text, reason):
 
 
 def test_every_demo_description_splits_back_into_description_and_level():
-    from demo_set import DEMO_DESCRIPTIONS, demo_description
+    from iqa_vlm.studies.demo_set import DEMO_DESCRIPTIONS, demo_description
     for label in DEMO_DESCRIPTIONS:
         for severity in ([0] if label == "clean" else range(1, 6)):
             for level in LEVELS:
@@ -148,8 +148,8 @@ def test_demo_pathway_views(demo_pathway):
 
 # ============================================================================ stage 2: text-only batches and training
 def test_stage2_batch_is_text_only_and_learns_only_the_answer(demo_pathway):
-    from data import encode_batch, load_records
-    from model import SupervisedLogits, load_model, set_trainable
+    from iqa_vlm.data import encode_batch, load_records
+    from iqa_vlm.model import SupervisedLogits, load_model, set_trainable
     model, processor = load_model("tiny")
     recs = load_records([str(demo_pathway / "stage2")], "train")[:4]
     batch = encode_batch(processor, recs)
@@ -169,7 +169,7 @@ def test_stage2_batch_is_text_only_and_learns_only_the_answer(demo_pathway):
 
 def test_stage2_with_init_end_to_end(demo_pathway, tmp_path):
     from safetensors.torch import save_file
-    from model import load_model, part_params
+    from iqa_vlm.model import load_model, part_params
     s1, s2 = tmp_path / "s1", tmp_path / "s2"
     # a stage-1 output folder, made here (a train.py run would take seconds more): its parts moved off the base
     model, _ = load_model("tiny")
@@ -241,14 +241,14 @@ def test_evaluate_two_stage_and_instability_run_on_the_tiny_model(demo_pathway, 
 # ============================================================================ logit lens and attention
 @pytest.fixture(scope="module")
 def tiny_eager():
-    from model import load_model
+    from iqa_vlm.model import load_model
     model, processor = load_model("tiny")
     QT.use_eager_attention(model)
     return model.eval(), processor
 
 
 def items_of(model, processor, demo_pathway, mode, n=3):
-    from data import load_records
+    from iqa_vlm.data import load_records
     recs = load_records([str(demo_pathway / "one_stage")], "test")[:n]
     return QT.quality_inputs(model, processor, recs, mode, "reference")
 

@@ -1,0 +1,249 @@
+"""Small helpers shared by the scripts: atomic file writes, config overrides, DDP setup, rank-0 printing.
+
+Kept deliberately small; every script imports only what it uses.
+"""
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package sits beside the entry scripts
+
+
+def entry_script(name):
+    """Path of an entry script (train.py, evaluate.py) for a sweep that launches it as a subprocess."""
+    return os.path.join(REPO_ROOT, name)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+# An interrupted run must never leave a half-written file that looks complete: write to a temp
+# file in the same folder (same filesystem, so os.replace is atomic), fsync, then rename.
+
+UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight back
+os.umask(UMASK)
+
+
+def atomic_write(path, data):
+    """Write str or bytes to `path` atomically."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600 files; outputs are as readable as the user's umask allows
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+_LOCKS = {}
+
+
+def hold_lock(path, who):
+    """An exclusive lock on the file `path`, held until the process exits (the OS drops it then, even after kill -9, so a
+    crash never leaves a stale lock). A second writer into the same folder is refused, naming the first."""
+    import fcntl
+    import socket
+    path = os.path.abspath(path)
+    if path in _LOCKS:
+        return
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise SystemExit(f"{who}: {path} is held by {holder}, which is writing there now; wait for it to end, "
+                         f"or choose another folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _LOCKS[path] = f
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported on first use: matplotlib is slow to import)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def atomic_write_png(path, fig, dpi=110):
+    """Save a matplotlib figure as PNG atomically, and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def write_checkpoint(out, files, name):
+    """One checkpoint made current at once: `files` ({file name: bytes}) are written whole into OUT/name.partial, which is
+    renamed OUT/name, and then the link OUT/current is switched to it by one atomic replace. OUT/<file name> are links
+    through `current`, so every reader sees one checkpoint's files, never a mix; a crash at any point leaves the previous
+    checkpoint current (a left-over .partial folder is never read, and goes at the next save). Older checkpoints go
+    once the switch is made."""
+    folder, tmp = os.path.join(out, name), os.path.join(out, name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for file, data in files.items():
+        with open(os.path.join(tmp, file), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    fsync_dir(tmp)
+    os.replace(tmp, folder)
+    for file in files:  # the links first: once `current` exists, the folder is recognisably a run
+        path = os.path.join(out, file)
+        if not os.path.islink(path):  # a plain file of a run written before checkpoints were folders
+            if os.path.exists(path):
+                os.unlink(path)
+            os.symlink(os.path.join("current", file), path)
+    link = os.path.join(out, ".current.partial")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(name, link)
+    os.replace(link, os.path.join(out, "current"))  # the switch
+    fsync_dir(out)
+    for other in os.listdir(out):  # only this writer's names: a user's copy (checkpoint-keep) stays
+        if CHECKPOINT_NAME.match(other) and other != name and os.path.isdir(os.path.join(out, other)):
+            shutil.rmtree(os.path.join(out, other), ignore_errors=True)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_NAME = re.compile(r"^checkpoint-\d{8}-\d+(\.partial)?$")
+
+
+def atomic_write_json(path, obj):
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_jsonl(path, records):
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_json(path):
+    """A JSON file; a malformed one is an error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def read_jsonl(path):
+    """Read a JSONL file; a malformed line is an error naming file and line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return records
+
+
+# ----------------------------------------------------------------------------- config overrides
+def boolean(raw):
+    """An argparse type: booleans are spelled the same in every entry script (true/false; also 1/0, yes/no)."""
+    if str(raw).lower() not in ("1", "0", "true", "false", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+    return str(raw).lower() in ("1", "true", "yes")
+
+
+def apply_overrides(config, argv):
+    """nanoGPT-style configurator: `config` is a dict of defaults (usually the script's globals).
+
+    argv items: a config file (`config/foo.py`, executed, may set any known key), `--key value` or
+    `--key=value`. Values are cast to the default's type; unknown keys are an error."""
+    i, known = 0, {k for k, v in config.items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
+
+    def set_key(key, raw):
+        if key not in known:
+            raise SystemExit(f"unknown config key --{key}; known keys: {', '.join(sorted(known))}")
+        default = config[key]
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise SystemExit(f"--{key} expects true/false, got {raw!r}")
+            value = boolean(raw)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                value = type(default)(raw) if not (isinstance(default, int) and "." in raw) else float(raw)
+            except ValueError:
+                raise SystemExit(f"--{key} expects a {type(default).__name__}, got {raw!r}") from None
+        else:
+            value = None if raw.lower() == "none" and default is None else raw
+        config[key] = value
+
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            if "=" in arg:
+                key, raw = arg[2:].split("=", 1)
+            else:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"{arg} needs a value")
+                key, raw = arg[2:], argv[i + 1]
+                i += 1
+            set_key(key, raw)
+        else:
+            if not os.path.exists(arg):
+                raise SystemExit(f"config file {arg} not found")
+            file_cfg = {}
+            exec(open(arg).read(), {}, file_cfg)
+            for key, value in file_cfg.items():
+                if not key.startswith("_"):
+                    set_key(key, str(value))
+        i += 1
+    return {k: config[k] for k in sorted(known)}
+
+
+def run_subcommand(doc, commands, argv=None):
+    """An entry script with subcommands: commands = {name: (function, add_arguments(parser), one-line help)}; the
+    chosen function is called with the parsed values as keywords (plain values, never the namespace)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, (fn, add_arguments, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=fn.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(p)
+    args = vars(ap.parse_args(argv))
+    return commands[args.pop("command")][0](**args)
+
+
+# ----------------------------------------------------------------------------- distributed
+def setup_distributed():
+    """Reads torchrun's environment. Returns (ddp, rank, local_rank, world_size, device)."""
+    import torch
+    import torch.distributed as dist
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 0, 1, "cuda" if torch.cuda.is_available() else "cpu"
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        return True, rank, local_rank, world, f"cuda:{local_rank}"
+    dist.init_process_group("gloo")
+    return True, rank, local_rank, world, "cpu"

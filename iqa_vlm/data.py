@@ -1,0 +1,590 @@
+"""Records (LLaVA/ShareGPT-form JSONL, see DESIGN.md) and everything between them and model inputs, for every script:
+reading and writing prepared folders, LLaVA-JSON instruction data, batching, the training data mix.
+
+    from iqa_vlm.data import load_records, encode_batch, Mixer
+    records = load_records(["data/demo"], "train")
+    batch = encode_batch(processor, records[:8], train=True)  # input_ids, attention_mask, pixel_values, labels
+    mixer = Mixer(["data/demo_score", "data/demo_interpret"], "score:1.0,interpret:2.5")  # train.py --mix
+
+Prompts go through the processor's own chat template, so the tiny model and real checkpoints take the
+same path. Loss is on assistant turns only (labels -100 elsewhere). The label sets below are those of the
+data format; each study owns its prompts.
+"""
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter, OrderedDict
+
+import torch
+from PIL import Image
+
+from iqa_vlm.common import atomic_write, atomic_write_json, atomic_write_jsonl, hold_lock, read_jsonl
+
+IGNORE = -100
+LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]  # 8 classes
+LEVELS = ["bad", "poor", "fair", "good", "excellent"]  # quality levels, worst to best
+
+
+def load_records(data_dirs, split):
+    """Records of `split` from one or more prepared folders, image (and ref_image) paths made absolute."""
+    if isinstance(data_dirs, str):
+        data_dirs = [d for d in data_dirs.split(",") if d]
+    records = []
+    for d in data_dirs:
+        path = os.path.join(d, f"{split}.jsonl")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: --data expects folders written by prepare_data.py "
+                                    f"(train.jsonl, test.jsonl, meta.json)")
+        for i, r in enumerate(read_jsonl(path), 1):
+            if "conversations" not in r:
+                raise ValueError(f"{path}:{i}: record has no 'conversations' field")
+            for key in ("image", "ref_image"):  # ref_image: the reference of a distorted image (FR), where known
+                if r.get(key):
+                    r[key] = r[key] if os.path.isabs(r[key]) else os.path.join(d, r[key])
+            records.append(r)
+    return records
+
+
+def load_image(path):
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+def to_messages(conversations, has_image):
+    """ShareGPT turns -> chat-template messages. '<image>' in a human turn becomes an image item."""
+    messages = []
+    for turn in conversations:
+        role = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                "system": "system"}.get(turn["from"])
+        if role is None:
+            raise ValueError(f"unknown conversation role {turn['from']!r} (expected human/gpt/system)")
+        text = turn["value"]
+        content = []
+        if role == "user" and "<image>" in text:
+            if not has_image:
+                raise ValueError("a turn says <image> but the record has no image")
+            before, after = text.split("<image>", 1)
+            content += ([{"type": "text", "text": before.strip()}] if before.strip() else [])
+            content += [{"type": "image"}, {"type": "text", "text": after.strip()}]
+        else:
+            content.append({"type": "text", "text": text})
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def render(processor, messages, add_generation_prompt=False):
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def tokenize_batch(processor, texts, images, padding_side="right", records=()):
+    """Text-only batches (stage 2) go through the tokenizer alone; a batch is all-image or all-text."""
+    if images and len(images) != len(texts):
+        without = [r.get("id") for r in records if not r.get("image")][:3]
+        raise ValueError(f"a batch mixes {len(images)} records with an image and {len(texts) - len(images)} without "
+                         f"(e.g. {without}): text-only records (stage 2) need batches of their own")
+    tok = processor.tokenizer
+    tok.padding_side = padding_side
+    if images:  # one list per sample: Gemma3 and Idefics3 want them nested, the others take either
+        return processor(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True)
+    return tok(texts, return_tensors="pt", padding=True)
+
+
+def _find(seq, sub, start):
+    """First index >= start where list `sub` occurs in list `seq`, or -1."""
+    for i in range(start, len(seq) - len(sub) + 1):
+        if seq[i:i + len(sub)] == sub:
+            return i
+    return -1
+
+
+_RENDERED = OrderedDict()  # (processor, conversation) -> rendered_turns' result; the most recent 8192
+
+
+def rendered_turns(processor, conversations, has_image):
+    """(the conversation rendered by the chat template, [(position in its text-only tokens, the assistant turn's token
+    ids)] per assistant turn). Three renders and two tokenizations per record cost the 2-core demo a third of its data
+    time, and its 19,197 training records hold 8 distinct conversations: results are kept for the most recent 8192."""
+    key = (id(processor), has_image, json.dumps(conversations, sort_keys=True))
+    if key in _RENDERED:
+        _RENDERED.move_to_end(key)
+        return _RENDERED[key]
+    tok = processor.tokenizer
+    msgs = to_messages(conversations, has_image)
+    turn_ids = []
+    for j, m in enumerate(msgs):
+        if m["role"] == "assistant":
+            start = len(tok(render(processor, msgs[:j], add_generation_prompt=True))["input_ids"])
+            ids = tok(render(processor, msgs[:j + 1]))["input_ids"]
+            turn_ids.append((start, ids[start:]))
+    _RENDERED[key] = (render(processor, msgs), turn_ids)
+    if len(_RENDERED) > 8192:
+        _RENDERED.popitem(last=False)
+    return _RENDERED[key]
+
+
+def encode_batch(processor, records, train=True, transform=None):
+    """Training batch: full conversations, labels only on assistant turns.
+
+    Each assistant turn's tokens are found by rendering the conversation up to that turn (with the
+    generation prompt) and up to its end, tokenizing both, and taking the difference. The processor
+    then expands image placeholders (and some, like PaliGemma's, add tokens at either end), so each
+    turn's tokens are looked up in the final ids, left to right, from where the text put them.
+    """
+    texts, images, turns = [], [], []
+    for r in records:
+        if r.get("image"):
+            img = load_image(r["image"])
+            images.append(transform(img) if transform else img)
+        text, turn_ids = rendered_turns(processor, r["conversations"], bool(r.get("image")))
+        if not turn_ids:
+            raise ValueError(f"record {r.get('id')}: no assistant turn to learn from")
+        texts.append(text)
+        turns.append(turn_ids)
+    enc = tokenize_batch(processor, texts, images, records=records)
+    labels = torch.full_like(enc["input_ids"], IGNORE)
+    for b, turn_ids in enumerate(turns):
+        ids = enc["input_ids"][b].tolist()
+        pos = 0
+        for start, answer in turn_ids:
+            at = _find(ids, answer, max(pos, start))
+            if at < 0:
+                raise ValueError(f"record {records[b].get('id')}: the answer's tokens {answer} are not in the processed "
+                                 f"input (does the processor's chat template change the answer text?)")
+            labels[b, at:at + len(answer)] = enc["input_ids"][b, at:at + len(answer)]
+            pos = at + len(answer)
+    enc["labels"] = labels
+    return enc
+
+
+def answer_prefix_text(processor, messages, answer_prefix):
+    """Rendered prompt that ends exactly where the answer's next word starts (teacher forcing)."""
+    marker = "\u2063MARK"  # an invisible separator no template emits
+    full = render(processor, messages + [{"role": "assistant", "content": [{"type": "text", "text": answer_prefix + " " + marker}]}])
+    return full[:full.index(marker)].rstrip(" ")
+
+
+def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_side="right", after_prompt="", transform=None):
+    """Prompts only (user turns), optionally followed by a teacher-forced answer prefix (one string for all
+    records, or a list with one per record), rendered by the chat template; or followed by `after_prompt`, raw text
+    put after the generation prompt as it is (Q-SiT's evaluation appends "The quality of this image is " so).
+
+    Returns the batch and, per row, the index of its last real token (where the next-token logits
+    are read)."""
+    texts, images = [], []
+    for i, r in enumerate(records):
+        prefix = answer_prefix[i] if isinstance(answer_prefix, (list, tuple)) else answer_prefix
+        system = [c for c in r["conversations"] if c["from"] == "system"][:1]  # kept ahead of the first user turn
+        convs = [c for c in r["conversations"] if c["from"] not in ("gpt", "assistant", "system")][:1]
+        if suffix:
+            convs = [{"from": convs[0]["from"], "value": convs[0]["value"] + "\n" + suffix}]
+        msgs = to_messages(system + convs, bool(r.get("image")))
+        if r.get("image"):
+            img = load_image(r["image"])
+            images.append(transform(img) if transform else img)  # e.g. test-time flips (distortion --tta)
+        texts.append(answer_prefix_text(processor, msgs, prefix) if prefix
+                     else render(processor, msgs, add_generation_prompt=True) + after_prompt)
+    enc = tokenize_batch(processor, texts, images, padding_side, records)
+    last = enc["attention_mask"].sum(1) - 1 if padding_side == "right" else torch.full((len(texts),), enc["input_ids"].shape[1] - 1)
+    return enc, last
+
+
+def closed_set_token_ids(processor, words, answer_prefix):
+    """Token id of each word's first sub-token as it follows `answer_prefix` in an answer.
+
+    Uses the tokenizer's own leading-space handling. Two words sharing a first token cannot be told
+    apart by one next-token softmax: that is an error showing the tokenization."""
+    tok = processor.tokenizer
+    base = tok(answer_prefix, add_special_tokens=False)["input_ids"]
+    ids, pieces = [], {}
+    for w in words:
+        full = tok(answer_prefix + " " + w, add_special_tokens=False)["input_ids"]
+        if full[:len(base)] != base or len(full) == len(base):
+            raise ValueError(f"tokenizing {answer_prefix + ' ' + w!r} does not extend the prefix's tokens {base}: {full}")
+        ids.append(full[len(base)])
+        pieces[w] = tok.convert_ids_to_tokens(full[len(base):])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"words of the closed set share a first token, so they cannot be scored apart: {pieces}")
+    if tok.unk_token_id is not None and tok.unk_token_id in ids:
+        raise ValueError(f"some words of the closed set are unknown to the tokenizer: {pieces}")
+    return ids
+
+
+def with_system(record, text):
+    """A copy of the record with a system turn `text` first (unchanged if it already has one)."""
+    if record["conversations"] and record["conversations"][0]["from"] == "system":
+        return record
+    return {**record, "conversations": [{"from": "system", "value": text}] + record["conversations"]}
+
+
+# ----------------------------------------------------------------------------- prepared folders and instruction data
+def claim_output(out):
+    """prepare_data.py writes only into a folder that is absent, empty, or one it wrote itself (its .prepared marker):
+    it never deletes or overwrites what it did not write, and one writer at a time (a lock file .OUT.lock beside
+    it). -> out, marked."""
+    parent, base = os.path.split(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    hold_lock(os.path.join(parent, f".{base}.lock"), "prepare_data.py")  # beside OUT: the demo swaps OUT whole
+    if os.path.isdir(out):
+        held = sorted(os.listdir(out))
+        if held and not os.path.exists(os.path.join(out, ".prepared")):
+            raise SystemExit(f"prepare_data.py: --out {out} holds files it did not write ({', '.join(held[:5])}"
+                             f"{', ...' if len(held) > 5 else ''}); give a new or empty folder")
+    elif os.path.exists(out):
+        raise SystemExit(f"prepare_data.py: --out {out} is a file, not a folder")
+    os.makedirs(out, exist_ok=True)
+    atomic_write(os.path.join(out, ".prepared"), "written by prepare_data.py\n")
+    return out
+
+
+def write_splits(out, splits, meta):
+    """OUT/{train,val,test}.jsonl then OUT/meta.json last (a folder with meta.json is complete)."""
+    claim_output(out)
+    if os.path.exists(os.path.join(out, "meta.json")):
+        os.unlink(os.path.join(out, "meta.json"))
+    for name, recs in splits.items():
+        atomic_write_jsonl(os.path.join(out, f"{name}.jsonl"), recs)
+    meta["counts"] = {name: {"n": len(recs), "by_source": dict(sorted(Counter(r["source"] for r in recs).items())),
+                             "by_level": dict(Counter(r["level"] for r in recs if r.get("level")))}
+                      for name, recs in splits.items()}
+    atomic_write_json(os.path.join(out, "meta.json"), meta)
+    print(f"wrote {', '.join(f'{len(r)} {n}' for n, r in splits.items())} records -> {out}")
+    return meta
+
+
+def read_instruction(path, image_root=None, task="describe", source=None):
+    """Instruction data in LLaVA JSON form (a list of {id, image, conversations}; also JSONL) -> records in the
+    project's JSONL form, every turn of multi-turn conversations kept. Image paths are resolved against
+    image_root (default: the JSON's folder) and made absolute. Records whose image is missing are dropped and
+    counted (an error if all images are missing: a wrong --image_root). Returns (records, report)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError:
+        entries = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{no}: neither a JSON list nor JSON lines ({e.msg})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of {{id, image, conversations}}, found {type(entries).__name__}")
+    image_root = os.path.abspath(image_root or os.path.dirname(os.path.abspath(path)))
+    source = source or os.path.splitext(os.path.basename(path))[0]
+    roles = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
+    records, missing, skipped, turns, found = [], [], Counter(), Counter(), 0
+    for i, e in enumerate(entries, 1):
+        where = f"{path} entry {i}"
+        conv = e.get("conversations") if isinstance(e, dict) else None
+        if not isinstance(conv, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv):
+            raise ValueError(f"{where}: expected 'conversations', a list of {{from, value}} turns")
+        bad = [t.get("from") for t in conv if t.get("from") not in roles]
+        if bad:
+            raise ValueError(f"{where}: unknown role(s) {bad}; expected human/gpt (or user/assistant, system)")
+        conv = [{"from": roles[t["from"]], "value": t["value"]} for t in conv]
+        if not any(t["from"] == "gpt" for t in conv):
+            skipped["no answer turn"] += 1
+            continue
+        image = e.get("image")
+        if isinstance(image, list):
+            if len(image) != 1:
+                skipped["several images"] += 1
+                continue
+            image = image[0]
+        n_tags = sum(t["value"].count("<image>") for t in conv)
+        if image:
+            image = image if os.path.isabs(image) else os.path.join(image_root, image)
+            if not os.path.isfile(image):
+                missing.append(image)
+                continue
+            found += 1
+            if n_tags > 1:
+                skipped["several <image> tags"] += 1
+                continue
+            if n_tags == 0:  # LLaVA puts the tag in the first human turn; add it where it is absent
+                k = next(j for j, t in enumerate(conv) if t["from"] == "human")
+                conv[k] = {"from": "human", "value": "<image>\n" + conv[k]["value"]}
+        elif n_tags:
+            skipped["<image> tag without an image"] += 1
+            continue
+        turns[sum(t["from"] == "gpt" for t in conv)] += 1
+        records.append({"id": f"{source}/{e.get('id', i)}", **({"image": image} if image else {}),
+                        "conversations": conv, "task": task, "source": source})
+    if missing and not found:
+        raise ValueError(f"{path}: none of the {len(missing)} images was found below {image_root} "
+                         f"(e.g. {missing[0]}); pass --image_root DIR")
+    report = {"entries": len(entries), "kept": len(records), "missing_images": len(missing),
+              "missing_examples": missing[:5], "skipped": dict(skipped), "image_root": image_root,
+              "answer_turns": {str(k): v for k, v in sorted(turns.items())}}
+    return records, report
+
+
+def file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def exclude_test_images(records, test_dirs):
+    """Leaves out of instruction records every one whose image is also a test image of the prepared folders
+    `test_dirs` (comma-separated): same file name, or same content (sha256; a copy under another name). Q-SiT
+    cleans its data so; a generic name (1.jpg) shared by two unrelated images is dropped too: the count says how many
+    went by name only. -> (kept records, report)."""
+    tests = [r for d in test_dirs.split(",") if d for r in load_records([d], "test") if r.get("image")]
+    if not tests:
+        raise ValueError(f"--exclude_test {test_dirs}: no test records with an image there")
+    names = {os.path.basename(r["image"]).lower() for r in tests}
+    digests = {file_digest(r["image"]) for r in tests if os.path.isfile(r["image"])}
+    kept, by_name, by_content, seen, t0 = [], 0, 0, {}, time.time()
+    for i, r in enumerate(records, 1):
+        image = r.get("image")
+        if image and os.path.basename(image).lower() in names:
+            by_name += 1
+            continue
+        if image:
+            if image not in seen:
+                seen[image] = file_digest(image)
+            if seen[image] in digests:
+                by_content += 1
+                continue
+        kept.append(r)
+        if i % 5000 == 0:
+            print(f"\rexclude_test: {i}/{len(records)} records checked, {time.time() - t0:.0f}s", end="", file=sys.stderr)
+    report = {"test_folders": test_dirs, "test_images": len(tests), "dropped_by_name": by_name,
+              "dropped_by_content": by_content, "kept": len(kept)}
+    print(f"exclude_test: {by_name} records dropped by test image name, {by_content} by content, {len(kept)} kept", file=sys.stderr)
+    return kept, report
+
+
+def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=0.05, exclude_test=None):
+    """LLaVA-form instruction data -> OUT/train.jsonl, val.jsonl (val_frac, seeded), an empty test.jsonl; with
+    exclude_test, records whose image is in those folders' test sets are left out first (exclude_test_images)."""
+    records, report = read_instruction(path, image_root, task)
+    if exclude_test:
+        records, report["excluded_test_images"] = exclude_test_images(records, exclude_test)
+    rng, splits = random.Random(f"{seed}:{path}"), {"train": [], "val": [], "test": []}
+    for r in records:
+        splits["val" if rng.random() < val_frac else "train"].append(r)
+    print(f"{path}: {report['kept']} of {report['entries']} conversations kept, {report['missing_images']} with a "
+          f"missing image dropped{' (e.g. ' + report['missing_examples'][0] + ')' if report['missing_examples'] else ''}, "
+          f"skipped {report['skipped'] or 'none'}; answer turns per conversation {report['answer_turns']}")
+    return write_splits(out, splits, {"task": task, "source_file": os.path.abspath(path), "seed": seed, "report": report})
+
+
+# ----------------------------------------------------------------------------- the data mix (train.py --mix)
+# A --mix name matches a --data folder by its base name, or records by task group (or by the task itself).
+MIX_GROUPS = {"score": ("score",), "interpret": ("describe", "reason", "mcq"), "general": ("vqa",),
+              "distortion": ("distortion",)}
+
+
+def parse_mix(spec):
+    """'score:1.0,interpret:2.5' -> {'score': 1.0, 'interpret': 2.5} (order kept; weights >= 0, one > 0)."""
+    mix = {}
+    for item in [s.strip() for s in str(spec).split(",") if s.strip()]:
+        name, sep, w = item.partition(":")
+        try:
+            weight = float(w) if sep else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if not name or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"--mix: {item!r} is not NAME:WEIGHT with a weight >= 0 (e.g. score:1.0,interpret:2.5)")
+        if name in mix:
+            raise ValueError(f"--mix: {name!r} given twice")
+        mix[name] = weight
+    if not mix or not any(w > 0 for w in mix.values()):
+        raise ValueError(f"--mix {spec!r}: expected NAME:WEIGHT pairs with at least one weight > 0")
+    return mix
+
+
+def source_name(record, folder, names):
+    """Which --mix name a record belongs to: its folder's base name, else its task's group, else its task."""
+    base = os.path.basename(os.path.normpath(folder))
+    if base in names:
+        return base
+    task = record.get("task", "distortion")
+    for name in names:
+        if task in MIX_GROUPS.get(name, ()) or task == name:
+            return name
+    return None
+
+
+def mix_counts(sizes, mix):
+    """Records drawn per epoch, {name: count}: a weight is a record ratio relative to the first source's size (Q-SiT's
+    D1:D2:D3 = 1.00:2.50:1.04 over |D1| = 100 records draws 100, 250 and 104), whatever the other sources hold."""
+    base = next((sizes.get(n, 0) for n, w in mix.items() if w > 0), 0)
+    return {name: round(w * base) if sizes.get(name, 0) else 0 for name, w in mix.items()}
+
+
+def epoch_sample(sizes, mix, seed, epoch):
+    """[(name, index in that source)] for one epoch, shuffled, mix_counts(sizes, mix) records per source: a seeded
+    sample without repeats, or, for a count above what the source holds, full passes plus a seeded sample of the rest
+    (records repeat; Mixer.describe says so). A new draw each epoch."""
+    rng = random.Random(f"mix:{seed}:{epoch}")
+    out = []
+    for name, count in mix_counts(sizes, mix).items():
+        n = sizes.get(name, 0)
+        if count <= 0:
+            continue
+        passes, rest = divmod(count, n)
+        out += [(name, i) for _ in range(passes) for i in range(n)]
+        out += [(name, i) for i in rng.sample(range(n), rest)]
+    rng.shuffle(out)
+    return out
+
+
+def balance_mix(mix, val_loss, lam, step=0.1, tol=0.02, score="score", interp="interpret"):
+    """Q-SiT Alg. 1, step 3 (eqs 9-10), once per epoch: ratio = val_loss[score] / val_loss[interp] against the reference
+    lam. Below lam, interpreting falls behind: |D2 + D3| grows, i.e. every source but `score` is multiplied by
+    (1 + step), keeping their ratio; above lam, |D1| (`score`) grows by (1 + step). Within lam * (1 +- tol): unchanged.
+    The paper says "increase" without a size; step and tol are our choices. -> (new mix, ratio, action)."""
+    ratio = val_loss[score] / max(val_loss[interp], 1e-12)
+    new = dict(mix)
+    if ratio < lam * (1 - tol):
+        new = {k: w if k == score else w * (1 + step) for k, w in mix.items()}
+        action = f"more {'+'.join(k for k in mix if k != score)}"
+    elif ratio > lam * (1 + tol):
+        new[score], action = mix[score] * (1 + step), f"more {score}"
+    else:
+        action = "keep"
+    return {k: round(v, 6) for k, v in new.items()}, ratio, action
+
+
+def uses_system_prefix(mix_spec):
+    """Scoring data gets the system turn (scoring.SYSTEM_PREFIX) when the mix draws on more than one source (Q-SiT)."""
+    return bool(mix_spec) and sum(w > 0 for w in parse_mix(mix_spec).values()) > 1
+
+
+class Mixer:
+    """train.py --mix: the --data folders as named sources, a per-epoch sampled order, validation sets, --balance
+    (which reads the first source as D1, scoring, and the second as D2, interpreting; the others grow with D2).
+
+    Validation records of a source come from its folder's val.jsonl, else a seeded val_frac of its train
+    records (held out of training). With more than one source, scoring records get the system turn `score_system`
+    (train.py passes scoring.SYSTEM_PREFIX)."""
+
+    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=256, score_system=None, interpret_val=None):
+        dirs = [d for d in data_dirs.split(",") if d] if isinstance(data_dirs, str) else list(data_dirs)
+        self.mix, self.seed = parse_mix(spec), seed
+        if interpret_val is not None and sum(w > 0 for w in self.mix.values()) < 2:
+            raise ValueError(f"--interpret_val: the mix {spec!r} has no second (interpreting) source")
+        self.system = score_system if score_system and uses_system_prefix(spec) else None
+        names = list(self.mix)
+        # Algorithm 1's D1 (scoring) and D2 (interpreting): the mix's first and second sources of weight > 0 (the first is
+        # also the base of the record ratios, mix_counts); D3.. the rest
+        drawn = [n for n in names if self.mix[n] > 0]
+        self.score, self.interp = drawn[0], drawn[1] if len(drawn) > 1 else None
+        self.records, self.groups, self.val = [], {n: [] for n in names}, {n: [] for n in names}
+        for d in dirs:
+            has_val = os.path.exists(os.path.join(d, "val.jsonl"))
+            rng = random.Random(f"val:{seed}:{os.path.basename(os.path.normpath(d))}")
+            for split in (["train", "val"] if has_val else ["train"]):
+                for r in load_records([d], split):
+                    name = source_name(r, d, names)
+                    if name is None:
+                        raise ValueError(f"--mix {spec!r}: a record of {d} (task {r.get('task', 'distortion')!r}) matches "
+                                         f"no name; names match a --data folder's base name or a task group "
+                                         f"{ {k: list(v) for k, v in MIX_GROUPS.items()} }")
+                    if self.system and r.get("task") == "score":
+                        r = with_system(r, self.system)
+                    replaced = interpret_val is not None and name == self.interp  # its val comes from interpret_val
+                    if split == "val" or (not has_val and not replaced and rng.random() < val_frac):
+                        self.val[name].append(r)
+                    else:
+                        self.groups[name].append(len(self.records))
+                        self.records.append(r)
+        empty = [n for n in names if not self.groups[n] and self.mix[n] > 0]
+        if empty:
+            raise ValueError(f"--mix: no training records for {empty} in {dirs}")
+        if interpret_val is not None:  # Q-SiT validates interpreting on LLVisionQA-dev, not on a share of D2
+            self.val[self.interp] = list(interpret_val)
+        for n in names:  # a fixed, seeded subset keeps each evaluation comparable and quick
+            random.Random(f"valpick:{seed}:{n}").shuffle(self.val[n])
+            self.val[n] = self.val[n][:val_max]
+        self.lam = None  # the balance reference; set by the first evaluation unless given
+
+    def sizes(self):
+        return {n: len(ix) for n, ix in self.groups.items()}
+
+    def epoch_size(self):
+        return len(epoch_sample(self.sizes(), self.mix, self.seed, 0))
+
+    def order(self, epoch):
+        """Indices into self.records for one epoch under the current mix."""
+        return [self.groups[name][i] for name, i in epoch_sample(self.sizes(), self.mix, self.seed, epoch)]
+
+    def describe(self):
+        """Records drawn per source per epoch, e.g. 'score: 100, interpret: 250 of 1000, general: 104 of 300'."""
+        sizes, counts = self.sizes(), mix_counts(self.sizes(), self.mix)
+        parts = []
+        for n in self.mix:
+            part = f"{n}: {counts[n]}" + (f" of {sizes[n]}" if counts[n] != sizes[n] else "")
+            if counts[n] > sizes[n] > 0:
+                part += f" (more than it holds: {counts[n] // sizes[n]} passes + {counts[n] % sizes[n]} drawn, records repeat)"
+            parts.append(part + f", {len(self.val[n])} val")
+        first = next(n for n, w in self.mix.items() if w > 0)
+        return (f"mix (records per epoch, weights relative to {first}'s {sizes[first]}): " + "; ".join(parts)
+                + ("; system turn on scoring data" if self.system else ""))
+
+    def restore(self, log):
+        """After --resume: the mix and reference λ of the last balance record in the log (records of plain evaluations
+        carry the mix but no λ)."""
+        for rec in reversed(log):
+            if "lambda" in rec:
+                self.mix, self.lam = dict(rec["mix"]), rec["lambda"]
+                return
+
+    @torch.no_grad()
+    def val_losses(self, net, processor, batch_size=32, device="cpu", amp_dtype=None):
+        """Mean answer-token NLL (no label smoothing) per source with validation records."""
+        from iqa_vlm.level_ce import level_cross_entropy
+        module = getattr(net, "module", net)  # past DDP: every rank evaluates the same records itself
+        was_training = module.training
+        module.eval()
+        out = {}
+        for name, recs in self.val.items():
+            if not recs:
+                continue
+            total, count = 0.0, 0
+            for s in range(0, len(recs), batch_size):
+                batch = {k: v.to(device) for k, v in encode_batch(processor, recs[s:s + batch_size]).items()}
+                with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
+                    logits, targets = module(**batch)
+                    loss = level_cross_entropy(logits.float(), targets)[0]
+                total, count = total + float(loss.sum()), count + loss.numel()
+            out[name] = total / max(count, 1)
+        module.train(was_training)
+        return out
+
+    def balance(self, val_loss, lam=0.0, step=0.1, tol=0.02, ddp=False):
+        """One balance step from the validation losses (balance_mix); returns the log record (mix before -> after,
+        records per source of the next epoch)."""
+        for k in (self.score, self.interp):
+            if k is None or k not in val_loss:
+                raise ValueError(f"--balance needs validation records of the mix's first (scoring) and second "
+                                 f"(interpreting) sources; have {sorted(val_loss)} (--mix names: {list(self.mix)})")
+        ratio = val_loss[self.score] / max(val_loss[self.interp], 1e-12)
+        if self.lam is None:
+            self.lam = lam if lam > 0 else ratio
+        new, ratio, action = balance_mix(self.mix, val_loss, self.lam, step, tol, self.score, self.interp)
+        if ddp:  # rank 0's decision, so every rank samples the same mix
+            names = list(new)
+            t = torch.tensor([new[n] for n in names], dtype=torch.float64,
+                             device="cuda" if torch.cuda.is_available() else "cpu")
+            torch.distributed.broadcast(t, 0)
+            new = {n: float(v) for n, v in zip(names, t.tolist())}
+        before, self.mix = self.mix, new
+        return {"ratio": round(ratio, 5), "lambda": round(self.lam, 5), "action": action,
+                "mix_before": before, "mix": new, "records": mix_counts(self.sizes(), new)}

@@ -1,0 +1,286 @@
+"""Quality scoring (Q-Align / Q-SiT): MOS -> five text levels, the closed-set softmax over the level tokens, the
+cross-dataset table with Q-SiT's Avg. column, and what the level conversion keeps.
+
+Zhang, Wu, Jia, Lin, Zhai, "Teaching LMMs for image quality scoring and interpreting" (Q-SiT): levels in equal
+intervals between the dataset's min and max (Table II), score = softmax over the five level logits @ [1..5],
+scoring data mixed with interpreting and general data at a ratio found on a small model (Algorithm 1: steps 1-2 in
+data_mix.py, step 3 data.Mixer.balance). The training question and answer are Q-Align's; Q-SiT's own evaluation prompt
+is --prompt qsit.
+
+    python prepare_data.py --task score --koniq /data/koniq10k --out data/score     # make_score
+    python evaluate.py score --ckpt out/A --ckpt out/B --data data/score             # evaluate (the table)
+    python analyze.py level-precision --meta IQA-PyTorch/pyiqa/data/meta_info                      # level_precision_report
+    python evaluate.py score --ckpt out/qsit_mini --data data/score --prompt qsit     # Q-SiT's evaluation prompt
+"""
+import json
+import os
+import random
+import sys
+import time
+from collections import Counter
+
+import torch
+
+from iqa_vlm import iqa_datasets as D
+from iqa_vlm import iqa_io
+from iqa_vlm.common import atomic_write_json, atomic_write_jsonl
+from iqa_vlm.studies.deqa import attach_soft_labels
+from iqa_vlm.data import LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, uses_system_prefix, with_system, write_splits
+from iqa_vlm.metrics import closed_set_scores, plcc, score_metrics, srcc
+from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_evaluated, to_device
+
+# ----------------------------------------------------------------------------- prompts (Q-Align form)
+SCORE_QUESTION = "How would you rate the quality of this image?"   # the canonical question (val/test)
+SCORE_PARAPHRASES = [SCORE_QUESTION, "Can you rate the quality of this image?", "How is the quality of this image?",
+                     "Please rate the quality of this image.", "What is the quality of this image?",
+                     "Rate the quality of the image."]
+SCORE_PREFIX = "The quality of the image is"    # the answer is "The quality of the image is {level}."
+SYSTEM_PREFIX = "Assume you are an image quality evaluator."   # system turn for scoring data in a mix
+# Q-SiT's released evaluation (its README's scoring example and eval script): instruction and question in one user turn
+# ahead of the image, "The quality of this image is " appended raw after the generation prompt, and the level read from
+# the first tokens of the capitalized words. evaluate.py score --prompt qsit.
+QSIT_QUESTION = ("Assume you are an image quality evaluator. \nYour rating should be chosen from the following five "
+                 "categories: Excellent, Good, Fair, Poor, and Bad (from high to low). \nHow would you rate the quality "
+                 "of this image?")
+QSIT_PREFIX = "The quality of this image is "
+QSIT_LEVEL_WORDS = ["Bad", "Poor", "Fair", "Good", "Excellent"]  # LEVELS' order, low to high
+PROMPTS = ("qalign", "qsit")
+
+
+def score_record(rid, image, level, source, ref, rng=None, image_first=False, **extra):
+    """One scoring record. rng (random.Random) picks a paraphrase of the question; None = the canonical one. The image
+    placeholder follows the question, as in Q-Align's and Q-SiT's released training data ("...this image?\n<image>");
+    image_first=True puts it ahead (the demo view, whose measured numbers were made that way)."""
+    question = rng.choice(SCORE_PARAPHRASES) if rng is not None else SCORE_QUESTION
+    return {"id": rid, "image": image,
+            "conversations": [{"from": "human", "value": "<image>\n" + question if image_first else question + "\n<image>"},
+                              {"from": "gpt", "value": f"{SCORE_PREFIX} {level}."}],
+            "task": "score", "source": source, "ref": ref, "level": level, **extra}
+
+
+# ----------------------------------------------------------------------------- records
+SCORE_DATASETS = {"koniq10k": "koniq", "spaq": "spaq", "livec": "livec", "agiqa3k": "agiqa", "kadid10k": "kadid",
+                  "live": "live", "csiq": "csiq", "tid2013": "tid2013"}  # source -> command-line flag
+
+
+def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, check_images=True, soft_density=None,
+               soft_spread=None):
+    """Scoring records (Q-Align form) from IQA datasets: MOS -> level by equal intervals between the dataset's
+    min and max (iqa_datasets.norm_scores). KonIQ-10k keeps its official training/test split when the metadata has it
+    (its official validation set goes to official_val.jsonl, counted); the others are split test_frac by reference
+    content (or randomly; test_frac 1: all of it tested, as Q-SiT tests LIVE-C, AGIQA-3K and KADID-10k). Then val_frac
+    of each training part is held out for validation (Q-SiT: 10 %). LIVE Challenge's t1..t7 stay in train. Reference
+    images without a score are left out. Train questions are seeded paraphrases; val/test use the canonical question.
+    Every record also carries DeQA-Score's soft labels (deqa.attach_soft_labels; soft_density / soft_spread: per-source
+    overrides {source: "pdf"|"cdf"}, {source: "std"|"var"}), counted per kind in meta.json."""
+    claim_output(out)  # before hours of reading, not after
+    splits, infos = {"train": [], "val": [], "test": []}, {}
+    for source, root in datasets.items():
+        t0 = time.time()
+        items, info = D.READERS[source](root, check_images=check_images)
+        D.norm_scores(items, info)
+        scored = [it for it in items if it["mos"] is not None]
+        ref_image = D.reference_images(items)
+        official_val = []
+        if any(it.get("split") for it in scored):
+            train = [it for it in scored if it.get("split") not in ("validation", "test")]
+            test = [it for it in scored if it.get("split") == "test"]
+            official_val = [it for it in scored if it.get("split") == "validation"]
+            info["split_policy"] = f"official training/test split (validation set -> official_val.jsonl), val {val_frac:.0%} of training"
+        else:
+            train, test = D.split_items(scored, test_frac=test_frac, by=split, seed=seed)
+            info["split_policy"] = (f"{'by reference content' if split == 'ref' else 'random'}, test {test_frac:.0%}, "
+                                    f"val {val_frac:.0%} of the rest")
+        train, val = D.split_items(train, test_frac=val_frac, by=split, seed=seed + 1) if val_frac > 0 and train else (train, [])
+        parts = {"train": train, "val": val, "test": test, **({"official_val": official_val} if official_val else {})}
+        for name in parts:
+            splits.setdefault(name, [])
+        rng = random.Random(f"{seed}:{source}")
+        for name, part in parts.items():
+            for it in part:
+                extra = {k: it[k] for k in ("mos", "mos_norm", "std", "label", "dist", "level_idx", "is_train_only")
+                         if it.get(k) is not None and it.get(k) is not False}
+                if not it["is_ref"] and (source, it["ref"]) in ref_image:
+                    extra["ref_image"] = ref_image[(source, it["ref"])]
+                splits[name].append(score_record(it["id"], it["image"], it["level"], source, it["ref"],
+                                                 rng if name == "train" else None, **extra))
+        info.update(n_scored=len(scored), n_unscored_refs=len(items) - len(scored),
+                    levels=dict(Counter(it["level"] for it in scored)), split_counts={k: len(v) for k, v in parts.items()})
+        infos[source] = info
+        print(f"{source}: {len(scored)} scored images ({info['layout']} layout, range {info['score_range']}, "
+              f"{info['direction']}), split {info['split_counts']}, {time.time() - t0:.1f}s" + iqa_io.skipped_note(info))
+    soft = attach_soft_labels(splits, infos, soft_density, soft_spread)
+    for source, c in soft.items():
+        print(f"{source}: soft labels {', '.join(f'{k} {v}' for k, v in c.items())}")
+    meta = {"task": "score", "seed": seed, "datasets": infos, "soft_labels": soft,
+            "score_direction": {s: i.get("direction") for s, i in infos.items()},
+            "score_range": {s: i.get("score_range") for s, i in infos.items()}}
+    return write_splits(out, splits, meta)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def qsit_level_ids(processor):
+    """Q-SiT's level ids: the first token of each capitalized word tokenized alone (no special tokens: Q-SiT's Qwen2
+    tokenizer adds none, and a BOS would be read as the level on tokenizers that add one)."""
+    tok = processor.tokenizer
+    ids = [tok(w, add_special_tokens=False)["input_ids"][0] for w in QSIT_LEVEL_WORDS]
+    if len(set(ids)) != len(ids) or (tok.unk_token_id is not None and tok.unk_token_id in ids):
+        raise ValueError(f"Q-SiT's level words do not map to distinct known tokens: {tok.convert_ids_to_tokens(ids)}")
+    return ids
+
+
+@torch.no_grad()
+def eval_score(model, processor, records, batch_size=32, device="cpu", system=None, prompt="qalign"):
+    """Scoring: closed-set softmax over the 5 level tokens (through the op, metrics.closed_set_scores) -> score =
+    probs @ [1..5]; one prediction dict per record. prompt qalign: the record's question, "The quality of the image is"
+    teacher-forced in the answer (Q-Align's form, what train.py teaches); qsit: Q-SiT's evaluation prompt (QSIT_*)."""
+    if prompt not in PROMPTS:
+        raise SystemExit(f"--prompt must be one of {PROMPTS}, got {prompt!r}")
+    level_ids = qsit_level_ids(processor) if prompt == "qsit" else closed_set_token_ids(processor, LEVELS, SCORE_PREFIX)
+    preds, t0 = [], time.time()
+    for start in range(0, len(records), batch_size):
+        recs = records[start:start + batch_size]
+        if prompt == "qsit":
+            enc, last = encode_prompts(processor, [{**r, "conversations": [{"from": "human", "value": QSIT_QUESTION + "\n<image>"}]}
+                                                   for r in recs], after_prompt=QSIT_PREFIX)
+        else:
+            enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=SCORE_PREFIX)
+        logits = last_token_logits(model, to_device(enc, model, device), last)
+        target = [LEVELS.index(r["level"]) if r.get("level") in LEVELS else -1 for r in recs]
+        probs, score, nll = closed_set_scores(logits, level_ids, target)
+        for r, p, s, l in zip(recs, probs.tolist(), score.tolist(), nll.tolist()):
+            preds.append({"id": r.get("id"), "source": r.get("source"), "mos": r.get("mos"), "mos_norm": r.get("mos_norm"),
+                          "level": r.get("level"), "probs": [round(x, 5) for x in p], "score": round(s, 5),
+                          "score01": round((s - 1) / 4, 5), "nll": round(l, 5) if r.get("level") in LEVELS else None})
+        done = min(start + batch_size, len(records))
+        print(f"\reval score: {done}/{len(records)} ({done / (time.time() - t0):.0f} samples/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return preds
+
+
+def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size=32, limit=0, logistic=False,
+             system="auto", table=None, allow_unfinished=False, prompt="qalign"):
+    """evaluate.py score: one row per checkpoint in `ckpts` (and the untuned `model`), one column per test source.
+    system: the system turn SYSTEM_PREFIX before the question (auto: if the run trained on a --mix of several sources).
+    Writes per row OUT/eval_score.json and OUT/predictions_score.jsonl, and the cross-dataset table (rows: trained
+    on, columns: tested on) to `table` (default OUT/score_table.json), also printed."""
+    if system not in ("auto", "yes", "no"):
+        raise SystemExit(f"--system must be auto, yes or no, got {system!r}")
+    runs = [("ckpt", c) for c in ckpts or []] + ([("model", model)] if model else [])
+    if not runs:
+        raise SystemExit("give --ckpt DIR (one or more) or --model NAME")
+    device, dtype = eval_device()
+    rows, columns = {}, []
+    for kind, name in runs:
+        vlm, processor, cfg, _ = load_evaluated(*((name, None) if kind == "ckpt" else (None, name)), device, dtype,
+                                                allow_unfinished)
+        if kind == "ckpt":
+            data_dirs, row, trained_on = data or cfg["data"], os.path.basename(os.path.normpath(name)), cfg["data"]
+            run_out = os.path.join(out, row) if out and len(runs) > 1 else (out or name)
+        else:
+            data_dirs, row, trained_on = data or "data/demo_score", f"untuned {name}", None
+            run_out = eval_out(out, None, name)
+            run_out = os.path.join(run_out, "untuned") if out and len(runs) > 1 else run_out
+        turn = SYSTEM_PREFIX if system == "yes" or (system == "auto" and uses_system_prefix(cfg.get("mix"))) else None
+        records = [r for r in load_records(data_dirs, split) if r.get("task") == "score"]
+        records = records[:limit] if limit else records
+        if not records:
+            raise SystemExit(f"no score records in {data_dirs} ({split}); make them with prepare_data.py --task score")
+        turn = None if prompt == "qsit" else turn  # Q-SiT's prompt carries its own instruction
+        preds = eval_score(vlm, processor, records, batch_size, device, turn, prompt)
+        for p in preds:  # correlations against mos_norm: higher = better for every source (DMOS flipped)
+            p["target"] = p["mos_norm"] if p["mos_norm"] is not None else p["mos"]
+        metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=logistic)
+        os.makedirs(run_out, exist_ok=True)
+        atomic_write_json(os.path.join(run_out, "eval_score.json"), {
+            "task": "score", "model": name, "trained_on": trained_on, "data": data_dirs, "split": split,
+            "system_prefix": turn, "prompt": prompt, "logistic": logistic, "per_source": metrics,
+            "unfinished_checkpoint": cfg.get("finished") is False})
+        atomic_write_jsonl(os.path.join(run_out, "predictions_score.jsonl"), preds)
+        rows[row] = {"trained_on": trained_on, "results": metrics}
+        columns += [s for s in metrics if s not in columns]
+        print(f"{row}: " + ", ".join(f"{s} SRCC {fmt(m['srcc'])} PLCC {fmt(m['plcc'])}" for s, m in metrics.items())
+              + f"  -> {run_out}/eval_score.json, predictions_score.jsonl")
+    key = "plcc_logistic" if logistic else "plcc"
+    print(f"SRCC/{'PLCC (logistic)' if logistic else 'PLCC'}, split {split}:\n" + score_table_text(rows, columns, key))
+    table = table or os.path.join(out or (ckpts[0] if ckpts and len(runs) == 1 else "out"), "score_table.json")
+    atomic_write_json(table, {"rows": list(rows), "columns": columns, "metric": ["srcc", key], "split": split, "table": rows,
+                              "avg": {r: table_average(e["results"], columns, key) for r, e in rows.items()},
+                              "avg_is": "mean over the tested datasets of (SRCC + PLCC) / 2 (Q-SiT's Avg.)"})
+    print(f"table -> {table}")
+    return rows
+
+
+def fmt(x):
+    return "-" if x is None else f"{x:.4f}"
+
+
+def table_average(results, columns, key):
+    """Q-SiT's Avg. column (Table IV): the mean over the tested datasets of (SRCC + PLCC) / 2 ('all' left out)."""
+    cells = [results[c] for c in columns if c != "all" and c in results and results[c].get("srcc") is not None
+             and results[c].get(key) is not None]
+    return sum((m["srcc"] + m[key]) / 2 for m in cells) / len(cells) if cells else None
+
+
+def score_table_text(rows, columns, key):
+    """Rows: trained on; columns: tested on; cells SRCC/PLCC; the last column Q-SiT's Avg."""
+    def cell(m):
+        return "/".join("  -  " if m.get(k) is None else f"{m[k]:.3f}" for k in ("srcc", key))
+    lines = ["trained on \\ tested on".ljust(28) + "".join(c.rjust(14) for c in columns) + "Avg.".rjust(8)]
+    for row, entry in rows.items():
+        avg = table_average(entry["results"], columns, key)
+        lines.append(row[:28].ljust(28) + "".join(cell(entry["results"].get(c, {})).rjust(14) for c in columns)
+                     + ("-" if avg is None else f"{avg:.3f}").rjust(8))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- level precision (Table II)
+def level_precision(scores, direction="higher_better"):
+    """How much the 5-level conversion keeps: SRCC/PLCC between the level index (1..5) and the scores, the
+    levels from iqa_datasets.norm_scores (equal intervals between the scores' min and max)."""
+    items = [{"source": "x", "mos": float(s)} for s in scores]
+    D.norm_scores(items, {"source": "x", "direction": direction})
+    idx = [LEVELS.index(it["level"]) + 1 for it in items]
+    oriented = [-s for s in scores] if direction == "lower_better" else list(scores)
+    return {"n": len(items), "srcc": srcc(idx, oriented), "plcc": plcc(idx, oriented),
+            "levels": {lv: idx.count(i + 1) for i, lv in enumerate(LEVELS)}}
+
+
+# pyiqa metadata (IQA-PyTorch pyiqa/data/meta_info): score column and direction of each dataset
+LEVEL_META = {"koniq10k": ("mos", "higher_better"), "spaq": ("MOS", "higher_better"), "livec": ("mos", "higher_better"),
+              "kadid10k": ("dmos", "higher_better"), "tid2013": ("mos", "higher_better"), "live": ("mos", "lower_better"),
+              "csiq": ("dmos", "lower_better")}
+
+
+def level_precision_report(meta=None, data=None, out="out"):
+    """How much the MOS -> level conversion keeps: SRCC/PLCC between the 5 levels (1..5; equal intervals between
+    the dataset's min and max, iqa_datasets.norm_scores) and the scores they come from, per dataset (the check of
+    Table II). Reads IQA-PyTorch meta_info CSVs (`meta`, a folder; no images needed) and/or prepared score folders
+    (`data`). Writes OUT/level_precision.json and prints the table."""
+    results = {}
+    if meta:
+        for source, (col, direction) in LEVEL_META.items():
+            path = os.path.join(meta, D.PYIQA_META[source])
+            if os.path.isfile(path):
+                rows = iqa_io.read_csv(path, [col])[1]
+                scores = [iqa_io.num(r[col], f"{path}:{line}", col) for line, r in rows]
+                results[source] = {"file": path, "direction": direction, **level_precision(scores, direction)}
+    for d in [d for d in (data or "").split(",") if d]:
+        with open(os.path.join(d, "meta.json")) as f:
+            directions = json.load(f).get("score_direction", {})
+        recs = [r for split in ("train", "val", "test") if os.path.exists(os.path.join(d, f"{split}.jsonl"))
+                for r in load_records([d], split) if r.get("task") == "score" and r.get("mos") is not None]
+        for source in sorted({r["source"] for r in recs}):
+            scores = [r["mos"] for r in recs if r["source"] == source]
+            direction = directions.get(source, "higher_better")
+            results[f"{os.path.basename(os.path.normpath(d))}/{source}"] = {"direction": direction,
+                                                                           **level_precision(scores, direction)}
+    if not results:
+        raise SystemExit("level-precision: nothing read; give --meta DIR (pyiqa meta_info CSVs) and/or --data DIR")
+    print(f"{'dataset':24s} {'n':>6s} {'SRCC':>7s} {'PLCC':>7s}   images per level (bad..excellent)")
+    for name, r in results.items():
+        print(f"{name:24s} {r['n']:6d} {r['srcc']:7.4f} {r['plcc']:7.4f}   {list(r['levels'].values())}")
+    path = os.path.join(out, "level_precision.json")
+    atomic_write_json(path, {"what": "SRCC/PLCC of level index (1..5) vs the dataset's scores", "results": results})
+    print(f"-> {path}")
+    return results
