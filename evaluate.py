@@ -22,7 +22,8 @@ samples whose repeated sampled answers disagree.
 qbench, describe (qbench.py): LLVisionQA accuracy (closed set over the option marks; parsed free answers); LLDescribe
 descriptions written out for a GPT judge.
 
-OUT is --out, else the checkpoint folder, else out/untuned_MODEL. Booleans are spelled true / false.
+OUT is --out, else the checkpoint folder's eval/ (train.py --overwrite removes it with the run), else
+out/untuned_MODEL. Booleans are spelled true / false.
 """
 from iqa_vlm.studies import distortion
 from iqa_vlm.studies import prompting

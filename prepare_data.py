@@ -30,11 +30,12 @@ import random
 
 from iqa_vlm.common import boolean
 from iqa_vlm.data import exclude_test_images, make_instruct, read_instruction
+from iqa_vlm.iqa_datasets import DATASETS, DISTORTION_SOURCES, PYIQA_META
 from iqa_vlm.studies.demo_set import DEAD_LEAVES, demo_view_records, make_demo, make_demo_view
 from iqa_vlm.studies.distortion import make_distortion
 from iqa_vlm.studies.qbench import make_demo_mcq, make_qbench
 from iqa_vlm.studies.deqa import parse_source_map
-from iqa_vlm.studies.scoring import SCORE_DATASETS, make_score
+from iqa_vlm.studies.scoring import make_score
 from iqa_vlm.studies.two_stage import make_pathway
 
 
@@ -46,10 +47,10 @@ def main(argv=None):
                          "one_stage, stage1, stage2 views); qbench: LLVisionQA from --qbench_json (or an MCQ view of --demo)")
     ap.add_argument("--out", default=None, help="output folder (default data/demo for the demo)")
     ap.add_argument("--seed", type=int, default=0)
-    for name, what in (("live", "LIVE IQA (release 2)"), ("csiq", "CSIQ"), ("kadid", "KADID-10k"), ("tid2013", "TID2013"),
-                       ("koniq", "KonIQ-10k (--task score)"), ("spaq", "SPAQ (--task score)"),
-                       ("livec", "LIVE Challenge (--task score)"), ("agiqa", "AGIQA-3K (--task score)")):
-        ap.add_argument(f"--{name}", default=None, help=f"{what} folder (official or pyiqa layout)")
+    for source, (flag, what) in DATASETS.items():
+        tasks = "--task distortion or score" if source in DISTORTION_SOURCES else "--task score"
+        layouts = "official or IQA-PyTorch layout" if source in PYIQA_META else "official layout"
+        ap.add_argument(f"--{flag}", default=None, help=f"{what} folder ({layouts}; {tasks})")
     ap.add_argument("--demo", default=None, help="a demo folder: --task score|interpret writes a view of it to --out")
     ap.add_argument("--llava_json", default=None, help="--task interpret|general: instruction data in LLaVA JSON form")
     ap.add_argument("--image_root", default=None, help="folder the --llava_json / --qbench_json image paths are relative to "
@@ -75,8 +76,7 @@ def main(argv=None):
                     help="demo only: procedural dead-leaves images added to the training photos (0: the photos alone)")
     args = ap.parse_args(argv)
     check_arguments(args, ap)
-    flags = [f"--{f}" for f in ("live", "csiq", "kadid", "tid2013", "koniq", "spaq", "livec", "agiqa", "llava_json", "demo",
-                                "qbench_json")
+    flags = [f"--{f}" for f in [flag for flag, _ in DATASETS.values()] + ["llava_json", "demo", "qbench_json"]
              if getattr(args, f)]
     if flags and not args.task:  # without --task they would be ignored and the demo built in their --out
         ap.error(f"{' '.join(flags)} need --task (distortion, score, interpret, general or pathway)")
@@ -100,9 +100,9 @@ def main(argv=None):
         return make_demo_view(args.demo, args.out, args.task, args.seed, args.val_frac)
     check_images = "skip" if args.check_images and args.skip_bad_images else args.check_images
     if args.task == "score":
-        datasets = {s: getattr(args, flag) for s, flag in SCORE_DATASETS.items() if getattr(args, flag)}
+        datasets = {s: getattr(args, flag) for s, (flag, _) in DATASETS.items() if getattr(args, flag)}
         if not datasets or not args.out:
-            ap.error("--task score needs --out and at least one of " + " ".join(f"--{f}" for f in SCORE_DATASETS.values()))
+            ap.error("--task score needs --out and at least one of " + " ".join(f"--{f}" for f, _ in DATASETS.values()))
         try:
             density = parse_source_map(args.soft_density, ("pdf", "cdf"), "--soft_density")
             spread = parse_source_map(args.soft_spread, ("std", "var"), "--soft_spread")
@@ -112,10 +112,10 @@ def main(argv=None):
                           density, spread)
     if args.task in ("interpret", "general"):
         ap.error(f"--task {args.task} needs --llava_json FILE (or --demo DIR for interpret)")
-    datasets = {k: v for k, v in (("live", args.live), ("csiq", args.csiq), ("kadid10k", args.kadid), ("tid2013", args.tid2013)) if v}
+    datasets = {s: getattr(args, DATASETS[s][0]) for s in DISTORTION_SOURCES if getattr(args, DATASETS[s][0])}
     if not datasets:
         if args.task:
-            ap.error(f"--task {args.task} needs at least one of --live --csiq --kadid --tid2013")
+            ap.error(f"--task {args.task} needs at least one of " + " ".join(f"--{DATASETS[s][0]}" for s in DISTORTION_SOURCES))
         return make_demo(args.out or "data/demo", args.seed, args.image_size, args.crops_per_class,
                          dead_leaves=args.dead_leaves)
     if not args.out:

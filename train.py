@@ -1,6 +1,6 @@
 """Fine-tune chosen parts of a VLM on prepared JSONL data (loss on answer tokens only).
 
-    python train.py config/demo.py --trainable encoder,projector --max_steps 2700 --out out/demo   # the tiny demo (config/demo.py)
+    python train.py config/demo.py --out out/demo   # the tiny demo (config/demo.py)
     torchrun --standalone --nproc_per_node=4 train.py config/distortion_llava15_7b.py --trainable encoder,projector
     python train.py config/qsit_mini.py --lr 2e-5                                  # a recipe, then overrides
     python train.py config/demo.py --data data/demo_score,data/demo_interpret --mix score:1.0,interpret:2.5 --balance true
@@ -31,7 +31,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import signal
 import sys
@@ -39,14 +38,15 @@ import time
 
 import torch
 
-from iqa_vlm.common import CHECKPOINT_PREFIX, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
-from iqa_vlm.data import LABELS, LEVELS, Mixer, closed_set_token_ids, load_records
+from iqa_vlm.common import CHECKPOINT_PREFIX, EVAL_DIR, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
+from iqa_vlm.data import LABELS, closed_set_token_ids, load_records
 from iqa_vlm.studies.deqa import deqa_batch_loss
 from iqa_vlm.loader import AUGMENTS, EpochBatches, batch_loader, pair_pools
 from iqa_vlm.level_ce import backend, level_cross_entropy
 from iqa_vlm.model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
                    parse_trainable, set_trainable)
-from iqa_vlm.studies.scoring import SCORE_PREFIX, SYSTEM_PREFIX
+from iqa_vlm.studies.data_mix import Mixer
+from iqa_vlm.studies.scoring import SYSTEM_PREFIX
 
 # ----------------------------------------------------------------------------- config (defaults: a real 7B fine-tune)
 model = "tiny"                 # 'tiny' (the CPU demo's model), 'tiny:FAMILY', a Hugging Face id, or a local path
@@ -151,8 +151,7 @@ except ValueError as e:
 
 ddp, rank, local_rank, world_size, device = setup_distributed()
 local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-# on a CPU-only run a worker takes a core from the math: the 2-core demo trains at 185 samples/s with 0 workers and
-# 2 threads, 172 with 1 worker and 2 threads, 157 with 1 worker and 1 thread (bench_train.py --loader true, README)
+# on a CPU-only run a worker takes a core from the math (dev/bench_train.py --loader true measures it), so 0 there
 workers = num_workers if num_workers >= 0 else \
     min(8, max(0, (os.cpu_count() or 1) // local_world - 1)) if torch.cuda.is_available() else 0
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used inside forked workers
@@ -227,7 +226,7 @@ if init:  # after the float32 copies are made, so the tensors trained here start
 if grad_ckpt:
     enable_checkpointing(vlm)
 mixer = None
-if mix:  # named sources sampled by weight per epoch, validation sets, --balance (data.Mixer)
+if mix:  # named sources sampled by weight per epoch, validation sets, --balance (data_mix.Mixer)
     held_out = load_records(interpret_val, "val") if interpret_val else None
     unanswered = [r.get("id") for r in held_out or [] if not any(c["from"] in ("gpt", "assistant") for c in r["conversations"])]
     if not held_out and interpret_val or unanswered:
@@ -262,7 +261,7 @@ if deqa_losses:  # DeQA-Score: soft labels and/or pairs need scoring records wit
             pools = pair_pools(train_records)
         except ValueError as e:
             raise SystemExit(f"train.py: --fidelity: {e}") from None
-    level_ids = torch.tensor(closed_set_token_ids(processor, LEVELS, SCORE_PREFIX), device=device)
+    level_ids = torch.tensor(closed_set_token_ids(processor), device=device)
 print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size}"
        f"{' pairs' if fidelity else ''} x {grad_accum} accum; loss kernel: {backend(device)}; data loader workers: {workers}"
        + (f"; score loss {score_loss}, fidelity {fidelity}, next-token weight {next_token_weight}" if deqa_losses else ""))
@@ -318,7 +317,7 @@ total_steps = max_steps or (0 if max_minutes else epochs * steps_per_epoch)
 
 
 def evaluate_mix(when, rebalance):
-    """Validation loss per --mix source into the log; with rebalance, one balance step (data.Mixer.balance) whose new mix
+    """Validation loss per --mix source into the log; with rebalance, one balance step (data_mix.Mixer.balance) whose new mix
     the next epoch samples."""
     val_loss = mixer.val_losses(net, processor, batch_size, device, amp_dtype)
     rec = {"step": step, "epoch": epoch, "val_loss": {k: round(v, 5) for k, v in val_loss.items()}, "mix": dict(mixer.mix)}
@@ -344,11 +343,9 @@ def lr_factor(step, elapsed_min):
 
 
 # ----------------------------------------------------------------------------- the output folder
-# a finished (or interrupted) run is never overwritten by surprise; evaluation outputs of a replaced run would sit
-# beside weights they were not computed from, so they go with it
+# a finished (or interrupted) run is never overwritten by surprise; the evaluations of a replaced run (OUT/eval/) would
+# sit beside weights they were not computed from, so they go with it
 RUN_FILES = ("config.json", "trainable.safetensors", "resume.pt")
-STALE = re.compile(r"^(eval_.*\.json|confusion\.png|loss\.png|predictions_.*\.jsonl|score_table\.json|instability_.*|"
-                   r"(answers|scores)_prompting_.*\.jsonl)$")
 if master:
     try:
         os.makedirs(out, exist_ok=True)
@@ -362,9 +359,9 @@ if master:
     if overwrite:
         for name in os.listdir(out):
             path = os.path.join(out, name)
-            if name.startswith(CHECKPOINT_PREFIX) and os.path.isdir(path) and not os.path.islink(path):
+            if (name.startswith(CHECKPOINT_PREFIX) or name == EVAL_DIR) and os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
-            elif STALE.match(name) or name in RUN_FILES or name in ("log.jsonl", "current"):
+            elif name in RUN_FILES or name in ("log.jsonl", "loss.png", "current"):
                 os.unlink(path)
     try:  # an unwritable --out fails now, not at the first save hours later
         atomic_write(os.path.join(out, ".write_test"), b"")

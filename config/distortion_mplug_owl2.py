@@ -10,7 +10,7 @@
 # torchrun) or LoRA on one (--lora 128: 22.8 / 23.9 GiB; then the LM learns through adapters, not as in the paper).
 #   python prepare_data.py --task distortion --live ... --csiq ... --kadid ... --tid2013 ... --split random --out data/distortion
 #   python sweeps/ablation.py --config config/distortion_mplug_owl2.py --partial_llm llm:24-31 \
-#       --baselines q-future/q-instruct-mplug-owl2-1031 --torchrun 4
+#       --baselines q-future/q-instruct-mplug-owl2-1031 --torchrun 4 --train_args "--fsdp true"
 #   python analyze.py distortion-tables --ablation out/ablation/ablation.json --shift out/semantic_shift/semantic_shift.json
 model = "MAGAer13/mplug-owl2-llama2-7b"
 data = "data/distortion"

@@ -8,14 +8,46 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package sits beside the entry scripts
+EVAL_DIR = "eval"  # a run's evaluations go to RUN/eval/, which train.py --overwrite removes with the run it replaces
 
 
 def entry_script(name):
     """Path of an entry script (train.py, evaluate.py) for a sweep that launches it as a subprocess."""
     return os.path.join(REPO_ROOT, name)
+
+
+def run_command(cmd):
+    """Run one command of a sweep, echoing it; a failure stops the sweep."""
+    print("+ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def launcher(torchrun=0):
+    """The command that starts train.py: this Python, or torchrun with `torchrun` processes."""
+    return [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
+                               if torchrun else [])
+
+
+def train_then_evaluate(run, train_args, evals, torchrun=0, skip_trained=False):
+    """One point of a sweep (ablation, score losses, mix ratio): train.py into `run` with `train_args`, then each
+    evaluate.py subcommand of `evals` ([(subcommand, [arguments])]) on it. skip_trained: reuse a finished run's
+    weights. -> {subcommand: the evaluation's JSON (RUN/eval_SUBCOMMAND.json)}."""
+    if not (skip_trained and os.path.isfile(os.path.join(run, "trainable.safetensors"))):
+        run_command(launcher(torchrun) + [entry_script("train.py"), *train_args, "--out", run])
+    return {sub: evaluate_only(sub, ["--ckpt", run, *args], os.path.join(run, EVAL_DIR)) for sub, args in evals}
+
+
+def evaluate_only(sub, args, out):
+    """evaluate.py SUB with `args`, writing into `out` (RUN/eval for a --ckpt, the --out given with a --model).
+    -> its JSON, OUT/eval_SUB.json."""
+    run_command([sys.executable, entry_script("evaluate.py"), sub, *args])
+    with open(os.path.join(out, f"eval_{sub}.json")) as f:
+        return json.load(f)
 
 
 # ----------------------------------------------------------------------------- atomic writes

@@ -1,10 +1,10 @@
-"""Records (LLaVA/ShareGPT-form JSONL, see DESIGN.md) and everything between them and model inputs, for every script:
-reading and writing prepared folders, LLaVA-JSON instruction data, batching, the training data mix.
+"""Records (LLaVA/ShareGPT-form JSONL, see docs/DESIGN.md) and everything between them and model inputs, for every
+script: reading and writing prepared folders, LLaVA-JSON instruction data, batching. (The training data mix of
+train.py --mix is Q-SiT's, in iqa_vlm/studies/data_mix.py.)
 
-    from iqa_vlm.data import load_records, encode_batch, Mixer
+    from iqa_vlm.data import load_records, encode_batch
     records = load_records(["data/demo"], "train")
     batch = encode_batch(processor, records[:8], train=True)  # input_ids, attention_mask, pixel_values, labels
-    mixer = Mixer(["data/demo_score", "data/demo_interpret"], "score:1.0,interpret:2.5")  # train.py --mix
 
 Prompts go through the processor's own chat template, so the tiny model and real checkpoints take the
 same path. Loss is on assistant turns only (labels -100 elsewhere). The label sets below are those of the
@@ -12,21 +12,21 @@ data format; each study owns its prompts.
 """
 import hashlib
 import json
-import math
 import os
 import random
 import sys
-import time
 from collections import Counter, OrderedDict
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write, atomic_write_json, atomic_write_jsonl, hold_lock, read_jsonl
 
 IGNORE = -100
 LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]  # 8 classes
 LEVELS = ["bad", "poor", "fair", "good", "excellent"]  # quality levels, worst to best
+LEVEL_PREFIX = "The quality of the image is"  # Q-Align's answer, "The quality of the image is {level}." (scoring, stage 2)
 
 
 def load_records(data_dirs, split):
@@ -197,8 +197,9 @@ def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_
     return enc, last
 
 
-def closed_set_token_ids(processor, words, answer_prefix):
-    """Token id of each word's first sub-token as it follows `answer_prefix` in an answer.
+def closed_set_token_ids(processor, words=LEVELS, answer_prefix=LEVEL_PREFIX):
+    """Token id of each word's first sub-token as it follows `answer_prefix` in an answer (by default: the five
+    quality levels after LEVEL_PREFIX, the closed set every scoring path reads).
 
     Uses the tokenizer's own leading-space handling. Two words sharing a first token cannot be told
     apart by one next-token softmax: that is an error showing the tokenization."""
@@ -347,8 +348,8 @@ def exclude_test_images(records, test_dirs):
         raise ValueError(f"--exclude_test {test_dirs}: no test records with an image there")
     names = {os.path.basename(r["image"]).lower() for r in tests}
     digests = {file_digest(r["image"]) for r in tests if os.path.isfile(r["image"])}
-    kept, by_name, by_content, seen, t0 = [], 0, 0, {}, time.time()
-    for i, r in enumerate(records, 1):
+    kept, by_name, by_content, seen = [], 0, 0, {}
+    for r in tqdm(records, desc="exclude_test", unit="record", mininterval=1.0):
         image = r.get("image")
         if image and os.path.basename(image).lower() in names:
             by_name += 1
@@ -360,8 +361,6 @@ def exclude_test_images(records, test_dirs):
                 by_content += 1
                 continue
         kept.append(r)
-        if i % 5000 == 0:
-            print(f"\rexclude_test: {i}/{len(records)} records checked, {time.time() - t0:.0f}s", end="", file=sys.stderr)
     report = {"test_folders": test_dirs, "test_images": len(tests), "dropped_by_name": by_name,
               "dropped_by_content": by_content, "kept": len(kept)}
     print(f"exclude_test: {by_name} records dropped by test image name, {by_content} by content, {len(kept)} kept", file=sys.stderr)
@@ -381,210 +380,3 @@ def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=
           f"missing image dropped{' (e.g. ' + report['missing_examples'][0] + ')' if report['missing_examples'] else ''}, "
           f"skipped {report['skipped'] or 'none'}; answer turns per conversation {report['answer_turns']}")
     return write_splits(out, splits, {"task": task, "source_file": os.path.abspath(path), "seed": seed, "report": report})
-
-
-# ----------------------------------------------------------------------------- the data mix (train.py --mix)
-# A --mix name matches a --data folder by its base name, or records by task group (or by the task itself).
-MIX_GROUPS = {"score": ("score",), "interpret": ("describe", "reason", "mcq"), "general": ("vqa",),
-              "distortion": ("distortion",)}
-
-
-def parse_mix(spec):
-    """'score:1.0,interpret:2.5' -> {'score': 1.0, 'interpret': 2.5} (order kept; weights >= 0, one > 0)."""
-    mix = {}
-    for item in [s.strip() for s in str(spec).split(",") if s.strip()]:
-        name, sep, w = item.partition(":")
-        try:
-            weight = float(w) if sep else float("nan")
-        except ValueError:
-            weight = float("nan")
-        if not name or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"--mix: {item!r} is not NAME:WEIGHT with a weight >= 0 (e.g. score:1.0,interpret:2.5)")
-        if name in mix:
-            raise ValueError(f"--mix: {name!r} given twice")
-        mix[name] = weight
-    if not mix or not any(w > 0 for w in mix.values()):
-        raise ValueError(f"--mix {spec!r}: expected NAME:WEIGHT pairs with at least one weight > 0")
-    return mix
-
-
-def source_name(record, folder, names):
-    """Which --mix name a record belongs to: its folder's base name, else its task's group, else its task."""
-    base = os.path.basename(os.path.normpath(folder))
-    if base in names:
-        return base
-    task = record.get("task", "distortion")
-    for name in names:
-        if task in MIX_GROUPS.get(name, ()) or task == name:
-            return name
-    return None
-
-
-def mix_counts(sizes, mix):
-    """Records drawn per epoch, {name: count}: a weight is a record ratio relative to the first source's size (Q-SiT's
-    D1:D2:D3 = 1.00:2.50:1.04 over |D1| = 100 records draws 100, 250 and 104), whatever the other sources hold."""
-    base = next((sizes.get(n, 0) for n, w in mix.items() if w > 0), 0)
-    return {name: round(w * base) if sizes.get(name, 0) else 0 for name, w in mix.items()}
-
-
-def epoch_sample(sizes, mix, seed, epoch):
-    """[(name, index in that source)] for one epoch, shuffled, mix_counts(sizes, mix) records per source: a seeded
-    sample without repeats, or, for a count above what the source holds, full passes plus a seeded sample of the rest
-    (records repeat; Mixer.describe says so). A new draw each epoch."""
-    rng = random.Random(f"mix:{seed}:{epoch}")
-    out = []
-    for name, count in mix_counts(sizes, mix).items():
-        n = sizes.get(name, 0)
-        if count <= 0:
-            continue
-        passes, rest = divmod(count, n)
-        out += [(name, i) for _ in range(passes) for i in range(n)]
-        out += [(name, i) for i in rng.sample(range(n), rest)]
-    rng.shuffle(out)
-    return out
-
-
-def balance_mix(mix, val_loss, lam, step=0.1, tol=0.02, score="score", interp="interpret"):
-    """Q-SiT Alg. 1, step 3 (eqs 9-10), once per epoch: ratio = val_loss[score] / val_loss[interp] against the reference
-    lam. Below lam, interpreting falls behind: |D2 + D3| grows, i.e. every source but `score` is multiplied by
-    (1 + step), keeping their ratio; above lam, |D1| (`score`) grows by (1 + step). Within lam * (1 +- tol): unchanged.
-    The paper says "increase" without a size; step and tol are our choices. -> (new mix, ratio, action)."""
-    ratio = val_loss[score] / max(val_loss[interp], 1e-12)
-    new = dict(mix)
-    if ratio < lam * (1 - tol):
-        new = {k: w if k == score else w * (1 + step) for k, w in mix.items()}
-        action = f"more {'+'.join(k for k in mix if k != score)}"
-    elif ratio > lam * (1 + tol):
-        new[score], action = mix[score] * (1 + step), f"more {score}"
-    else:
-        action = "keep"
-    return {k: round(v, 6) for k, v in new.items()}, ratio, action
-
-
-def uses_system_prefix(mix_spec):
-    """Scoring data gets the system turn (scoring.SYSTEM_PREFIX) when the mix draws on more than one source (Q-SiT)."""
-    return bool(mix_spec) and sum(w > 0 for w in parse_mix(mix_spec).values()) > 1
-
-
-class Mixer:
-    """train.py --mix: the --data folders as named sources, a per-epoch sampled order, validation sets, --balance
-    (which reads the first source as D1, scoring, and the second as D2, interpreting; the others grow with D2).
-
-    Validation records of a source come from its folder's val.jsonl, else a seeded val_frac of its train
-    records (held out of training). With more than one source, scoring records get the system turn `score_system`
-    (train.py passes scoring.SYSTEM_PREFIX)."""
-
-    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=256, score_system=None, interpret_val=None):
-        dirs = [d for d in data_dirs.split(",") if d] if isinstance(data_dirs, str) else list(data_dirs)
-        self.mix, self.seed = parse_mix(spec), seed
-        if interpret_val is not None and sum(w > 0 for w in self.mix.values()) < 2:
-            raise ValueError(f"--interpret_val: the mix {spec!r} has no second (interpreting) source")
-        self.system = score_system if score_system and uses_system_prefix(spec) else None
-        names = list(self.mix)
-        # Algorithm 1's D1 (scoring) and D2 (interpreting): the mix's first and second sources of weight > 0 (the first is
-        # also the base of the record ratios, mix_counts); D3.. the rest
-        drawn = [n for n in names if self.mix[n] > 0]
-        self.score, self.interp = drawn[0], drawn[1] if len(drawn) > 1 else None
-        self.records, self.groups, self.val = [], {n: [] for n in names}, {n: [] for n in names}
-        for d in dirs:
-            has_val = os.path.exists(os.path.join(d, "val.jsonl"))
-            rng = random.Random(f"val:{seed}:{os.path.basename(os.path.normpath(d))}")
-            for split in (["train", "val"] if has_val else ["train"]):
-                for r in load_records([d], split):
-                    name = source_name(r, d, names)
-                    if name is None:
-                        raise ValueError(f"--mix {spec!r}: a record of {d} (task {r.get('task', 'distortion')!r}) matches "
-                                         f"no name; names match a --data folder's base name or a task group "
-                                         f"{ {k: list(v) for k, v in MIX_GROUPS.items()} }")
-                    if self.system and r.get("task") == "score":
-                        r = with_system(r, self.system)
-                    replaced = interpret_val is not None and name == self.interp  # its val comes from interpret_val
-                    if split == "val" or (not has_val and not replaced and rng.random() < val_frac):
-                        self.val[name].append(r)
-                    else:
-                        self.groups[name].append(len(self.records))
-                        self.records.append(r)
-        empty = [n for n in names if not self.groups[n] and self.mix[n] > 0]
-        if empty:
-            raise ValueError(f"--mix: no training records for {empty} in {dirs}")
-        if interpret_val is not None:  # Q-SiT validates interpreting on LLVisionQA-dev, not on a share of D2
-            self.val[self.interp] = list(interpret_val)
-        for n in names:  # a fixed, seeded subset keeps each evaluation comparable and quick
-            random.Random(f"valpick:{seed}:{n}").shuffle(self.val[n])
-            self.val[n] = self.val[n][:val_max]
-        self.lam = None  # the balance reference; set by the first evaluation unless given
-
-    def sizes(self):
-        return {n: len(ix) for n, ix in self.groups.items()}
-
-    def epoch_size(self):
-        return len(epoch_sample(self.sizes(), self.mix, self.seed, 0))
-
-    def order(self, epoch):
-        """Indices into self.records for one epoch under the current mix."""
-        return [self.groups[name][i] for name, i in epoch_sample(self.sizes(), self.mix, self.seed, epoch)]
-
-    def describe(self):
-        """Records drawn per source per epoch, e.g. 'score: 100, interpret: 250 of 1000, general: 104 of 300'."""
-        sizes, counts = self.sizes(), mix_counts(self.sizes(), self.mix)
-        parts = []
-        for n in self.mix:
-            part = f"{n}: {counts[n]}" + (f" of {sizes[n]}" if counts[n] != sizes[n] else "")
-            if counts[n] > sizes[n] > 0:
-                part += f" (more than it holds: {counts[n] // sizes[n]} passes + {counts[n] % sizes[n]} drawn, records repeat)"
-            parts.append(part + f", {len(self.val[n])} val")
-        first = next(n for n, w in self.mix.items() if w > 0)
-        return (f"mix (records per epoch, weights relative to {first}'s {sizes[first]}): " + "; ".join(parts)
-                + ("; system turn on scoring data" if self.system else ""))
-
-    def restore(self, log):
-        """After --resume: the mix and reference λ of the last balance record in the log (records of plain evaluations
-        carry the mix but no λ)."""
-        for rec in reversed(log):
-            if "lambda" in rec:
-                self.mix, self.lam = dict(rec["mix"]), rec["lambda"]
-                return
-
-    @torch.no_grad()
-    def val_losses(self, net, processor, batch_size=32, device="cpu", amp_dtype=None):
-        """Mean answer-token NLL (no label smoothing) per source with validation records."""
-        from iqa_vlm.level_ce import level_cross_entropy
-        module = getattr(net, "module", net)  # past DDP: every rank evaluates the same records itself
-        was_training = module.training
-        module.eval()
-        out = {}
-        for name, recs in self.val.items():
-            if not recs:
-                continue
-            total, count = 0.0, 0
-            for s in range(0, len(recs), batch_size):
-                batch = {k: v.to(device) for k, v in encode_batch(processor, recs[s:s + batch_size]).items()}
-                with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    logits, targets = module(**batch)
-                    loss = level_cross_entropy(logits.float(), targets)[0]
-                total, count = total + float(loss.sum()), count + loss.numel()
-            out[name] = total / max(count, 1)
-        module.train(was_training)
-        return out
-
-    def balance(self, val_loss, lam=0.0, step=0.1, tol=0.02, ddp=False):
-        """One balance step from the validation losses (balance_mix); returns the log record (mix before -> after,
-        records per source of the next epoch)."""
-        for k in (self.score, self.interp):
-            if k is None or k not in val_loss:
-                raise ValueError(f"--balance needs validation records of the mix's first (scoring) and second "
-                                 f"(interpreting) sources; have {sorted(val_loss)} (--mix names: {list(self.mix)})")
-        ratio = val_loss[self.score] / max(val_loss[self.interp], 1e-12)
-        if self.lam is None:
-            self.lam = lam if lam > 0 else ratio
-        new, ratio, action = balance_mix(self.mix, val_loss, self.lam, step, tol, self.score, self.interp)
-        if ddp:  # rank 0's decision, so every rank samples the same mix
-            names = list(new)
-            t = torch.tensor([new[n] for n in names], dtype=torch.float64,
-                             device="cuda" if torch.cuda.is_available() else "cpu")
-            torch.distributed.broadcast(t, 0)
-            new = {n: float(v) for n, v in zip(names, t.tolist())}
-        before, self.mix = self.mix, new
-        return {"ratio": round(ratio, 5), "lambda": round(self.lam, 5), "action": action,
-                "mix_before": before, "mix": new, "records": mix_counts(self.sizes(), new)}

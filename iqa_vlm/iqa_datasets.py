@@ -474,6 +474,11 @@ def read_agiqa3k(root, meta_file=None, check_images=True):
     return F.finish(items, files, info, check_images)
 
 
+# source name -> (prepare_data.py's flag for its folder, what it is); every one scores, the first four also distort
+DATASETS = {"live": ("live", "LIVE IQA (release 2)"), "csiq": ("csiq", "CSIQ"), "kadid10k": ("kadid", "KADID-10k"),
+            "tid2013": ("tid2013", "TID2013"), "koniq10k": ("koniq", "KonIQ-10k"), "spaq": ("spaq", "SPAQ"),
+            "livec": ("livec", "LIVE Challenge"), "agiqa3k": ("agiqa", "AGIQA-3K")}
+DISTORTION_SOURCES = ("live", "csiq", "kadid10k", "tid2013")
 READERS = {"live": read_live, "csiq": read_csiq, "kadid10k": read_kadid10k, "tid2013": read_tid2013,
            "koniq10k": read_koniq10k, "spaq": read_spaq, "livec": read_livec, "agiqa3k": read_agiqa3k}
 

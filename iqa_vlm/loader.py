@@ -32,8 +32,8 @@ def shift_image(img, rng):
     """The image moved by up to 1/8 of its shorter side each way (offsets uniform, whole pixels), the uncovered
     border filled by mirroring (no seam: a seam would be a sharp edge in a blurred image). Why: the demo's crops are
     cut once by prepare_data.py, so without it every epoch shows each crop on the same patch grid (patch 4 on 32 px:
-    16 alignments), and the tiny encoder learns the crops' content; with it the demo's three training seeds score
-    70-71 % held out instead of 65-72 % (README). Our choice, not a paper's; a translation changes no distortion class."""
+    16 alignments), and the tiny encoder learns the crops' content; with it the held-out accuracy varies less from
+    seed to seed (docs/demo_history.md). Our choice, not a paper's; a translation changes no distortion class."""
     x = np.asarray(img)
     m = max(1, min(x.shape[:2]) // 8)
     padded = np.pad(x, ((m, m), (m, m)) + ((0, 0),) * (x.ndim - 2), mode="reflect")

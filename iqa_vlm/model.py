@@ -14,7 +14,7 @@ import re
 
 import torch
 
-from iqa_vlm.common import read_json
+from iqa_vlm.common import EVAL_DIR, read_json
 from iqa_vlm.data import IGNORE
 from iqa_vlm.tiny_models import build_tiny
 
@@ -253,8 +253,8 @@ def eval_device():
 
 
 def eval_out(out, ckpt, model):
-    """Where an evaluation writes: `out`, else the checkpoint folder, else out/untuned_MODEL."""
-    return out or ckpt or os.path.join("out", "untuned_" + os.path.basename(model.rstrip("/")))
+    """Where an evaluation writes: `out`, else the checkpoint folder's eval/, else out/untuned_MODEL."""
+    return out or (os.path.join(ckpt, EVAL_DIR) if ckpt else os.path.join("out", "untuned_" + os.path.basename(model.rstrip("/"))))
 
 
 def load_evaluated(ckpt=None, model=None, device="cpu", dtype=torch.float32, allow_unfinished=False):

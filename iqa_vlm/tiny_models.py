@@ -21,12 +21,10 @@ from iqa_vlm.data import LABELS, LEVELS
 # Everything runs on a CPU with no download: transformers' own LLaVA class (CLIP vision + Llama text),
 # random init from a fixed seed, and a word-level tokenizer over the project's own vocabulary.
 # text_init_std: the frozen random LM must let visual tokens steer its output, as a pretrained one does.
-# With transformers' default 0.02 the visual tokens barely steer it, so training only
-# the encoder+projector learns far less (measured: 25.7% vs 44.5% at 0.2 after 1,500 steps, 64 px; README); on the
-# 32 px demo, 600 steps: 0.1 -> 21.5 %, 0.2 -> 39.3 %, 0.4 -> 48.0 %, 0.6 -> 28.8 %, 0.8 -> 14.8 % (too large breaks it).
+# With transformers' default 0.02 the visual tokens barely steer it, so training only the encoder+projector learns
+# far less; too large a std saturates the random LM (0.4 was the best of 0.1-0.8: docs/demo_history.md).
 # patch 4 on 32x32 crops, not patch 8 on 64x64: the same 64 image tokens, but a distortion's local traces (block
-# edges, jitter, grain) fall inside a 48-value patch the linear embedding can separate (measured, README: a vision tower
-# alone reaches 55.9 % vs 30.2 % after 600 steps; the demo 61.7 % vs 49.7 % after 1,800).
+# edges, jitter, grain) fall inside a 48-value patch the linear embedding can separate (docs/demo_history.md).
 TINY = dict(image_size=32, patch_size=4, hidden=64, layers=2, heads=4, seed=0, text_init_std=0.4)
 
 # Words of the prompts and answers the scripts write (templates, options, descriptions, numbers).

@@ -4,7 +4,7 @@ Nishida, "Investigate the low-level visual perception in vision-language based i
     python sweeps/ablation.py                                   # config/demo.py: tiny model on the demo, 5 minutes each
     python sweeps/ablation.py --max_steps 1500 --out out/ablation
     python sweeps/ablation.py --config config/distortion_mplug_owl2.py --partial_llm llm:24-31 \\
-        --baselines q-future/q-instruct-mplug-owl2-1031 --torchrun 4          # the paper's recipe and rows
+        --baselines q-future/q-instruct-mplug-owl2-1031 --torchrun 4 --train_args "--fsdp true"   # the paper's recipe and rows
     python analyze.py distortion-tables --ablation out/ablation/ablation.json  # Table 1 beside the paper's
 
 --config is the train.py recipe every run starts from (model, data, lr, steps, ...); --model / --data / --max_steps /
@@ -12,15 +12,13 @@ Nishida, "Investigate the low-level visual perception in vision-language based i
 so any row can be rerun or inspected alone. Writes OUT/ablation.json and OUT/ablation.md (the table).
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root: iqa_vlm/ and the entry scripts
 sys.path.insert(0, ROOT)
-from iqa_vlm.common import atomic_write, atomic_write_json, boolean
+from iqa_vlm.common import atomic_write, atomic_write_json, boolean, evaluate_only, train_then_evaluate
 from iqa_vlm.data import LABELS
 
 # the paper's configurations (its Table 1), plus the untuned baseline
@@ -36,11 +34,6 @@ def read_config(path):
     keys = {}
     exec(open(path).read(), {}, keys)
     return keys
-
-
-def run(cmd):
-    print("+ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def main(argv=None):
@@ -64,8 +57,6 @@ def main(argv=None):
     model, data = args.model or recipe.get("model", "tiny"), args.data or recipe.get("data", "data/demo")
     if not args.max_steps and not args.minutes and not recipe.get("max_steps") and not recipe.get("max_minutes"):
         args.minutes = 5.0  # the demo recipe trains by time
-    launcher = [sys.executable] if not args.torchrun else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.torchrun}"]
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     rows = []
     t0 = time.time()
@@ -76,18 +67,17 @@ def main(argv=None):
         out = os.path.join(args.out, name.replace(" ", "_").replace("+", "_"))
         budget = (["--max_steps", str(args.max_steps)] if args.max_steps else []) + \
             (["--max_minutes", str(args.minutes)] if args.minutes else [])
-        run(launcher + [os.path.join(ROOT, "train.py"), args.config, "--model", model, "--data", data, "--trainable", spec, "--out", out]
-            + budget + (["--overwrite", "true"] if args.overwrite else []) + args.train_args.split())
-        run([sys.executable, os.path.join(ROOT, "evaluate.py"), "distortion", "--ckpt", out, "--data", data])
-        rows.append((f"{name} ({spec})", json.load(open(os.path.join(out, "eval_distortion.json")))))
+        train_args = [args.config, "--model", model, "--data", data, "--trainable", spec] + budget + \
+            (["--overwrite", "true"] if args.overwrite else []) + args.train_args.split()
+        res = train_then_evaluate(out, train_args, [("distortion", ["--data", data])], torchrun=args.torchrun)
+        rows.append((f"{name} ({spec})", res["distortion"]))
     if not only or "untuned" in only:
         out = os.path.join(args.out, "untuned")
-        run([sys.executable, os.path.join(ROOT, "evaluate.py"), "distortion", "--model", model, "--data", data, "--out", out])
-        rows.append(("untuned (options listed)", json.load(open(os.path.join(out, "eval_distortion.json")))))
+        rows.append(("untuned (options listed)", evaluate_only("distortion", ["--model", model, "--data", data, "--out", out], out)))
     for baseline in [b for b in args.baselines.split(",") if b]:
         out = os.path.join(args.out, "untuned_" + os.path.basename(baseline.rstrip("/")))
-        run([sys.executable, os.path.join(ROOT, "evaluate.py"), "distortion", "--model", baseline, "--data", data, "--out", out])
-        rows.append((f"untuned {baseline} (options listed)", json.load(open(os.path.join(out, "eval_distortion.json")))))
+        rows.append((f"untuned {baseline} (options listed)",
+                     evaluate_only("distortion", ["--model", baseline, "--data", data, "--out", out], out)))
     short = [l[:5] for l in LABELS]
     lines = [f"| configuration | accuracy | generation | {' | '.join(short)} |", "|---" * (3 + len(LABELS)) + "|"]
     for name, r in rows:

@@ -11,16 +11,14 @@ steps and the same images per step; the fidelity variants' batches are pairs, so
 Writes OUT/score_losses.json and .md: SRCC/PLCC on the test split, mean ± std over seeds and each seed's.
 """
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root: iqa_vlm/ and the entry scripts
 sys.path.insert(0, ROOT)
-from ablation import read_config, run
-from iqa_vlm.common import atomic_write, atomic_write_json, boolean
+from ablation import read_config
+from iqa_vlm.common import atomic_write, atomic_write_json, boolean, train_then_evaluate
 
 VARIANTS = [("ce", []), ("kl", ["--score_loss", "kl"]),
             ("kl+fidelity", ["--score_loss", "kl", "--fidelity", "1.0", "--next_token_weight", "0.05"]),  # DeQA's weights
@@ -49,7 +47,6 @@ def main(argv=None):
         raise SystemExit(f"--batch_size {batch} is odd: the fidelity variants take half as many pairs")
     only = set(filter(None, args.only.split(",")))
     seeds = [int(s) for s in args.seeds.split(",")]
-    launcher = [sys.executable] if not args.torchrun else ["torchrun", "--standalone", f"--nproc_per_node={args.torchrun}"]
     results = {}
     for name, extra in VARIANTS:
         if only and name not in only:
@@ -58,13 +55,11 @@ def main(argv=None):
             extra = extra + ["--batch_size", str(batch // 2)]
         for seed in seeds:
             run_dir = os.path.join(args.out, f"{name.replace('+', '_')}_s{seed}")
-            if args.overwrite or not os.path.isfile(os.path.join(run_dir, "trainable.safetensors")):
-                run(launcher + [os.path.join(ROOT, "train.py"), args.config, "--data", args.data, "--trainable", args.trainable, "--seed", str(seed),
-                                "--out", run_dir, "--overwrite", str(args.overwrite).lower()]
-                    + (["--max_steps", str(args.max_steps)] if args.max_steps else []) + extra_args + extra)
-            run([sys.executable, os.path.join(ROOT, "evaluate.py"), "score", "--ckpt", run_dir, "--data", args.data])
-            with open(os.path.join(run_dir, "eval_score.json")) as f:
-                per = json.load(f)["per_source"]
+            train_args = [args.config, "--data", args.data, "--trainable", args.trainable, "--seed", str(seed),
+                          "--overwrite", str(args.overwrite).lower()] + \
+                (["--max_steps", str(args.max_steps)] if args.max_steps else []) + extra_args + extra
+            per = train_then_evaluate(run_dir, train_args, [("score", ["--data", args.data])], torchrun=args.torchrun,
+                                      skip_trained=not args.overwrite)["score"]["per_source"]
             results.setdefault(name, {})[seed] = {s: {k: per[s][k] for k in ("srcc", "plcc")} for s in per}
     rows = ["| loss | SRCC mean ± std | PLCC mean ± std | " + " | ".join(f"seed {s} SRCC/PLCC" for s in seeds) + " |",
             "|---|---|---|" + "---|" * len(seeds)]

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from iqa_vlm.data import LEVELS, encode_prompts
-from iqa_vlm.studies.scoring import SCORE_PREFIX, score_record
+from iqa_vlm.data import LEVEL_PREFIX
+from iqa_vlm.studies.scoring import score_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,7 +54,7 @@ def test_lora_train_export_reload_same_logits(model, score_data, tmp_path):
     exported = AutoModelForImageTextToText.from_pretrained(str(hf))  # no code from this repo needed
     assert not any("lora" in n for n, _ in exported.named_parameters())
     recs = [score_record("q", str(score_data / "images" / "0.png"), "good", "t", "0")]
-    enc, _ = encode_prompts(processor, recs, answer_prefix=SCORE_PREFIX)
+    enc, _ = encode_prompts(processor, recs, answer_prefix=LEVEL_PREFIX)
     tuned.eval(), exported.eval()
     with torch.no_grad():
         torch.testing.assert_close(exported(**enc).logits, tuned(**enc).logits, atol=1e-4, rtol=1e-4)

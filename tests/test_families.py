@@ -12,7 +12,8 @@ from iqa_vlm.data import LEVELS, closed_set_token_ids, encode_batch, encode_prom
 from iqa_vlm.level_ce import level_cross_entropy
 from iqa_vlm.model import FAMILIES, SupervisedLogits, enable_checkpointing, family_of, part_params, set_trainable
 from iqa_vlm.metrics import closed_set_scores
-from iqa_vlm.studies.scoring import SCORE_PREFIX, score_record
+from iqa_vlm.data import LEVEL_PREFIX
+from iqa_vlm.studies.scoring import score_record
 from iqa_vlm.tiny_models import TINY_FAMILIES, build_tiny
 
 # tensors that get no gradient by design: pooling heads and norms that serve only a pooled output the VLM ignores
@@ -139,8 +140,8 @@ def test_labels_cover_exactly_the_answer(family, images):
 def test_closed_set_probs_match_a_manual_forward(family, images):
     model, processor = tiny(family)
     model.eval()
-    level_ids = closed_set_token_ids(processor, LEVELS, SCORE_PREFIX)
-    enc, last = encode_prompts(processor, records(images), answer_prefix=SCORE_PREFIX)
+    level_ids = closed_set_token_ids(processor, LEVELS, LEVEL_PREFIX)
+    enc, last = encode_prompts(processor, records(images), answer_prefix=LEVEL_PREFIX)
     with torch.no_grad():
         hidden = model.model(**enc).last_hidden_state
         probs, score, _ = closed_set_scores(model.lm_head(hidden[torch.arange(len(last)), last]), level_ids)
@@ -154,7 +155,7 @@ def test_closed_set_probs_match_a_manual_forward(family, images):
 def test_shared_first_token_is_an_error():
     _, processor = tiny("qwen2_vl")
     with pytest.raises(ValueError, match="share a first token"):
-        closed_set_token_ids(processor, ["good", "good"], SCORE_PREFIX)
+        closed_set_token_ids(processor, ["good", "good"], LEVEL_PREFIX)
 
 
 def test_mplug_owl2_module_tree_maps():

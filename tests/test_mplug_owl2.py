@@ -14,7 +14,8 @@ from iqa_vlm import mplug_owl2 as M
 import mplug_owl2_reference as R
 from iqa_vlm.data import LEVELS, closed_set_token_ids, encode_batch
 from iqa_vlm.model import SupervisedLogits, load_model, part_params, set_trainable
-from iqa_vlm.studies.scoring import SCORE_PREFIX, eval_score, score_record
+from iqa_vlm.data import LEVEL_PREFIX
+from iqa_vlm.studies.scoring import eval_score, score_record
 
 needs_reference = pytest.mark.skipif(R.reference_dir() is None, reason="pyiqa 0.1.16 not installed (the oracle)")
 N_VISUAL = 5  # 4 queries + vit_eos at the tiny size
@@ -163,7 +164,7 @@ def test_prompt_ids_equal_the_authors_for_a_sentencepiece_tokenizer(sp_folder):
         want = R.tokenizer_image_token(prompt, SlowLlama(sp))
         assert processor.prompt_ids(prompt) == expand(want, config.image_token_index), prompt
     # the level ids as Q-Align picks them: id_[1] of tokenizer(word), the word's first piece after BOS
-    assert closed_set_token_ids(processor, LEVELS, SCORE_PREFIX) == [SlowLlama(sp)(w).input_ids[1] for w in LEVELS]
+    assert closed_set_token_ids(processor, LEVELS, LEVEL_PREFIX) == [SlowLlama(sp)(w).input_ids[1] for w in LEVELS]
 
 
 def test_chat_template_is_the_conversation_of_the_authors_code(sp_folder):
@@ -174,7 +175,7 @@ def test_chat_template_is_the_conversation_of_the_authors_code(sp_folder):
     msgs = to_messages(rec["conversations"], True)
     assert processor.apply_chat_template(msgs) == ("USER: How would you rate the quality of this image?\n<|image|> "
                                                    "ASSISTANT: The quality of the image is good.</s>")
-    assert answer_prefix_text(processor, msgs[:1], SCORE_PREFIX) == PROMPTS[0]  # Q-Align's iqa_eval.py prompt
+    assert answer_prefix_text(processor, msgs[:1], LEVEL_PREFIX) == PROMPTS[0]  # Q-Align's iqa_eval.py prompt
 
 
 # ============================================================================ a checkpoint folder in the released layout

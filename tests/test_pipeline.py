@@ -92,9 +92,9 @@ def test_train_evaluate_resume(demo, tmp_path):
     tensors = load_file(out / "trainable.safetensors")
     assert tensors and all(k.startswith(("model.vision_tower", "model.multi_modal_projector")) for k in tensors)
     sh("evaluate.py", "distortion", "--ckpt", str(out), "--limit", "16", "--batch_size", "8")
-    res = json.load(open(out / "eval_distortion.json"))
+    res = json.load(open(out / "eval" / "eval_distortion.json"))  # a run's evaluations go to RUN/eval/
     assert res["n"] == 16 and 0 <= res["accuracy"] <= 1 and len(res["confusion"]) == 8
-    assert sum(map(sum, res["confusion"])) == 16 and os.path.getsize(out / "confusion.png") > 1000
+    assert sum(map(sum, res["confusion"])) == 16 and os.path.getsize(out / "eval" / "confusion.png") > 1000
     # resume continues from step 3, with the optimizer and data position
     log = sh("train.py", "--data", str(demo), "--out", str(out), "--max_steps", "5", "--batch_size", "4", "--resume", "true", "--log_every", "1")
     assert "resumed from" in log and "at step 3" in log
@@ -216,12 +216,13 @@ def test_bad_arguments_stop_at_the_door_naming_the_key(demo, tmp_path, bad, says
 def test_a_run_folder_is_not_overwritten_by_surprise(demo, tmp_path):
     out = tmp_path / "run"
     assert run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4").returncode == 0
-    (out / "eval_distortion.json").write_text("{}")  # an evaluation of the first run
+    (out / "eval").mkdir()
+    (out / "eval" / "eval_distortion.json").write_text("{}")  # an evaluation of the first run
     r = run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4")
-    assert r.returncode != 0 and "holds a run" in r.stderr and (out / "eval_distortion.json").exists()
+    assert r.returncode != 0 and "holds a run" in r.stderr and (out / "eval" / "eval_distortion.json").exists()
     r = run_train("--data", str(demo), "--out", str(out), "--max_steps", "2", "--batch_size", "4", "--overwrite", "true")
     assert r.returncode == 0, r.stderr[-1500:]
-    assert not (out / "eval_distortion.json").exists() and json.load(open(out / "config.json"))["steps_done"] == 2
+    assert not (out / "eval").exists() and json.load(open(out / "config.json"))["steps_done"] == 2
 
 
 def test_a_diverged_run_stops_and_is_never_marked_finished(demo, tmp_path):
@@ -243,7 +244,7 @@ def test_evaluation_refuses_an_unfinished_run_unless_asked(demo, tmp_path):
     assert r.returncode != 0 and "an unfinished run" in r.stderr
     sh("evaluate.py", "distortion", "--ckpt", str(out), "--limit", "4", "--allow_unfinished", "true", "--generate", "false",
        "--tta", "true")  # the probabilities averaged over the 8 flips/rotations
-    saved = json.load(open(out / "eval_distortion.json"))
+    saved = json.load(open(out / "eval" / "eval_distortion.json"))
     assert saved["unfinished_checkpoint"] is True and saved["tta"] is True and saved["n"] == 4
 
 

@@ -84,8 +84,8 @@ def test_eval_score_on_tiny_model_matches_manual_and_uses_op(tmp_path, monkeypat
     calls = spy_op(monkeypatch)
     preds = S.eval_score(model, processor, recs, batch_size=4, system=S.SYSTEM_PREFIX)
     assert len(calls) == 2 and len(preds) == len(recs)
-    ids = closed_set_token_ids(processor, LEVELS, S.SCORE_PREFIX)
-    enc, last = encode_prompts(processor, [DM.with_system(r, S.SYSTEM_PREFIX) for r in recs], answer_prefix=S.SCORE_PREFIX)
+    ids = closed_set_token_ids(processor, LEVELS, DM.LEVEL_PREFIX)
+    enc, last = encode_prompts(processor, [DM.with_system(r, S.SYSTEM_PREFIX) for r in recs], answer_prefix=DM.LEVEL_PREFIX)
     assert processor.tokenizer.decode(enc["input_ids"][0]).startswith("system : assume you are an image quality evaluator.")
     with torch.no_grad():
         z = last_token_logits(model, enc, last)[:, ids].double()
@@ -231,37 +231,37 @@ def test_instruction_reader_keeps_multi_turn(tmp_path):
 
 # ============================================================================ data mix and balance
 def test_mix_weights_are_record_ratios_relative_to_the_first_source():
-    sizes, mix = {"a": 100, "b": 1000, "c": 300}, DM.parse_mix("a:1.0,b:2.5,c:1.04")
-    assert mix == {"a": 1.0, "b": 2.5, "c": 1.04} and DM.mix_counts(sizes, mix) == {"a": 100, "b": 250, "c": 104}
-    sample = DM.epoch_sample(sizes, mix, seed=0, epoch=0)
+    sizes, mix = {"a": 100, "b": 1000, "c": 300}, data_mix.parse_mix("a:1.0,b:2.5,c:1.04")
+    assert mix == {"a": 1.0, "b": 2.5, "c": 1.04} and data_mix.mix_counts(sizes, mix) == {"a": 100, "b": 250, "c": 104}
+    sample = data_mix.epoch_sample(sizes, mix, seed=0, epoch=0)
     assert Counter(name for name, _ in sample) == {"a": 100, "b": 250, "c": 104}
     assert len(set(sample)) == len(sample)  # each source holds enough: no record twice
-    assert sample == DM.epoch_sample(sizes, mix, 0, 0) and sample != DM.epoch_sample(sizes, mix, 0, 1)
+    assert sample == data_mix.epoch_sample(sizes, mix, 0, 0) and sample != data_mix.epoch_sample(sizes, mix, 0, 1)
     # more than a source holds: full passes plus a drawn rest, and the mixer says so
     small = {"score": 100, "interpret": 40}
-    sample = DM.epoch_sample(small, {"score": 1.0, "interpret": 2.5}, 0, 0)
+    sample = data_mix.epoch_sample(small, {"score": 1.0, "interpret": 2.5}, 0, 0)
     per = Counter(sample)
     assert Counter(n for n, _ in sample) == {"score": 100, "interpret": 250}
     assert all(6 <= per[("interpret", i)] <= 7 for i in range(40)) and sum(per[("interpret", i)] == 7 for i in range(40)) == 10
-    m = DM.Mixer.__new__(DM.Mixer)
+    m = data_mix.Mixer.__new__(data_mix.Mixer)
     m.mix, m.system = {"score": 1.0, "interpret": 2.5}, None
     m.groups, m.val = {"score": list(range(100)), "interpret": list(range(40))}, {"score": [], "interpret": []}
     text = m.describe()
     assert "relative to score's 100" in text and "interpret: 250 of 40 (more than it holds: 6 passes + 10 drawn" in text
     for bad in ("score", "score:-1", "score:x", "score:1,score:2", "a:0"):
         with pytest.raises(ValueError):
-            DM.parse_mix(bad)
+            data_mix.parse_mix(bad)
 
 
 def test_balance_grows_the_side_behind_per_eqs_9_and_10():
     mix = {"score": 1.0, "interpret": 2.5, "general": 1.04}
-    new, ratio, action = DM.balance_mix(mix, {"score": 2.0, "interpret": 1.0}, lam=1.0, step=0.1)  # L_S/L_I > λ: |D1| up
+    new, ratio, action = data_mix.balance_mix(mix, {"score": 2.0, "interpret": 1.0}, lam=1.0, step=0.1)  # L_S/L_I > λ: |D1| up
     assert ratio == 2.0 and action == "more score" and new == {"score": 1.1, "interpret": 2.5, "general": 1.04}
-    new, _, action = DM.balance_mix(mix, {"score": 0.5, "interpret": 1.0}, lam=1.0)  # < λ: |D2+D3| up, at their ratio
+    new, _, action = data_mix.balance_mix(mix, {"score": 0.5, "interpret": 1.0}, lam=1.0)  # < λ: |D2+D3| up, at their ratio
     assert action == "more interpret+general" and new == {"score": 1.0, "interpret": 2.75, "general": 1.144}
-    assert DM.balance_mix(mix, {"score": 1.01, "interpret": 1.0}, lam=1.0)[0] == mix  # within tolerance
+    assert data_mix.balance_mix(mix, {"score": 1.01, "interpret": 1.0}, lam=1.0)[0] == mix  # within tolerance
     # scripted epochs against λ = 1/4.66 (the paper's): records per source move by eqs 9-10, once per call
-    m = DM.Mixer.__new__(DM.Mixer)
+    m = data_mix.Mixer.__new__(data_mix.Mixer)
     m.mix, m.lam, m.score, m.interp = dict(mix), None, "score", "interpret"
     m.groups = {"score": list(range(1000)), "interpret": list(range(5000)), "general": list(range(5000))}
     lam = 1 / 4.66
@@ -298,7 +298,7 @@ def test_demo_views_and_mixer(tmp_path):
     assert all(os.path.exists(tmp_path / "demo_score" / r["image"]) for r in sc)
     assert sc[0]["level"] == D.score_level(sc[0]["mos"], 1.0, 5.0) and it[0]["task"] == "describe"
     assert it[0]["conversations"][1]["value"].endswith(f"Overall, the quality of the image is {it[0]['level']}.")
-    mixer = DM.Mixer(f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}", "score:1,interpret:2", seed=0, val_frac=0.25,
+    mixer = data_mix.Mixer(f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}", "score:1,interpret:2", seed=0, val_frac=0.25,
                        score_system=S.SYSTEM_PREFIX)
     n_score = len(mixer.groups["score"])
     assert n_score + len(mixer.val["score"]) == 18 and mixer.val["score"] and mixer.val["interpret"]
@@ -306,7 +306,7 @@ def test_demo_views_and_mixer(tmp_path):
     assert all(r["conversations"][0] == {"from": "system", "value": S.SYSTEM_PREFIX}
                for r in mixer.records if r["task"] == "score")  # several sources: the system turn on scoring
     assert all(r["conversations"][0]["from"] == "human" for r in mixer.records if r["task"] == "describe")
-    by_folder = DM.Mixer(str(tmp_path / "demo_score"), "demo_score:1", score_system=S.SYSTEM_PREFIX)  # a name may be a folder's base name
+    by_folder = data_mix.Mixer(str(tmp_path / "demo_score"), "demo_score:1", score_system=S.SYSTEM_PREFIX)  # a name may be a folder's base name
     assert not by_folder.system and len(by_folder.records) + len(by_folder.val["demo_score"]) == 18
 
 

@@ -13,13 +13,13 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 import zlib
 from collections import Counter
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from iqa_vlm import iqa_datasets as D
 from iqa_vlm.common import atomic_write, atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -37,9 +37,8 @@ DEMO_PHOTOS = ["astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohis
                "stereo_motorcycle", "brick", "camera", "cell", "clock", "coins", "grass", "gravel", "moon", "page", "text"]
 # The natural colour photos other installed packages ship: matplotlib's sample portrait and scikit-learn's two sample
 # images (no download either). They only train: the held-out draw stays over DEMO_TEST_POOL, so the test photos are
-# the earlier demos'. Measured (README): the demo goes from 61.7 % to 72.4 % held-out with them (1,800 steps): global
-# distortions (brightness, contrast, colorfulness) need a prior of what natural colour looks like, which the
-# scientific and gray images do not give.
+# the earlier demos'. Global distortions (brightness, contrast, colorfulness) need a prior of what natural colour looks
+# like, which the scientific and gray images do not give (docs/demo_history.md: what they added).
 EXTRA_PHOTOS = {"grace_hopper": "matplotlib", "china": "scikit-learn", "flower": "scikit-learn"}
 DEMO_PHOTOS += list(EXTRA_PHOTOS)
 # Held-out photos are drawn from the natural scenes only, like the content of IQA datasets; the
@@ -53,8 +52,8 @@ DEMO_TEST_POOL = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle
 # scale statistics, and the chart camera-quality tests measure texture loss with). They only train, like EXTRA_PHOTOS;
 # each photo's crops come from its own random stream, so the held-out crops stay the same. Their parameters are ours,
 # no paper's: radius density ~ r^-3 (scale invariant, as natural images are) from 3 px to a quarter of the side, each
-# disk's colour a random pixel of one of EXTRA_PHOTOS (natural colours), a 0.7 px blur for the optics. Measured
-# (README, five seeds, 1,800 steps): 8 of them take the demo from 68.5 to 71.6 % on average.
+# disk's colour a random pixel of one of EXTRA_PHOTOS (natural colours), a 0.7 px blur for the optics
+# (docs/demo_history.md: what 8 of them added).
 DEAD_LEAVES = 8
 
 
@@ -207,7 +206,7 @@ def make_demo(out, seed=0, size=32, crops_per_class=96, n_test_photos=4, dead_le
     train, test, skipped = [], [], Counter()
     colour_boost = {held_out: sum((p in test_photos) == held_out for p in photos) /
                     sum((p in test_photos) == held_out for p in color) for held_out in (False, True)}
-    for pi, name in enumerate(photos):
+    for name in tqdm(photos, desc="demo photos", unit="photo"):
         photo, is_gray = demo_photo(name)
         # each photo draws from its own stream, so adding training content leaves every other photo's crops as they were
         photo_rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
@@ -227,8 +226,6 @@ def make_demo(out, seed=0, size=32, crops_per_class=96, n_test_photos=4, dead_le
                 mos = synthetic_mos(label, severity, photo_rng)
                 split.append(distortion_record(f"demo/{fname}", f"images/{fname}", label, "demo", name,
                                                severity=severity, mos=mos, mos_norm=round((mos - 1) / 4, 4)))
-        print(f"\rdemo: photo {pi + 1}/{len(photos)} ({name})      ", end="", file=sys.stderr)
-    print(file=sys.stderr)
     meta = split_meta(train, test, source="demo (photos scikit-image, matplotlib and scikit-learn ship"
                       f"{f', and {dead_leaves} dead-leaves images' if dead_leaves else ''})", seed=seed, dead_leaves=dead_leaves,
                       image_size=size,
@@ -297,8 +294,7 @@ def demo_view_records(demo, out, task="score", seed=0, val_frac=0.05):
             extra = dict(mos=r["mos"], mos_norm=round(it["mos_norm"], 4), label=r["label"], severity=r["severity"])
             if task == "score":
                 extra["std"] = synthetic_rating_std(r["mos"], random.Random(f"{seed}:std:{r['id']}"))
-                # the canonical question only, chosen when six paraphrases cost the tiny random LM most of its SRCC
-                # (0.04 vs 0.29); with the grown vocabulary they no longer do (0.304 vs 0.299, README)
+                # the canonical question only: one wording is what the tiny random LM can learn in a demo's steps
                 rec = score_record(r["id"], image, it["level"], "demo", r["ref"], None, image_first=True, **extra)
             else:
                 rec = {"id": r["id"], "image": image,

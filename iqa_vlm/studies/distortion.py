@@ -13,12 +13,12 @@ token (Table 2, Fig. 6).
 import os
 import random
 import re
-import sys
 import time
 from collections import Counter
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from iqa_vlm import iqa_datasets as D
 from iqa_vlm import iqa_io
@@ -145,8 +145,8 @@ def eval_distortion(model, processor, records, batch_size=32, options=False, gen
     n = len(records)
     confusion = [[0] * len(LABELS) for _ in LABELS]
     gen_correct, unparsed, examples, gen_confusion = 0, 0, [], [[0] * (len(LABELS) + 1) for _ in LABELS]
-    nll_sum, t0 = 0.0, time.time()
-    for start in range(0, n, batch_size):
+    nll_sum = 0.0
+    for start in tqdm(range(0, n, batch_size), desc="eval", unit="batch"):
         recs = records[start:start + batch_size]
         truth = [LABELS.index(r["label"]) for r in recs]
         target = level_ids[torch.tensor(truth, device=device)]
@@ -171,9 +171,6 @@ def eval_distortion(model, processor, records, batch_size=32, options=False, gen
                 gen_confusion[t][LABELS.index(pred) if pred else len(LABELS)] += 1
                 if len(examples) < 10:
                     examples.append({"id": r.get("id"), "label": LABELS[t], "answer": text.strip(), "parsed": pred})
-        done = min(start + batch_size, n)
-        print(f"\reval: {done}/{n} ({done / (time.time() - t0):.0f} samples/s)", end="", file=sys.stderr)
-    print(file=sys.stderr)
     correct = sum(confusion[i][i] for i in range(len(LABELS)))
     per_class = {l: (confusion[i][i] / sum(confusion[i]) if sum(confusion[i]) else None) for i, l in enumerate(LABELS)}
     result = {"task": "distortion", "n": n, "labels": LABELS, "accuracy": correct / max(n, 1), "per_class": per_class,
@@ -190,7 +187,7 @@ def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_siz
     """evaluate.py distortion: a fine-tuned run (`ckpt`) or an untuned model (`model`) on the distortion records of
     `data` (default: the run's training data, else data/demo). options: append the options list (auto: only for
     untuned models, the paper's baseline protocol). Writes OUT/eval_distortion.json and OUT/confusion.png, OUT being
-    `out`, else the checkpoint folder, else out/untuned_MODEL."""
+    `out`, else the checkpoint folder's eval/, else out/untuned_MODEL."""
     if options not in ("auto", "yes", "no"):
         raise SystemExit(f"--options must be auto, yes or no, got {options!r}")
     device, dtype = eval_device()
@@ -248,12 +245,7 @@ def feature_baseline(data="data/demo", split="test", out="out/feature_baseline",
         unknown = sorted({r["label"] for r in records} - set(LABELS))
         if unknown:
             raise SystemExit(f"{data} ({name}): labels {unknown} are not among {LABELS}")
-        feats, t0 = [], time.time()
-        for i, r in enumerate(records, 1):
-            feats.append(global_features(load_image(r["image"])))
-            if i % 500 == 0 or i == len(records):
-                print(f"\rfeatures {name}: {i}/{len(records)} ({i / (time.time() - t0):.0f} images/s)", end="", file=sys.stderr)
-        print(file=sys.stderr)
+        feats = [global_features(load_image(r["image"])) for r in tqdm(records, desc=f"features {name}", unit="image")]
         return records, np.stack(feats), np.array([LABELS.index(r["label"]) for r in records])
 
     _, x_train, y_train = features("train")
@@ -339,7 +331,7 @@ def label_scores(model, processor, records, label_ids, label_embs, pools, batch_
     norm, head = lm_readout(model)
     dtype = next(model.parameters()).dtype
     scores = {pool: {"cos": [], "logit": []} for pool in pools}
-    for start in range(0, len(records), batch_size):
+    for start in tqdm(range(0, len(records), batch_size), desc="semantic shift", unit="batch"):
         recs = records[start:start + batch_size]
         images = processor.image_processor(images=[load_image(r["image"]) for r in recs], return_tensors="pt")
         images = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in images.items()}
@@ -349,8 +341,6 @@ def label_scores(model, processor, records, label_ids, label_embs, pools, batch_
                 cos, logit = token_scores(tokens, pool, label_embs[i], norm, head.weight[label_ids[i]], bias)
                 scores[pool]["cos"].append(cos)
                 scores[pool]["logit"].append(logit)
-        print(f"\rsemantic shift: {min(start + batch_size, len(records))}/{len(records)}", end="", file=sys.stderr)
-    print(file=sys.stderr)
     return {pool: {k: torch.stack(v).cpu() for k, v in s.items()} for pool, s in scores.items()}
 
 

@@ -21,10 +21,10 @@ thumbnail, no model needed). --div nearest_rms: this repo's earlier Div (RMS dis
     python analyze.py hard-samples --data data/fr --experts psnr,ssim --fr true --features clip:openai/clip-vit-base-patch32
 """
 import os
-import sys
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json, atomic_write_png, pyplot, read_jsonl
 from iqa_vlm.data import load_image, load_records
@@ -179,10 +179,8 @@ def select(pred=None, data="data/demo", split="test", n=16, lam=1e-2, eps=1.0, s
             raise SystemExit(f"--experts needs FR records (with ref_image) in {data} ({split})")
         names = [e.strip() for e in experts.split(",") if e.strip()]
         scores = []
-        for i, r in enumerate(cand, 1):
+        for i, r in enumerate(tqdm(cand, desc="experts", unit="image"), 1):
             scores.append(fr_scores(r["image"], r["ref_image"], names))
-            print(f"\rexperts: {i}/{len(cand)}", end="", file=sys.stderr)
-        print(file=sys.stderr)
         raw = {e: np.array([sc[e] for sc in scores], dtype=float) for e in names}
     q, q_w, sig = np.zeros(len(cand)), np.zeros(len(cand)), np.zeros(len(cand))
     minmax = lambda v: (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else np.zeros(len(v))

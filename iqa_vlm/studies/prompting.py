@@ -38,11 +38,12 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl
 from iqa_vlm.data import load_image, load_records
 from iqa_vlm.metrics import plcc, srcc
-from iqa_vlm.model import check_finished, eval_device, load_evaluated, read_run_config, to_device
+from iqa_vlm.model import check_finished, eval_device, eval_out, load_evaluated, read_run_config, to_device
 from iqa_vlm.pairwise import BT_PRIOR, bradley_terry, comparison_counts, thurstone_map
 from iqa_vlm.studies.prompting_paper import ICL_STATED, prompt_text as paper_prompt
 
@@ -367,9 +368,9 @@ def check_multi_image(processor, n, name):
 @torch.no_grad()
 def generate_answers(model, processor, prompts, batch_size=8, max_new_tokens=24, device="cpu"):
     """[(content, image paths, ...)] -> greedy free answers, one string each (left padding for batched generation)."""
-    answers, t0 = [], time.time()
+    answers = []
     processor.tokenizer.padding_side = "left"
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="prompting", unit="batch"):
         batch = prompts[start:start + batch_size]
         texts = [processor.apply_chat_template([{"role": "user", "content": p[0]}], add_generation_prompt=True, tokenize=False)
                  for p in batch]
@@ -378,9 +379,6 @@ def generate_answers(model, processor, prompts, batch_size=8, max_new_tokens=24,
         enc = to_device(enc, model, device)
         new = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)[:, enc["input_ids"].shape[1]:]
         answers += processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-        done = min(start + batch_size, len(prompts))
-        print(f"\rprompting: {done}/{len(prompts)} queries ({done / (time.time() - t0):.1f}/s)", end="", file=sys.stderr)
-    print(file=sys.stderr)
     return [a.strip() for a in answers]
 
 
@@ -492,7 +490,7 @@ def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None
     if ckpt:
         cfg = read_run_config(ckpt)
         check_finished(cfg, ckpt, allow_unfinished)
-        name, data_dirs, out = f"{cfg['model']} [{cfg['trainable']}]", data or cfg["data"], out or ckpt
+        name, data_dirs, out = f"{cfg['model']} [{cfg['trainable']}]", data or cfg["data"], eval_out(out, ckpt, None)
     elif model:
         name, data_dirs = model, data or "data/demo"
         out = out or os.path.join("out", "prompting_" + os.path.basename(model.rstrip("/")))

@@ -11,9 +11,9 @@ Writes OUT/prompting_table.json and prints the tables. The paper's columns are i
 SPCD, NR-KADID, SPAQ, AGIQA-3K); ours are the sources of the given folders, so they sit side by side, not aligned.
 """
 import os
-import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from iqa_vlm.studies import prompting as P
 from iqa_vlm.common import atomic_write_json
@@ -27,10 +27,8 @@ SHORT = {"standard": "S", "icl": "I", "cot": "C"}
 def expert_correlations(records):
     """Table 2's expert rows on FR records: {expert: correlations per source (global and per reference)}."""
     scores = []
-    for i, r in enumerate(records, 1):
+    for i, r in enumerate(tqdm(records, desc="experts", unit="image"), 1):
         scores.append(fr_scores(r["image"], r["ref_image"]))
-        print(f"\rexperts: {i}/{len(records)} images", end="", file=sys.stderr)
-    print(file=sys.stderr)
     out = {}
     for name in EXPERTS:
         per_image = [{"id": r["id"], "source": r.get("source"), "ref_image": r["ref_image"], "target": P.target(r), "score": s[name]}

@@ -22,10 +22,9 @@ LLDescribe is scored by a GPT judge on completeness, precision and relevance (0-
 import os
 import random
 import re
-import sys
-import time
 
 import torch
+from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, read_json
 from iqa_vlm.data import LABELS, LEVELS, encode_prompts, load_image, load_records, render, to_messages, write_splits
@@ -184,7 +183,8 @@ def parse_choice(text, candidates, marks):
 @torch.no_grad()
 def eval_mcq(model, processor, records, style="qbench", batch_size=16, device="cpu", generate=False, max_new_tokens=16):
     """One prediction per record: probs over its options (closed set), the choice, and the parsed free answer."""
-    preds, t0, by_marks = [], time.time(), {}
+    preds, by_marks = [], {}
+    bar = tqdm(total=len(records), desc="eval qbench", unit="question")
     for r in records:  # one closed set per family of marks (A-D for the benchmark, 1-4 for the demo view)
         by_marks.setdefault(r["marks"], []).append(r)
     for marks, group in by_marks.items():
@@ -213,9 +213,8 @@ def eval_mcq(model, processor, records, style="qbench", batch_size=16, device="c
                     pred.update(response=text.strip(), parsed=parsed,
                                 generation_correct=None if r["answer_index"] is None else parsed == r["answer_index"])
                 preds.append(pred)
-            print(f"\reval qbench: {len(preds)}/{len(records)} ({len(preds) / (time.time() - t0):.1f} questions/s)",
-                  end="", file=sys.stderr)
-    print(file=sys.stderr)
+            bar.update(len(recs))
+    bar.close()
     order = {r["id"]: i for i, r in enumerate(records)}
     return sorted(preds, key=lambda p: order[p["id"]])
 
@@ -281,7 +280,7 @@ def describe(ckpt=None, model=None, images=None, out=None, max_new_tokens=256, l
     device, dtype = eval_device()
     vlm, processor, _, _ = load_evaluated(ckpt, model, device, dtype, allow_unfinished)
     rows = []
-    for i, name in enumerate(names, 1):
+    for i, name in enumerate(tqdm(names, desc="describe", unit="image"), 1):
         rec = {"image": os.path.join(images, name), "conversations": [{"from": "human", "value": "<image>\n" + DESCRIBE_QUESTION}]}
         load_image(rec["image"])  # a broken image is an error naming it, before the model runs
         enc, _ = encode_prompts(processor, [rec], padding_side="left")
@@ -289,8 +288,6 @@ def describe(ckpt=None, model=None, images=None, out=None, max_new_tokens=256, l
         new = vlm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)[:, enc["input_ids"].shape[1]:]
         rows.append({"img_path": name, "question": DESCRIBE_QUESTION,
                      "response": processor.tokenizer.decode(new[0], skip_special_tokens=True).strip()})
-        print(f"\rdescribe: {i}/{len(names)}", end="", file=sys.stderr)
-    print(file=sys.stderr)
     path = os.path.join(eval_out(out, ckpt, model), "lldescribe_descriptions.json")
     atomic_write_json(path, rows)
     print(f"{len(rows)} descriptions -> {path} (score them with a GPT judge: completeness, precision, relevance, 0-2 each)")

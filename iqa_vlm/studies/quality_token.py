@@ -8,17 +8,17 @@ the attention from the quality token shows how much of the answer rests on the i
     python analyze.py attention --ckpt out/pw_one_stage --mode one_stage --data data/demo_pathway # attention_report
 """
 import os
-import sys
 from collections import Counter
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot
-from iqa_vlm.data import LEVELS, answer_prefix_text, closed_set_token_ids, load_image, to_messages, tokenize_batch
+from iqa_vlm.data import LEVEL_PREFIX, LEVELS, answer_prefix_text, closed_set_token_ids, load_image, to_messages, tokenize_batch
 from iqa_vlm.metrics import closed_set_scores
 from iqa_vlm.model import FAMILIES, eval_device, family_of, get_module, lm_readout, load_evaluated, to_device
-from iqa_vlm.studies.two_stage import (CONCLUSION_PREFIX, LEVEL_PREFIX, describe_prompt, eval_records, generate, split_feedback,
+from iqa_vlm.studies.two_stage import (CONCLUSION_PREFIX, describe_prompt, eval_records, generate, split_feedback,
                        stage2_record, strip_conclusion)
 
 
@@ -174,9 +174,9 @@ def logit_lens_report(ckpt=None, model="tiny", mode=None, data=None, split="test
     n_last = layers
     model, processor, items, mode, name, data, device = quality_token_setup(ckpt, model, mode, data, split, limit, seed, description, max_new_tokens)
     tok = processor.tokenizer
-    level_ids = closed_set_token_ids(processor, LEVELS, LEVEL_PREFIX)
+    level_ids = closed_set_token_ids(processor)
     samples, max_diff = [], 0.0
-    for i, item in enumerate(items):
+    for i, item in enumerate(tqdm(items, desc="logit lens", unit="sample")):
         layers, lens, own = logit_lens(model, encode_item(processor, model, item, device), n_last)
         max_diff = max(max_diff, float((lens[-1].float() - own.float()).abs().max()))
         probs = torch.softmax(lens.float(), -1)
@@ -189,8 +189,6 @@ def logit_lens_report(ckpt=None, model="tiny", mode=None, data=None, split="test
                                             "level_probs": {lv: round(float(x), 5) for lv, x in zip(LEVELS, level_probs[j])},
                                             "level_mass_in_vocab": round(float(probs[j, level_ids].sum()), 5)}
                                    for j, l in enumerate(layers)}})
-        print(f"\rlogit lens: {i + 1}/{len(items)}", end="", file=sys.stderr)
-    print(file=sys.stderr)
     focused = [s for s in samples if s["pred_level"] == focus]
     per_layer = {}
     for l in map(str, layers):
@@ -336,7 +334,7 @@ def attention_report(ckpt=None, model="tiny", mode=None, data=None, split="test"
     model, processor, items, mode, name, data, device = quality_token_setup(ckpt, model, mode, data, split, limit, seed, description, max_new_tokens, eager=True)
     image_token_id = getattr(model.config, "image_token_id", getattr(model.config, "image_token_index", None))
     samples = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(tqdm(items, desc="attention", unit="sample")):
         enc = encode_item(processor, model, item, device)
         att = quality_attention(model, enc)
         parts = token_parts(processor.tokenizer, item, enc["input_ids"][0], image_token_id)
@@ -345,8 +343,6 @@ def attention_report(ckpt=None, model="tiny", mode=None, data=None, split="test"
                         "tokens": {p: parts.count(p) for p in ATTENTION_PARTS},
                         "shares": {p: sum(v) / len(v) for p, v in shares.items()}, "per_layer": shares,
                         "attention": [round(float(x), 5) for x in att.mean(0)], "parts": parts})
-        print(f"\rattention: {i + 1}/{len(items)}", end="", file=sys.stderr)
-    print(file=sys.stderr)
     n_layers = len(samples[0]["per_layer"]["image"])
     result = {"what": "attention from the quality token (the last token before the level word) to every earlier token; "
                       "eager attention, mean over heads, then layers, then samples", "parts": ATTENTION_PARTS,

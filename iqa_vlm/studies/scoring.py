@@ -4,7 +4,7 @@ cross-dataset table with Q-SiT's Avg. column, and what the level conversion keep
 Zhang, Wu, Jia, Lin, Zhai, "Teaching LMMs for image quality scoring and interpreting" (Q-SiT): levels in equal
 intervals between the dataset's min and max (Table II), score = softmax over the five level logits @ [1..5],
 scoring data mixed with interpreting and general data at a ratio found on a small model (Algorithm 1: steps 1-2 in
-data_mix.py, step 3 data.Mixer.balance). The training question and answer are Q-Align's; Q-SiT's own evaluation prompt
+data_mix.py, step 3 data_mix.Mixer.balance). The training question and answer are Q-Align's; Q-SiT's own evaluation prompt
 is --prompt qsit.
 
     python prepare_data.py --task score --koniq /data/koniq10k --out data/score     # make_score
@@ -15,18 +15,19 @@ is --prompt qsit.
 import json
 import os
 import random
-import sys
 import time
 from collections import Counter
 
 import torch
+from tqdm import tqdm
 
 from iqa_vlm import iqa_datasets as D
 from iqa_vlm import iqa_io
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl
 from iqa_vlm.studies.deqa import attach_soft_labels
-from iqa_vlm.data import LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, uses_system_prefix, with_system, write_splits
+from iqa_vlm.data import LEVEL_PREFIX, LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, with_system, write_splits
 from iqa_vlm.metrics import closed_set_scores, plcc, score_metrics, srcc
+from iqa_vlm.studies.data_mix import uses_system_prefix
 from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_evaluated, to_device
 
 # ----------------------------------------------------------------------------- prompts (Q-Align form)
@@ -34,7 +35,6 @@ SCORE_QUESTION = "How would you rate the quality of this image?"   # the canonic
 SCORE_PARAPHRASES = [SCORE_QUESTION, "Can you rate the quality of this image?", "How is the quality of this image?",
                      "Please rate the quality of this image.", "What is the quality of this image?",
                      "Rate the quality of the image."]
-SCORE_PREFIX = "The quality of the image is"    # the answer is "The quality of the image is {level}."
 SYSTEM_PREFIX = "Assume you are an image quality evaluator."   # system turn for scoring data in a mix
 # Q-SiT's released evaluation (its README's scoring example and eval script): instruction and question in one user turn
 # ahead of the image, "The quality of this image is " appended raw after the generation prompt, and the level read from
@@ -54,15 +54,11 @@ def score_record(rid, image, level, source, ref, rng=None, image_first=False, **
     question = rng.choice(SCORE_PARAPHRASES) if rng is not None else SCORE_QUESTION
     return {"id": rid, "image": image,
             "conversations": [{"from": "human", "value": "<image>\n" + question if image_first else question + "\n<image>"},
-                              {"from": "gpt", "value": f"{SCORE_PREFIX} {level}."}],
+                              {"from": "gpt", "value": f"{LEVEL_PREFIX} {level}."}],
             "task": "score", "source": source, "ref": ref, "level": level, **extra}
 
 
 # ----------------------------------------------------------------------------- records
-SCORE_DATASETS = {"koniq10k": "koniq", "spaq": "spaq", "livec": "livec", "agiqa3k": "agiqa", "kadid10k": "kadid",
-                  "live": "live", "csiq": "csiq", "tid2013": "tid2013"}  # source -> command-line flag
-
-
 def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, check_images=True, soft_density=None,
                soft_spread=None):
     """Scoring records (Q-Align form) from IQA datasets: MOS -> level by equal intervals between the dataset's
@@ -136,15 +132,15 @@ def eval_score(model, processor, records, batch_size=32, device="cpu", system=No
     teacher-forced in the answer (Q-Align's form, what train.py teaches); qsit: Q-SiT's evaluation prompt (QSIT_*)."""
     if prompt not in PROMPTS:
         raise SystemExit(f"--prompt must be one of {PROMPTS}, got {prompt!r}")
-    level_ids = qsit_level_ids(processor) if prompt == "qsit" else closed_set_token_ids(processor, LEVELS, SCORE_PREFIX)
-    preds, t0 = [], time.time()
-    for start in range(0, len(records), batch_size):
+    level_ids = qsit_level_ids(processor) if prompt == "qsit" else closed_set_token_ids(processor)
+    preds = []
+    for start in tqdm(range(0, len(records), batch_size), desc="eval score", unit="batch"):
         recs = records[start:start + batch_size]
         if prompt == "qsit":
             enc, last = encode_prompts(processor, [{**r, "conversations": [{"from": "human", "value": QSIT_QUESTION + "\n<image>"}]}
                                                    for r in recs], after_prompt=QSIT_PREFIX)
         else:
-            enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=SCORE_PREFIX)
+            enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=LEVEL_PREFIX)
         logits = last_token_logits(model, to_device(enc, model, device), last)
         target = [LEVELS.index(r["level"]) if r.get("level") in LEVELS else -1 for r in recs]
         probs, score, nll = closed_set_scores(logits, level_ids, target)
@@ -152,9 +148,6 @@ def eval_score(model, processor, records, batch_size=32, device="cpu", system=No
             preds.append({"id": r.get("id"), "source": r.get("source"), "mos": r.get("mos"), "mos_norm": r.get("mos_norm"),
                           "level": r.get("level"), "probs": [round(x, 5) for x in p], "score": round(s, 5),
                           "score01": round((s - 1) / 4, 5), "nll": round(l, 5) if r.get("level") in LEVELS else None})
-        done = min(start + batch_size, len(records))
-        print(f"\reval score: {done}/{len(records)} ({done / (time.time() - t0):.0f} samples/s)", end="", file=sys.stderr)
-    print(file=sys.stderr)
     return preds
 
 
@@ -176,7 +169,7 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
                                                 allow_unfinished)
         if kind == "ckpt":
             data_dirs, row, trained_on = data or cfg["data"], os.path.basename(os.path.normpath(name)), cfg["data"]
-            run_out = os.path.join(out, row) if out and len(runs) > 1 else (out or name)
+            run_out = os.path.join(out, row) if out and len(runs) > 1 else eval_out(out, name, None)
         else:
             data_dirs, row, trained_on = data or "data/demo_score", f"untuned {name}", None
             run_out = eval_out(out, None, name)
@@ -203,7 +196,7 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
               + f"  -> {run_out}/eval_score.json, predictions_score.jsonl")
     key = "plcc_logistic" if logistic else "plcc"
     print(f"SRCC/{'PLCC (logistic)' if logistic else 'PLCC'}, split {split}:\n" + score_table_text(rows, columns, key))
-    table = table or os.path.join(out or (ckpts[0] if ckpts and len(runs) == 1 else "out"), "score_table.json")
+    table = table or os.path.join(out or (eval_out(None, ckpts[0], None) if ckpts and len(runs) == 1 else "out"), "score_table.json")
     atomic_write_json(table, {"rows": list(rows), "columns": columns, "metric": ["srcc", key], "split": split, "table": rows,
                               "avg": {r: table_average(e["results"], columns, key) for r, e in rows.items()},
                               "avg_is": "mean over the tested datasets of (SRCC + PLCC) / 2 (Q-SiT's Avg.)"})

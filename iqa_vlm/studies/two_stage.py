@@ -37,21 +37,20 @@ import os
 import random
 import re
 import statistics
-import sys
 import time
 from collections import Counter
 
 import torch
+from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, read_json
-from iqa_vlm.data import LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, write_splits
+from iqa_vlm.data import LEVEL_PREFIX, LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, write_splits
 from iqa_vlm.metrics import closed_set_scores, mean_std, score_metrics
 from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_checkpoint, load_evaluated, to_device
 
 # ----------------------------------------------------------------------------- prompts
 DESCRIBE_QUESTION = "Describe the low level quality of this image."   # one-stage and stage 1 (the interpret view's too)
 STAGE2_TEMPLATE = "Here is how the image looks: {description}\nHow would you rate the quality of the image?"
-LEVEL_PREFIX = "The quality of the image is"   # stage 2 answers as Q-Align's scoring data does: "... is {level}."
 CONCLUSION_PREFIX = "Overall, the quality of the image is"   # the demo's conclusion: "... is {level}."
 VIEWS = ("one_stage", "stage1", "stage2")
 # Every word above is in the tiny model's vocabulary (model.TINY_WORDS): an unknown word would become <unk>.
@@ -365,7 +364,7 @@ def evaluate(pipeline="two_stage", ckpt=None, model=None, data=None, split="test
                                                                            allow_unfinished)
     out = eval_out(out, ckpt, model_name)
     max_new = max_new_tokens
-    level_ids = closed_set_token_ids(processor, LEVELS, LEVEL_PREFIX)
+    level_ids = closed_set_token_ids(processor)
     os.makedirs(out, exist_ok=True)
 
     def run(recs):
@@ -379,17 +378,14 @@ def evaluate(pipeline="two_stage", ckpt=None, model=None, data=None, split="test
         t0 = time.perf_counter()
         run([r])
         latency.append(time.perf_counter() - t0)
-    preds, t0 = [], time.perf_counter()
-    for start in range(0, len(records), batch_size):
+    preds = []
+    for start in tqdm(range(0, len(records), batch_size), desc=mode, unit="batch"):
         recs = records[start:start + batch_size]
         for r, o in zip(recs, run(recs)):
             probs = o.pop("probs")
             preds.append({"id": r.get("id"), "source": r.get("source"), "mos": r.get("mos"), "target": target_of(r),
                           "level": r.get("level"), "pred_level": LEVELS[probs.index(max(probs))],
                           "probs": [round(x, 5) for x in probs], "score": round(o.pop("score"), 5), **o})
-        done = min(start + batch_size, len(records))
-        print(f"\r{mode}: {done}/{len(records)} ({done / (time.perf_counter() - t0):.1f} images/s)", end="", file=sys.stderr)
-    print(file=sys.stderr)
     batched = (time.perf_counter() - t0) / len(records)
     metrics = score_metrics([{**p, "mos": p["target"]} for p in preds])
     result = {"task": mode, "model": name, "data": data, "split": split, "n": len(records),
@@ -450,7 +446,7 @@ def instability(pipeline="two_stage", sessions=3, repeats=5, temperature=1.0, fi
         session_seed = seed + s
         torch.manual_seed(session_seed)
         answers, t0 = [], time.perf_counter()
-        for start in range(0, len(records), batch_size):
+        for start in tqdm(range(0, len(records), batch_size), desc=f"instability session {s + 1}/{n_sessions}", unit="batch"):
             recs = records[start:start + batch_size]
             prompts = [describe_prompt(r) for r in recs]
             if fixed_description:  # the greedy description, once per sample; only what follows it is sampled
@@ -474,8 +470,6 @@ def instability(pipeline="two_stage", sessions=3, repeats=5, temperature=1.0, fi
                 answers.append(levels)
                 rows.append({"session": s, "seed": session_seed, "id": r.get("id"), "level": r.get("level"), "answers": levels,
                              "texts": said[mine], **({"descriptions": descs[mine]} if mode == "two_stage" or fixed_description else {})})
-            print(f"\rinstability session {s + 1}/{n_sessions}: {len(answers)}/{len(records)}", end="", file=sys.stderr)
-        print(file=sys.stderr)
         per_session.append({"session": s, "seed": session_seed, **instability_ratio(answers), "seconds": round(time.perf_counter() - t0, 2)})
     mean, std = mean_std([x["ratio"] for x in per_session])
     result = {"task": f"instability_{mode}", "model": name, "data": data, "split": split, "n": len(records),
