@@ -53,9 +53,12 @@ def logistic4(x, b1, b2, b3, b4):
 
 
 def fit_logistic(pred, mos):
-    """Least-squares fit of logistic4 mapping pred -> mos; returns [b1, b2, b3, b4] or None if it fails."""
+    """Least-squares fit of logistic4 mapping pred -> mos; returns [b1, b2, b3, b4] or None if it fails (also with
+    fewer than 4 points: four parameters need at least four)."""
     from scipy.optimize import curve_fit
     pred, mos = np.asarray(pred, dtype=float), np.asarray(mos, dtype=float)
+    if len(pred) < 4:
+        return None
     p0 = [mos.max(), mos.min(), float(np.median(pred)), float(pred.std()) or 1.0]
 
     def jac(x, b1, b2, b3, b4):  # analytic: MINPACK's finite-difference step is |b|*eps, ~0 for a b3 near 0

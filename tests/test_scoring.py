@@ -110,6 +110,9 @@ def test_logistic_fit_recovers_known_params():
     fit = M.fit_logistic(x, y)
     np.testing.assert_allclose([fit[0], fit[1], fit[2], abs(fit[3])], true, atol=1e-3)
     assert M.plcc(x, y) < 0.97 and M.plcc(x, y, logistic=True) == pytest.approx(1.0, abs=1e-6)
+    # fewer points than parameters (a --limit run): no fit, and PLCC falls back to the raw predictions
+    assert M.fit_logistic([1.0, 2.0, 4.0], [1.0, 3.0, 2.0]) is None
+    assert M.plcc([1.0, 2.0, 4.0], [1.0, 3.0, 2.0], logistic=True) == pytest.approx(M.plcc([1.0, 2.0, 4.0], [1.0, 3.0, 2.0]))
 
 
 def test_score_metrics_per_source():
