@@ -3,6 +3,7 @@ placeholder images, error messages, split_items and norm_scores. CPU only, a few
 
     python -m pytest tests/test_datasets.py -q
 """
+import atexit
 import csv
 import io
 import os
@@ -339,6 +340,7 @@ def meta_file(name, which="excerpt"):
         lines = (EXCERPTS / name).read_text().splitlines(keepends=True)
         assert lines[0].startswith("# Verbatim excerpt of chaofengc/IQA-PyTorch") and "commit" in lines[0]
         folder = Path(tempfile.mkdtemp(prefix="iqa_meta_"))
+        atexit.register(shutil.rmtree, folder, True)
         (folder / name).write_text("".join(lines[1:]))
         _stripped[name] = folder / name
     return _stripped[name]
