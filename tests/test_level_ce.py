@@ -91,15 +91,6 @@ def data(N, V, dtype=torch.float32, device="cpu", seed=0, scale=3.0):
     return logits, target
 
 
-@pytest.fixture(params=["ext", "torch"])
-def path(request):
-    """Run a test through the extension and through the forced pure-PyTorch fallback."""
-    if request.param == "ext" and EXT is None:
-        pytest.skip("iqa_vlm._C not built (python setup.py build_ext --inplace)")
-    with level_ce.force_backend(request.param):
-        yield request.param
-
-
 @pytest.fixture(params=CPU_KERNELS or ["none"])
 def cpu_kernel(request):
     """Each compiled CPU kernel build (DEFAULT / AVX2 / AVX512) in turn."""

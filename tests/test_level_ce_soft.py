@@ -81,14 +81,6 @@ def check(logits, target, level_ids, P, eps=0.0, tol=None, inplace=False):
     return loss, x.grad
 
 
-@pytest.fixture(params=["ext", "torch"])
-def path(request):
-    if request.param == "ext" and EXT is None:
-        pytest.skip("iqa_vlm._C not built (python setup.py build_ext --inplace)")
-    with level_ce.force_backend(request.param):
-        yield request.param
-
-
 @pytest.mark.parametrize("V", [32000, 151936, 32003])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_soft_rows_vs_float64_reference(path, V, eps):
