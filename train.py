@@ -39,7 +39,7 @@ import time
 import torch
 
 from iqa_vlm.common import CHECKPOINT_PREFIX, EVAL_DIR, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
-from iqa_vlm.data import LABELS, closed_set_token_ids, load_records
+from iqa_vlm.data import LABELS, LEVELS, closed_set_token_ids, load_records, read_closed_set
 from iqa_vlm.studies.deqa import deqa_batch_loss
 from iqa_vlm.loader import AUGMENTS, EpochBatches, batch_loader, pair_pools
 from iqa_vlm.level_ce import backend, level_cross_entropy
@@ -261,7 +261,10 @@ if deqa_losses:  # DeQA-Score: soft labels and/or pairs need scoring records wit
             pools = pair_pools(train_records)
         except ValueError as e:
             raise SystemExit(f"train.py: --fidelity: {e}") from None
-    level_ids = torch.tensor(closed_set_token_ids(processor), device=device)
+    try:  # the level words and their answer prefix, as the score folders' meta.json records them
+        level_ids = torch.tensor(closed_set_token_ids(processor, *read_closed_set(data, expect=LEVELS)), device=device)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"train.py: --score_loss {score_loss} --fidelity {fidelity}: {e}") from None
 print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size}"
        f"{' pairs' if fidelity else ''} x {grad_accum} accum; loss kernel: {backend(device)}; data loader workers: {workers}"
        + (f"; score loss {score_loss}, fidelity {fidelity}, next-token weight {next_token_weight}" if deqa_losses else ""))

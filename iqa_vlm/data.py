@@ -219,6 +219,41 @@ def closed_set_token_ids(processor, words=LEVELS, answer_prefix=LEVEL_PREFIX):
     return ids
 
 
+def closed_set_meta(words=LEVELS, answer_prefix=LEVEL_PREFIX):
+    """The closed set a prepared folder's answers end in, as its meta.json records it: the answer's fixed prefix and
+    the words that may follow it (prepare_data.py writes it; every stage that scores a closed set reads it back)."""
+    return {"answer_prefix": answer_prefix, "closed_set": list(words)}
+
+
+def read_closed_set(data_dirs, expect=None):
+    """(words, answer_prefix) from the meta.json of each prepared folder in `data_dirs` (a list or a comma-separated
+    string); the folders must agree, and with `expect` (the words a study's evaluation is written for) the words
+    must be those. A folder whose meta.json records none (an instruction set, or a folder written before meta.json
+    carried it) is an error naming it."""
+    if isinstance(data_dirs, str):
+        data_dirs = [d for d in data_dirs.split(",") if d]
+    found = {}
+    for d in data_dirs:
+        path = os.path.join(d, "meta.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: --data expects folders written by prepare_data.py")
+        with open(path) as f:
+            meta = json.load(f)
+        if not isinstance(meta.get("closed_set"), list) or not isinstance(meta.get("answer_prefix"), str):
+            raise ValueError(f"{path} records no closed set ('answer_prefix' and 'closed_set', task "
+                             f"{meta.get('task')!r}): this needs a folder of prepare_data.py --task score, distortion or "
+                             f"pathway; a folder prepared by an older version: prepare it again")
+        found[d] = (meta["closed_set"], meta["answer_prefix"])
+    if not found:
+        raise ValueError("no --data folder given to read the closed set from")
+    if len(set(map(repr, found.values()))) > 1:
+        raise ValueError(f"the --data folders record different closed sets: {found}")
+    words, prefix = next(iter(found.values()))
+    if expect is not None and list(expect) != words:
+        raise ValueError(f"{', '.join(found)}: meta.json's closed set is {words}; this evaluation is for {list(expect)}")
+    return words, prefix
+
+
 def with_system(record, text):
     """A copy of the record with a system turn `text` first (unchanged if it already has one)."""
     if record["conversations"] and record["conversations"][0]["from"] == "system":

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import analyze  # noqa: E402
 from iqa_vlm.studies import distortion as A  # noqa: E402
-from iqa_vlm.data import LABELS, closed_set_token_ids  # noqa: E402
+from iqa_vlm.data import LABELS, closed_set_meta, closed_set_token_ids  # noqa: E402
 from iqa_vlm.model import load_model, lm_readout, visual_tokens  # noqa: E402
 
 
@@ -76,7 +76,8 @@ def test_pooling_shapes():
 
 # ============================================================================ on the tiny model
 def write_images_and_records(folder, n=6):
-    """n random 64x64 images and a test.jsonl of distortion records, labels cycling through LABELS."""
+    """n random 64x64 images and a test.jsonl of distortion records, labels cycling through LABELS; meta.json records
+    the closed set, as prepare_data.py writes it."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     lines = []
@@ -88,6 +89,7 @@ def write_images_and_records(folder, n=6):
             {"from": "human", "value": "<image>\nLooking at the image above, what is the synthetic distortion in the image?"},
             {"from": "gpt", "value": f"The image has some {label}."}]}))
     (folder / "test.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "meta.json").write_text(json.dumps({"task": "distortion", **closed_set_meta(LABELS, A.DISTORTION_PREFIX)}))
     return str(folder)
 
 

@@ -32,6 +32,11 @@ def test_demo_set_is_deterministic_and_split_by_photo(demo, tmp_path):
     assert a == open(tmp_path / "again" / "train.jsonl").read()
     meta = json.load(open(demo / "meta.json"))
     assert len(meta["test_photos"]) >= 4
+    # the answer prefix and the closed set are recorded once, and every scoring stage reads them from here
+    from iqa_vlm.data import read_closed_set
+    from iqa_vlm.studies.distortion import DISTORTION_PREFIX
+    assert (meta["answer_prefix"], meta["closed_set"]) == (DISTORTION_PREFIX, meta["labels"])
+    assert read_closed_set(str(demo)) == (meta["labels"], DISTORTION_PREFIX)
     train = [json.loads(l) for l in open(demo / "train.jsonl")]
     test = [json.loads(l) for l in open(demo / "test.jsonl")]
     assert not {r["ref"] for r in train} & {r["ref"] for r in test}

@@ -150,6 +150,17 @@ def test_evaluate_on_the_demo_mcq_view(tmp_path):
     assert (tmp_path / "ev" / "eval_qbench.json").exists() and len((tmp_path / "ev" / "predictions_qbench.jsonl").read_text().splitlines()) == 12
 
 
+def test_marks_the_tokenizer_cannot_tell_apart_are_a_one_line_error(tmp_path):
+    """The tiny model's vocabulary has no b, c or d, so LLVisionQA's A-D marks cannot be scored closed-set: evaluate.py
+    qbench says so before any work, as a message and not a traceback."""
+    import prepare_data
+    prepare_data.main(["--task", "qbench", "--qbench_json", str(write_llvisionqa(tmp_path)), "--image_root",
+                       str(tmp_path / "images"), "--out", str(tmp_path / "q")])
+    with pytest.raises(SystemExit, match=r"evaluate.py qbench: tiny untuned cannot score the options of .* option marks 'ABCD' do not map to distinct"):
+        Q.evaluate(model="tiny", data=str(tmp_path / "q"), out=str(tmp_path / "ev"))
+    assert not (tmp_path / "ev" / "eval_qbench.json").exists()
+
+
 def test_qsit_prompt_matches_its_released_evaluation(tmp_path):
     """evaluate.py score --prompt qsit against Q-SiT's evaluation as released (its README / eval script), rebuilt here:
     chat template over [question text, image], the processor on it, "The quality of this image is " tokenized alone and

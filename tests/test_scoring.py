@@ -354,3 +354,35 @@ def test_mix_ratio_command_from_csv(tmp_path):
     res = analyze.main(["mix-ratio", "--points", str(pts), "--out", str(tmp_path / "mr")])
     assert res["argmax_ratio"] == pytest.approx(1.5, abs=0.01) and res["degree"] == 4
     assert (tmp_path / "mr" / "mix_ratio.png").stat().st_size > 1000 and (tmp_path / "mr" / "mix_ratio.json").exists()
+
+
+def test_closed_set_is_read_from_meta_json(tmp_path):
+    """A prepared folder's meta.json records the answer prefix and the level words; evaluation reads them there, and
+    a folder without them, folders that disagree, or words other than the study's are errors naming the file."""
+    mini_demo(tmp_path / "demo")
+    P.main(["--task", "score", "--demo", str(tmp_path / "demo"), "--out", str(tmp_path / "score"), "--val_frac", "0.2"])
+    meta = json.load(open(tmp_path / "score" / "meta.json"))
+    assert (meta["answer_prefix"], meta["closed_set"]) == (DM.LEVEL_PREFIX, LEVELS)
+    assert DM.read_closed_set(str(tmp_path / "score"), expect=LEVELS) == (LEVELS, DM.LEVEL_PREFIX)
+    with pytest.raises(ValueError, match="this evaluation is for"):
+        DM.read_closed_set(str(tmp_path / "score"), expect=["blur", "noise"])
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "score", other)
+    (other / "meta.json").write_text(json.dumps({**meta, "answer_prefix": "Its quality is"}))
+    with pytest.raises(ValueError, match="record different closed sets"):
+        DM.read_closed_set([str(tmp_path / "score"), str(other)])
+    (other / "meta.json").write_text(json.dumps({"task": "score"}))
+    with pytest.raises(ValueError, match=r"other/meta.json records no closed set"):
+        DM.read_closed_set(str(other))
+    # the recorded prefix is the one teacher-forced: evaluate.py score on a folder whose meta.json names another
+    # prefix gives the scores of that prefix, not of the default
+    from iqa_vlm.model import load_model
+    model, processor = load_model("tiny")
+    model.eval()
+    (other / "meta.json").write_text(json.dumps({**meta, "answer_prefix": "The image is"}))
+    S.evaluate(model="tiny", data=str(other), out=str(tmp_path / "ev"))
+    got = [json.loads(l)["score"] for l in open(tmp_path / "ev" / "predictions_score.jsonl")]
+    recs = [r for r in DM.load_records(str(other), "test") if r.get("task") == "score"]
+    want = [p["score"] for p in S.eval_score(model, processor, recs, answer_prefix="The image is")]
+    default = [p["score"] for p in S.eval_score(model, processor, recs)]
+    assert got == want and got != default

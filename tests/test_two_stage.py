@@ -118,6 +118,10 @@ def test_pathway_views_from_llava_json_count_and_exclude(tmp_path):
     s1 = [json.loads(l) for l in open(out / "stage1" / "train.jsonl")]
     s2 = [json.loads(l) for l in open(out / "stage2" / "train.jsonl")]
     assert [r["level"] for r in s2] == ["poor", "good"]
+    from iqa_vlm.data import LEVEL_PREFIX, LEVELS, read_closed_set
+    assert read_closed_set([str(out), str(out / "one_stage"), str(out / "stage2")]) == (LEVELS, LEVEL_PREFIX)
+    with pytest.raises(ValueError, match="stage1/meta.json records no closed set"):  # descriptions end in no level
+        read_closed_set(str(out / "stage1"))
     assert one[0]["conversations"][1]["value"].endswith("is poor.") and one[0]["image"]
     assert s1[0]["conversations"][1]["value"] == FLOWER and s1[0]["image"]
     assert "image" not in s2[0] and "<image>" not in s2[0]["conversations"][0]["value"]

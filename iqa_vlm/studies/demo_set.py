@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from iqa_vlm import iqa_datasets as D
 from iqa_vlm.common import atomic_write, atomic_write_json, atomic_write_jsonl, read_jsonl
-from iqa_vlm.data import LABELS, claim_output, write_splits
+from iqa_vlm.data import LABELS, claim_output, closed_set_meta, write_splits
 from iqa_vlm.studies.deqa import attach_soft_labels
 from iqa_vlm.studies.distortion import distortion_record, split_meta
 from iqa_vlm.studies.scoring import score_record
@@ -304,7 +304,7 @@ def demo_view_records(demo, out, task="score", seed=0, val_frac=0.05):
             to = "val" if split == "train" and rng.random() < val_frac else split
             splits[to].append(rec)
     soft = attach_soft_labels(splits, {"demo": info}) if task == "score" else None
-    meta = {"task": task, "view_of": os.path.abspath(demo), "seed": seed, "val_frac": val_frac,
+    meta = {"task": task, **closed_set_meta(), "view_of": os.path.abspath(demo), "seed": seed, "val_frac": val_frac,
             **({"soft_labels": soft, "std": "synthetic: the spread of 24 simulated 1-5 ratings around the MOS "
                 "(demo_set.synthetic_rating_std)"} if soft else {}),
             "split_policy": "as the demo set (by photo); val: a seeded share of train",

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from iqa_vlm import iqa_datasets as D
 from iqa_vlm import iqa_io
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot, read_json
-from iqa_vlm.data import LABELS, claim_output, closed_set_token_ids, encode_prompts, load_image, load_records
+from iqa_vlm.data import LABELS, claim_output, closed_set_meta, closed_set_token_ids, encode_prompts, load_image, load_records, read_closed_set
 from iqa_vlm.level_ce import level_cross_entropy
 from iqa_vlm.model import (eval_device, eval_out, last_token_logits, lm_readout, load_checkpoint, load_evaluated, load_model,
                    read_run_config, to_device, visual_tokens)
@@ -50,7 +50,7 @@ def split_meta(train, test, **extra):
         counts[name] = {"n": len(recs), "by_label": dict(sorted(Counter(r["label"] for r in recs).items())),
                         "by_source": dict(sorted(Counter(r["source"] for r in recs).items())),
                         "by_source_label": {f"{s}/{l}": n for (s, l), n in sorted(Counter((r["source"], r["label"]) for r in recs).items())}}
-    return {"labels": LABELS, "counts": counts, **extra}
+    return {"labels": LABELS, **closed_set_meta(LABELS, DISTORTION_PREFIX), "counts": counts, **extra}
 
 
 def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_images=True):
@@ -133,13 +133,13 @@ def confusion_png(path, confusion, labels, title):
 
 @torch.no_grad()
 def eval_distortion(model, processor, records, batch_size=32, options=False, generate=True, max_new_tokens=12, device="cpu",
-                    tta=False):
-    """Closed-set argmax over the class tokens after the teacher-forced "The image has some" (through the op), and
+                    tta=False, answer_prefix=DISTORTION_PREFIX):
+    """Closed-set argmax over the class tokens after the teacher-forced answer_prefix (through the op), and
     free generation parsed for the class word. -> accuracy, per-class accuracy, confusion matrices, examples.
     tta: the closed-set probabilities averaged over the 8 flips/rotations of each image (our option, for the demo's
     crops, whose classes do not depend on orientation; the papers evaluate each image once)."""
     views = [None] + [lambda img, c=c: img.transpose(c) for c in range(7)] if tta else [None]
-    label_ids = closed_set_token_ids(processor, LABELS, DISTORTION_PREFIX)
+    label_ids = closed_set_token_ids(processor, LABELS, answer_prefix)
     level_ids = torch.tensor(label_ids, device=device)
     suffix = OPTIONS_SUFFIX if options else None
     n = len(records)
@@ -152,7 +152,7 @@ def eval_distortion(model, processor, records, batch_size=32, options=False, gen
         target = level_ids[torch.tensor(truth, device=device)]
         probs = 0
         for k, view in enumerate(views):
-            enc, last = encode_prompts(processor, recs, answer_prefix=DISTORTION_PREFIX, suffix=suffix, transform=view)
+            enc, last = encode_prompts(processor, recs, answer_prefix=answer_prefix, suffix=suffix, transform=view)
             logits = last_token_logits(model, to_device(enc, model, device), last)
             loss, view_probs = level_cross_entropy(logits.float(), target, level_ids)
             probs = probs + view_probs / len(views)
@@ -199,7 +199,9 @@ def evaluate(ckpt=None, model=None, data=None, split="test", out=None, batch_siz
     if not records:
         raise SystemExit(f"no distortion records in {data} ({split})")
     appended = options == "yes" or (options == "auto" and not ckpt)
-    result = eval_distortion(vlm, processor, records, batch_size, appended, generate, device=device, tta=tta)
+    _, prefix = read_closed_set(data, expect=LABELS)
+    result = eval_distortion(vlm, processor, records, batch_size, appended, generate, device=device, tta=tta,
+                             answer_prefix=prefix)
     result["tta"] = tta
     result.update({"model": name, "data": data, "split": split, "unfinished_checkpoint": cfg.get("finished") is False})
     os.makedirs(out, exist_ok=True)
@@ -437,7 +439,7 @@ def semantic_shift(ckpts, data=None, split="test", pool="both", limit=2000, batc
         if cfg["model"] not in base_cache:
             base, processor = load_model(cfg["model"], dtype=dtype, device=device)
             base.eval()
-            ids = closed_set_token_ids(processor, LABELS, DISTORTION_PREFIX)
+            ids = closed_set_token_ids(processor, LABELS, read_closed_set(data_dirs, expect=LABELS)[1])
             label_ids = [ids[LABELS.index(r["label"])] for r in records]
             label_embs = base.get_input_embeddings().weight[label_ids].detach()
             print(f"{cfg['model']} (base): scoring {len(records)} samples", flush=True)

@@ -249,6 +249,11 @@ def evaluate(ckpt=None, model=None, data="data/demo_mcq", split="val", out=None,
     records = records[:limit] if limit else records
     if not records:
         raise SystemExit(f"no multiple-choice records in {data} ({split}); make them with prepare_data.py --task qbench")
+    for marks in sorted({r["marks"] for r in records}):  # before any work: can this tokenizer score the options apart?
+        try:
+            mark_token_ids(processor, marks)
+        except ValueError as e:
+            raise SystemExit(f"evaluate.py qbench: {name} cannot score the options of {data} ({split}): {e}") from None
     preds = eval_mcq(vlm, processor, records, prompt, batch_size, device, generate, max_new_tokens)
     result = {"task": "qbench", "model": name, "data": data, "split": split, "prompt": prompt, "n": len(preds),
               "closed_set": accuracy_table(preds), "unfinished_checkpoint": cfg.get("finished") is False}

@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot
-from iqa_vlm.data import LEVEL_PREFIX, LEVELS, answer_prefix_text, closed_set_token_ids, load_image, to_messages, tokenize_batch
+from iqa_vlm.data import (LEVEL_PREFIX, LEVELS, answer_prefix_text, closed_set_token_ids, load_image, read_closed_set, to_messages,
+                          tokenize_batch)
 from iqa_vlm.metrics import closed_set_scores
 from iqa_vlm.model import FAMILIES, eval_device, family_of, get_module, lm_readout, load_evaluated, to_device
 from iqa_vlm.studies.two_stage import (CONCLUSION_PREFIX, describe_prompt, eval_records, generate, split_feedback,
@@ -174,7 +175,7 @@ def logit_lens_report(ckpt=None, model="tiny", mode=None, data=None, split="test
     n_last = layers
     model, processor, items, mode, name, data, device = quality_token_setup(ckpt, model, mode, data, split, limit, seed, description, max_new_tokens)
     tok = processor.tokenizer
-    level_ids = closed_set_token_ids(processor)
+    level_ids = closed_set_token_ids(processor, *read_closed_set(data, expect=LEVELS))
     samples, max_diff = [], 0.0
     for i, item in enumerate(tqdm(items, desc="logit lens", unit="sample")):
         layers, lens, own = logit_lens(model, encode_item(processor, model, item, device), n_last)

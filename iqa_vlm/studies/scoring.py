@@ -25,7 +25,8 @@ from iqa_vlm import iqa_datasets as D
 from iqa_vlm import iqa_io
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl
 from iqa_vlm.studies.deqa import attach_soft_labels
-from iqa_vlm.data import LEVEL_PREFIX, LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, with_system, write_splits
+from iqa_vlm.data import (LEVEL_PREFIX, LEVELS, claim_output, closed_set_meta, closed_set_token_ids, encode_prompts, load_records,
+                          read_closed_set, with_system, write_splits)
 from iqa_vlm.metrics import closed_set_scores, plcc, score_metrics, srcc
 from iqa_vlm.studies.data_mix import uses_system_prefix
 from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_evaluated, to_device
@@ -108,7 +109,7 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, 
     soft = attach_soft_labels(splits, infos, soft_density, soft_spread)
     for source, c in soft.items():
         print(f"{source}: soft labels {', '.join(f'{k} {v}' for k, v in c.items())}")
-    meta = {"task": "score", "seed": seed, "datasets": infos, "soft_labels": soft,
+    meta = {"task": "score", **closed_set_meta(), "seed": seed, "datasets": infos, "soft_labels": soft,
             "score_direction": {s: i.get("direction") for s, i in infos.items()},
             "score_range": {s: i.get("score_range") for s, i in infos.items()}}
     return write_splits(out, splits, meta)
@@ -126,13 +127,14 @@ def qsit_level_ids(processor):
 
 
 @torch.no_grad()
-def eval_score(model, processor, records, batch_size=32, device="cpu", system=None, prompt="qalign"):
+def eval_score(model, processor, records, batch_size=32, device="cpu", system=None, prompt="qalign", answer_prefix=LEVEL_PREFIX):
     """Scoring: closed-set softmax over the 5 level tokens (through the op, metrics.closed_set_scores) -> score =
-    probs @ [1..5]; one prediction dict per record. prompt qalign: the record's question, "The quality of the image is"
-    teacher-forced in the answer (Q-Align's form, what train.py teaches); qsit: Q-SiT's evaluation prompt (QSIT_*)."""
+    probs @ [1..5]; one prediction dict per record. prompt qalign: the record's question, answer_prefix ("The quality
+    of the image is", as meta.json records it) teacher-forced in the answer (Q-Align's form, what train.py teaches);
+    qsit: Q-SiT's evaluation prompt (QSIT_*)."""
     if prompt not in PROMPTS:
         raise SystemExit(f"--prompt must be one of {PROMPTS}, got {prompt!r}")
-    level_ids = qsit_level_ids(processor) if prompt == "qsit" else closed_set_token_ids(processor)
+    level_ids = qsit_level_ids(processor) if prompt == "qsit" else closed_set_token_ids(processor, LEVELS, answer_prefix)
     preds = []
     for start in tqdm(range(0, len(records), batch_size), desc="eval score", unit="batch"):
         recs = records[start:start + batch_size]
@@ -140,7 +142,7 @@ def eval_score(model, processor, records, batch_size=32, device="cpu", system=No
             enc, last = encode_prompts(processor, [{**r, "conversations": [{"from": "human", "value": QSIT_QUESTION + "\n<image>"}]}
                                                    for r in recs], after_prompt=QSIT_PREFIX)
         else:
-            enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=LEVEL_PREFIX)
+            enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=answer_prefix)
         logits = last_token_logits(model, to_device(enc, model, device), last)
         target = [LEVELS.index(r["level"]) if r.get("level") in LEVELS else -1 for r in recs]
         probs, score, nll = closed_set_scores(logits, level_ids, target)
@@ -180,7 +182,8 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
         if not records:
             raise SystemExit(f"no score records in {data_dirs} ({split}); make them with prepare_data.py --task score")
         turn = None if prompt == "qsit" else turn  # Q-SiT's prompt carries its own instruction
-        preds = eval_score(vlm, processor, records, batch_size, device, turn, prompt)
+        prefix = read_closed_set(data_dirs, expect=LEVELS)[1]
+        preds = eval_score(vlm, processor, records, batch_size, device, turn, prompt, prefix)
         for p in preds:  # correlations against mos_norm: higher = better for every source (DMOS flipped)
             p["target"] = p["mos_norm"] if p["mos_norm"] is not None else p["mos"]
         metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=logistic)

@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, read_json
-from iqa_vlm.data import LEVEL_PREFIX, LEVELS, claim_output, closed_set_token_ids, encode_prompts, load_records, write_splits
+from iqa_vlm.data import LEVEL_PREFIX, LEVELS, claim_output, closed_set_meta, closed_set_token_ids, read_closed_set, encode_prompts, load_records, write_splits
 from iqa_vlm.metrics import closed_set_scores, mean_std, score_metrics
 from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_checkpoint, load_evaluated, to_device
 
@@ -197,12 +197,14 @@ def make_pathway(splits, out, meta):
     claim_output(out)
     if os.path.exists(os.path.join(out, "meta.json")):
         os.unlink(os.path.join(out, "meta.json"))
-    for v in VIEWS:
-        write_splits(os.path.join(out, v), views[v], {**meta, "task": "pathway", "view": v})
+    meta = {k: v for k, v in meta.items() if k not in closed_set_meta()}
+    for v in VIEWS:  # stage 1's answers are descriptions: no closed set; the other two end in a level
+        write_splits(os.path.join(out, v), views[v], {**meta, "task": "pathway", "view": v,
+                                                      **(closed_set_meta() if v != "stage1" else {})})
     report = {"records_in": n_in, "kept": n_in - sum(excluded.values()), "excluded": dict(excluded),
               "excluded_examples": examples, "conclusion_position": dict(position), "levels": dict(levels),
               "level_wording": LEVEL_WORDING}
-    meta = {**meta, "task": "pathway", "views": {v: os.path.join(out, v) for v in VIEWS}, "split": report,
+    meta = {**meta, "task": "pathway", **closed_set_meta(), "views": {v: os.path.join(out, v) for v in VIEWS}, "split": report,
             "counts": {v: {name: len(recs) for name, recs in views[v].items()} for v in VIEWS}}
     atomic_write_json(os.path.join(out, "meta.json"), meta)
     print(f"pathway: {report['kept']} of {n_in} records split into description + conclusion "
@@ -262,7 +264,7 @@ def strip_conclusion(text):
 
 
 @torch.no_grad()
-def two_stage_batch(model, processor, records, level_ids, max_new_tokens, device, describer=None):
+def two_stage_batch(model, processor, records, level_ids, max_new_tokens, device, describer=None, answer_prefix=LEVEL_PREFIX):
     """Stage 1: describe each image (greedy); stage 2: the description alone -> closed-set level probabilities after
     "The quality of the image is". -> per record {description, conclusion_removed, probs, score}."""
     described = generate(describer or model, processor, [describe_prompt(r) for r in records], max_new_tokens, device)
@@ -271,7 +273,7 @@ def two_stage_batch(model, processor, records, level_ids, max_new_tokens, device
         desc, removed = strip_conclusion(text)
         out.append({"description": desc, "conclusion_removed": removed})
     enc, last = encode_prompts(processor, [stage2_record(r.get("id"), o["description"]) for r, o in zip(records, out)],
-                               answer_prefix=LEVEL_PREFIX)
+                               answer_prefix=answer_prefix)
     probs, score, _ = closed_set_scores(last_token_logits(model, to_device(enc, model, device), last), level_ids)
     for o, p, s in zip(out, probs.tolist(), score.tolist()):
         o.update(probs=p, score=s)
@@ -364,12 +366,13 @@ def evaluate(pipeline="two_stage", ckpt=None, model=None, data=None, split="test
                                                                            allow_unfinished)
     out = eval_out(out, ckpt, model_name)
     max_new = max_new_tokens
-    level_ids = closed_set_token_ids(processor)
+    words, prefix = read_closed_set(data, expect=LEVELS)
+    level_ids = closed_set_token_ids(processor, words, prefix)
     os.makedirs(out, exist_ok=True)
 
     def run(recs):
         if mode == "two_stage":
-            return two_stage_batch(model, processor, recs, level_ids, max_new, device, describer_model)
+            return two_stage_batch(model, processor, recs, level_ids, max_new, device, describer_model, prefix)
         return one_stage_batch(model, processor, recs, level_ids, max_new, device)
 
     # latency: the whole pipeline for one image at a time (batch 1), on the first --latency_n records
