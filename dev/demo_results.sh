@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Regenerates every number docs/results.md quotes from the demo: the demo itself, the feature baseline, the
+# freeze-flag ablation with the semantic shift, the two-stage path, scoring, the prompting table with hard samples,
+# CE against DeQA-Score's losses, and Q-SiT Table II's level precision. From the root of a clean clone, after the
+# README's install (it writes data/ and out/ with the docs' own commands; a run folder that exists is refused):
+#
+#   bash dev/demo_results.sh 2>&1 | tee results.log                  # about 1.5 hours on 2 CPU cores
+#   SECTIONS="demo ablation" bash dev/demo_results.sh                # some sections (names below)
+#   IQA_META_DIR=DIR bash dev/demo_results.sh                        # level_precision needs IQA-PyTorch's meta_info_*.csv
+#
+# Every step prints "## $ COMMAND" before it and "## N s" after it, so the log shows what made each number and how long
+# it took. Sections: demo features ablation two_stage scoring prompting score_losses level_precision seeds.
+set -euo pipefail
+SECTIONS=${SECTIONS:-"demo features ablation two_stage scoring prompting score_losses level_precision seeds"}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+step() { echo "## $ $*"; local t0=$SECONDS; "$@"; echo "## $((SECONDS - t0)) s"; }
+echo "## commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%F), $(nproc) cores:" \
+     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+
+if want demo || [ ! -f data/demo/meta.json ]; then
+    step python prepare_data.py
+fi
+if want demo; then
+    step python train.py config/demo.py --out out/demo
+    step python evaluate.py distortion --ckpt out/demo --tta true
+fi
+if want features; then
+    step python analyze.py feature-baseline --data data/demo --out out/feature_baseline
+fi
+if want ablation; then  # Table 1 and Table 2 of the distortion paper, on the demo
+    step python sweeps/ablation.py --max_steps 1500 --out out/ablation
+    step python analyze.py semantic-shift --ckpt out/ablation/encoder --ckpt out/ablation/projector \
+        --ckpt out/ablation/llm --data data/demo --out out/semantic_shift
+    step python analyze.py distortion-tables --ablation out/ablation/ablation.json \
+        --shift out/semantic_shift/semantic_shift.json
+fi
+if want two_stage; then
+    step python prepare_data.py --task pathway --demo data/demo --out data/demo_pathway
+    step python train.py config/demo.py --data data/demo_pathway/one_stage --trainable encoder,projector,llm \
+        --max_steps 600 --out out/pw_one_stage
+    step python train.py config/demo.py --stage 1 --data data/demo_pathway --trainable encoder,projector,llm \
+        --max_steps 600 --out out/pw_stage1
+    step python train.py config/demo.py --stage 2 --data data/demo_pathway --init out/pw_stage1 --trainable llm \
+        --max_steps 300 --out out/pw_stage2
+    step python evaluate.py two-stage --pipeline one_stage --ckpt out/pw_one_stage --data data/demo_pathway \
+        --out out/pw_eval/one_stage
+    step python evaluate.py two-stage --ckpt out/pw_stage2 --describer out/pw_stage1 --data data/demo_pathway \
+        --out out/pw_eval/two_stage
+    step python evaluate.py score --ckpt out/pw_stage2 --data data/demo_pathway/stage2 --out out/pw_eval/stage2_reference
+    for fixed in false true; do
+        step python evaluate.py instability --pipeline one_stage --sessions 3 --repeats 5 --temperature 0.5 \
+            --fixed_description $fixed --ckpt out/pw_one_stage --data data/demo_pathway \
+            --out out/pw_eval/one_stage/T0.5_fixed_$fixed
+        step python evaluate.py instability --sessions 3 --repeats 5 --temperature 0.5 --fixed_description $fixed \
+            --ckpt out/pw_stage2 --describer out/pw_stage1 --data data/demo_pathway \
+            --out out/pw_eval/two_stage/T0.5_fixed_$fixed
+    done
+    step python analyze.py two-stage-tables --one_stage out/pw_eval/one_stage --two_stage out/pw_eval/two_stage \
+        --instability demo=out/pw_eval/one_stage/T0.5_fixed_false,out/pw_eval/two_stage/T0.5_fixed_false
+    for mode in one_stage two_stage; do
+        ckpt=out/pw_$mode; [ $mode = two_stage ] && ckpt=out/pw_stage2
+        step python analyze.py attention --ckpt $ckpt --mode $mode --data data/demo_pathway --description reference \
+            --limit 0 --out out/pw_attention/$mode
+        step python analyze.py logit-lens --ckpt $ckpt --mode $mode --data data/demo_pathway --description reference \
+            --limit 0 --out out/pw_lens/$mode
+    done
+fi
+if want scoring || want prompting || want score_losses; then
+    [ -f data/demo_score/meta.json ] || step python prepare_data.py --task score --demo data/demo --out data/demo_score
+fi
+if want scoring || want prompting; then
+    [ -f out/score_untuned/eval_score.json ] || \
+        step python evaluate.py score --model tiny --data data/demo_score --out out/score_untuned
+fi
+if want scoring; then
+    step python train.py config/demo.py --data data/demo_score --trainable encoder,projector --max_steps 3000 \
+        --out out/score
+    step python evaluate.py score --ckpt out/score --logistic true
+fi
+if want prompting; then  # the prompting study's Table 1 shape and Table 3's hard samples, untuned tiny model
+    step python evaluate.py prompting-table --model tiny --data data/demo --limit 32 --out out/prompting_table_demo
+    step python analyze.py hard-samples --data data/demo_score --pred out/score_untuned/predictions_score.jsonl \
+        --features vlm:tiny --out out/hard_demo
+    step python analyze.py hard-samples --data data/demo_score --pred out/score_untuned/predictions_score.jsonl \
+        --features vlm:tiny --fr true --n_refs 4 --per_ref 4 --out out/hard_demo
+fi
+if want score_losses; then  # Q-Align's CE against DeQA-Score's soft labels and fidelity, one seed
+    step python sweeps/compare_score_losses.py --max_steps 1500 --seeds 0 --out out/score_losses
+fi
+if want level_precision && [ -n "${IQA_META_DIR:-}" ]; then  # Q-SiT Table II's question on the real metadata
+    step python analyze.py level-precision --meta "$IQA_META_DIR" --out out/level_precision
+fi
+if want seeds; then  # the demo's spread over training seeds (1337, the default, is the demo section's run)
+    for s in 1 2 3 4; do
+        step python train.py config/demo.py --out out/demo_s$s --seed $s
+        step python evaluate.py distortion --ckpt out/demo_s$s --tta true
+    done
+fi
+echo "## done"
