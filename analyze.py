@@ -90,15 +90,18 @@ def quality_token_args(p, out):
     p.add_argument("--description", default="generated", choices=["generated", "reference"],
                    help="the description the model writes (greedy) or the record's own")
     p.add_argument("--max_new_tokens", type=int, default=64, help="length of the generated description")
-    p.add_argument("--limit", type=int, default=64, help="samples (a seeded draw); 0 = all")
+    p.add_argument("--limit", type=int, default=720, help="samples (a seeded draw; 0 = all). The two-stage paper's Fig. 5 "
+                                                          "averages 720 Q-Pathway samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=out, help="output folder")
 
 
 def logit_lens_args(p):
     quality_token_args(p, "out/logit_lens")
-    p.add_argument("--layers", type=int, default=4, help="the last k decoder layers (all if there are fewer)")
-    p.add_argument("--topk", type=int, default=5, help="tokens listed per layer and sample")
+    p.add_argument("--layers", type=int, default=3, help="the last k decoder layers (all if there are fewer); the paper's "
+                                                      "Fig. 6 decodes from the 30th of mPLUG-Owl2's 32 layers: 30, 31, 32")
+    p.add_argument("--topk", type=int, default=4, help="tokens listed per layer and sample (the paper's Fig. 3: the four "
+                                                     "most probable candidates)")
     p.add_argument("--focus", default="poor", help="token frequency per layer for samples predicted this level")
 
 

@@ -64,6 +64,9 @@ min_lr_frac = 0.0              # cosine decays to lr * min_lr_frac (transformers
 warmup_steps = 0               # linear warmup steps; 0 = warmup_frac of the run
 warmup_frac = 0.03             # warmup as a share of the run's steps (or minutes), when warmup_steps is 0
 weight_decay = 0.0
+adam_beta1 = 0.9               # AdamW's betas and eps: the distortion and two-stage papers' (0.9, 0.98), 1e-6; Q-Align,
+adam_beta2 = 0.98              # DeQA-Score and Q-SiT train with transformers' Trainer defaults (0.9, 0.999), 1e-8, which
+adam_epsilon = 1e-6            # their config files set
 grad_clip = 1.0
 label_smoothing = 0.0          # over the vocabulary (F.cross_entropy semantics); Q-Align / Q-SiT train plain CE
 score_loss = "ce"              # ce: the level word as a token (Q-Align, Q-SiT); kl: DeQA-Score's soft labels (the records'
@@ -133,6 +136,9 @@ for key in ("lr", "grad_clip", "balance_step", "gpu_mem"):
     require(math.isfinite(config[key]) and config[key] > 0, f"--{key} must be a finite number > 0, got {config[key]}")
 for key in ("warmup_frac", "label_smoothing", "val_frac", "lora_dropout", "balance_tol"):
     require(0 <= config[key] < 1, f"--{key} must be in [0, 1), got {config[key]}")
+for key in ("adam_beta1", "adam_beta2"):
+    require(0 <= config[key] < 1, f"--{key} must be in [0, 1), got {config[key]}")
+require(adam_epsilon > 0, f"--adam_epsilon must be positive, got {adam_epsilon}")
 require(num_workers >= -1, f"--num_workers must be -1 (auto), 0 or a positive count, got {num_workers}")
 require(0 <= min_lr_frac <= 1, f"--min_lr_frac must be in [0, 1], got {min_lr_frac}")
 require(augment in AUGMENTS, f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
@@ -287,7 +293,7 @@ elif ddp:
 lr_of = {label: (lr_encoder if label == "encoder" and lr_encoder > 0 else lr) for label in parts}
 groups = [{"params": [p for p in params.values()], "lr": lr_of[label], "peak_lr": lr_of[label], "name": label}
           for label, params in parts.items() if params]
-optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6, weight_decay=weight_decay)
+optimizer = torch.optim.AdamW(groups, betas=(adam_beta1, adam_beta2), eps=adam_epsilon, weight_decay=weight_decay)
 
 # each rank walks its own slice of one seeded permutation per epoch; all slices have equal length,
 # so every rank takes the same number of steps
@@ -378,7 +384,7 @@ if resume and fsdp:
     raise SystemExit("--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
 # what a resumed run may not change: it would no longer be the run it continues (max_steps / max_minutes / epochs may grow)
 FIXED_ON_RESUME = ("model", "data", "trainable", "lr", "lr_encoder", "batch_size", "grad_accum", "lora", "lora_alpha",
-                   "lora_targets", "mix", "stage", "seed", "label_smoothing", "weight_decay", "augment", "init", "world_size",
+                   "lora_targets", "mix", "stage", "seed", "label_smoothing", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "augment", "init", "world_size",
                    "balance", "balance_lambda", "balance_step", "balance_tol", "interpret_val", "score_loss", "kl_weight",
                    "fidelity", "next_token_weight")
 if resume:

@@ -2,8 +2,8 @@
 # 48 GB GPU. Not a paper's recipe (DeQA-Score trains mPLUG-Owl2 only): its losses, weights, lr 2e-5, schedule and 16
 # pairs per step; ours: the vision tower and projector trained fully, the LM through LoRA rank 128 / alpha 256 on every
 # linear layer (as config/qsit_7b.py), 2 pairs x 8 accumulated per step so the anyres images fit.
-# --dry_run (4 images x 8192 tokens per micro-step: up to 7,290 visual tokens each): 38.8 GiB (weights 17.0, gradients
-# 2.8, AdamW 5.6, activations 12.4).
+# 4 images x 8192 tokens per micro-step: anyres images take up to 7,290 visual tokens each. The dry-run estimate is in
+# docs/results.md.
 #   python train.py --dry_run true config/deqa_llava_ov.py --model llava-onevision-7b --seq_len 8192
 #   python train.py config/deqa_llava_ov.py --out out/deqa_ov
 model = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
@@ -23,3 +23,6 @@ warmup_frac = 0.03
 weight_decay = 0.0
 label_smoothing = 0.0
 grad_ckpt = True
+adam_beta1 = 0.9         # DeQA-Score's scripts/train.sh passes no optimizer flags: transformers' Trainer defaults
+adam_beta2 = 0.999
+adam_epsilon = 1e-8

@@ -1,19 +1,19 @@
-# DeQA-Score (You et al., CVPR 2025) as its authors' scripts/train.sh trains it: mPLUG-Owl2-7B, every part trained
-# (vision model, abstractor, LM), KonIQ-10k + SPAQ + KADID-10k in one set, each batch 16 pairs per GPU (an image and a
-# partner from the same dataset), soft level labels by KL at the level position (weight 1.0), the fidelity loss over
-# the pairs (1.0), CE + KL of both images at 0.05; lr 2e-5, cosine, warmup 3 %, no weight decay, 3 epochs, bf16,
-# gradient checkpointing, DeepSpeed ZeRO-3 (here --fsdp true). Their README: at least 8 A6000 or 4 A100. Our
-# --dry_run (--seq_len 128: 65 visual tokens and the text): 124.1 GiB unsharded (weights 30.1, gradients 29.6, AdamW
-# 59.1, activations 4.3), so about 20 GiB each when FSDP shards it over 8 GPUs; on one 48 GB GPU use
-# config/deqa_mplug_owl2_lora.py. Their split files (HF Data-DeQA-Score split.json) are not public code: KonIQ
-# keeps its official split here, SPAQ and KADID 80/20 by reference content; --val_frac 0: all training data trains.
+# DeQA-Score (You et al., CVPR 2025) as its authors' scripts/train.sh trains it: mPLUG-Owl2-7B, every parameter
+# trained (src/train/train_mem.py without LoRA: vision model, abstractor, LM, lm_head and embeddings), KonIQ-10k +
+# SPAQ + KADID-10k in one set, each batch 16 pairs per GPU (an image and a partner from the same dataset), soft level
+# labels by KL at the level position (weight 1.0), the fidelity loss over the pairs (1.0), CE + KL of both images at
+# 0.05; lr 2e-5, cosine, warmup 3 %, no weight decay, 3 epochs, bf16, gradient checkpointing, DeepSpeed ZeRO-3 (here
+# --fsdp true). Their README: at least 8 A6000 or 4 A100. Unsharded it does not fit one GPU (--dry_run with --seq_len
+# 128, 65 visual tokens and the text; docs/results.md), so FSDP shards it over 8 GPUs; on one 48 GB GPU use
+# config/deqa_mplug_owl2_lora.py. Their split files (HF Data-DeQA-Score split.json) are not public code: KonIQ keeps
+# its official split here, SPAQ and KADID 80/20 by reference content; --val_frac 0: all training data trains.
 #   python prepare_data.py --task score --koniq /data/koniq10k --spaq /data/SPAQ --kadid /data/kadid10k --val_frac 0 --out data/deqa
 #   python train.py --dry_run true config/deqa_mplug_owl2.py --model mplug-owl2-7b --seq_len 128   # the estimate
 #   torchrun --standalone --nproc_per_node=8 train.py config/deqa_mplug_owl2.py --out out/deqa
 #   python evaluate.py score --ckpt out/deqa --data data/deqa
 model = "MAGAer13/mplug-owl2-llama2-7b"
 data = "data/deqa"
-trainable = "encoder,projector,llm"
+trainable = "encoder,projector,llm,head"
 fsdp = True
 score_loss = "kl"
 kl_weight = 1.0
@@ -26,3 +26,6 @@ warmup_frac = 0.03
 weight_decay = 0.0
 label_smoothing = 0.0
 grad_ckpt = True
+adam_beta1 = 0.9         # their scripts/train.sh passes no optimizer flags: transformers' Trainer defaults
+adam_beta2 = 0.999
+adam_epsilon = 1e-8

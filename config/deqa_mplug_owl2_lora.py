@@ -3,7 +3,7 @@
 # of v_proj (v_proj.multiway.1) of every decoder layer, as their find_all_lora_names picks them; the vision model and
 # the abstractor train fully; lr 2e-5 (their LoRA script keeps it). Their README runs it on 2 RTX 3090 (ZeRO-3) at 16
 # pairs each: here 16 pairs x 2 accumulated on one GPU, the same 32 pairs per step.
-# --dry_run (16 pairs = 32 images x 128 tokens): 26.6 GiB (weights 16.2, gradients 1.7, AdamW 3.4, activations 4.3).
+# 16 pairs = 32 images x 128 tokens per micro-step (the dry-run estimate: docs/results.md).
 #   python train.py --dry_run true config/deqa_mplug_owl2_lora.py --model mplug-owl2-7b --seq_len 128
 #   python train.py config/deqa_mplug_owl2_lora.py --out out/deqa_lora --export out/deqa_lora_hf
 model = "MAGAer13/mplug-owl2-llama2-7b"
@@ -25,3 +25,6 @@ warmup_frac = 0.03
 weight_decay = 0.0
 label_smoothing = 0.0
 grad_ckpt = True
+adam_beta1 = 0.9         # their scripts/train_lora.sh passes no optimizer flags: transformers' Trainer defaults
+adam_beta2 = 0.999
+adam_epsilon = 1e-8

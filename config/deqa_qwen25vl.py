@@ -3,7 +3,7 @@
 # pairs per step; ours: the vision tower and merger trained fully, the LM through LoRA rank 128 / alpha 256 on every
 # linear layer, 4 pairs x 4 accumulated per step. 1280 tokens per sample: a 1024x768 KonIQ image is about 1,000
 # visual tokens at Qwen's 28-pixel patches (set --seq_len to what your processor's max_pixels gives).
-# --dry_run (8 images x 1280 tokens per micro-step): 35.0 GiB (weights 17.9, gradients 3.7, AdamW 7.4, activations 5.0).
+# 8 images x 1280 tokens per micro-step (the dry-run estimate: docs/results.md).
 #   python train.py --dry_run true config/deqa_qwen25vl.py --model qwen2.5-vl-7b --seq_len 1280
 #   python train.py config/deqa_qwen25vl.py --out out/deqa_qwen
 model = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -23,3 +23,6 @@ warmup_frac = 0.03
 weight_decay = 0.0
 label_smoothing = 0.0
 grad_ckpt = True
+adam_beta1 = 0.9         # DeQA-Score's scripts/train.sh passes no optimizer flags: transformers' Trainer defaults
+adam_beta2 = 0.999
+adam_epsilon = 1e-8

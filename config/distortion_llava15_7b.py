@@ -16,3 +16,6 @@ batch_size = 8
 lr = 2e-5
 label_smoothing = 0.1
 grad_ckpt = True
+adam_beta1 = 0.9         # the distortion paper's AdamW (0.9, 0.98), eps 1e-6
+adam_beta2 = 0.98
+adam_epsilon = 1e-6

@@ -4,10 +4,9 @@
 # 64 visual tokens; AdamW (0.9, 0.98), eps 1e-6 (train.py's own); about 20,000 iterations; a label-smoothed NLL loss;
 # four RTX A6000. Not stated in the paper, this repo's choice: lr 2e-5 (Q-Align's on the same backbone), batch 8 per
 # GPU, smoothing 0.1, which LM layers "partial" trains (llm:24-31, the last quarter).
-# One 48 GB GPU (train.py --dry_run true --model mplug-owl2-7b --batch_size 8 --seq_len 256; 65 visual tokens + the
-# prompt and answer stay under 256): encoder 21.7 GiB, projector 18.1, encoder+projector 22.8, encoder+llm:24-31 46.3.
-# The rows that train the whole LM (llm 115.5 GiB, projector+llm 116.6) need the paper's four GPUs (--fsdp true under
-# torchrun) or LoRA on one (--lora 128: 22.8 / 23.9 GiB; then the LM learns through adapters, not as in the paper).
+# One 48 GB GPU (--seq_len 256: 65 visual tokens + the prompt and answer stay under it) fits every row but those that
+# train the whole LM (dry-run estimates: docs/results.md); those need the paper's four GPUs (--fsdp true under
+# torchrun) or LoRA on one (--lora 128; then the LM learns through adapters, not as in the paper).
 #   python prepare_data.py --task distortion --live ... --csiq ... --kadid ... --tid2013 ... --split random --out data/distortion
 #   python sweeps/ablation.py --config config/distortion_mplug_owl2.py --partial_llm llm:24-31 \
 #       --baselines q-future/q-instruct-mplug-owl2-1031 --torchrun 4 --train_args "--fsdp true"
@@ -20,3 +19,6 @@ batch_size = 8
 lr = 2e-5
 label_smoothing = 0.1
 grad_ckpt = True
+adam_beta1 = 0.9         # the distortion paper's AdamW (0.9, 0.98), eps 1e-6
+adam_beta2 = 0.98
+adam_epsilon = 1e-6

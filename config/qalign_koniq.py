@@ -1,16 +1,16 @@
 # Q-Align-style scoring on KonIQ-10k: "How would you rate the quality of this image?" -> "The quality of the image is
 # {level}.", scored by the closed-set softmax over the five level tokens. Q-Align's released scripts/l1_koniq.sh:
-# lr 2e-5, cosine, warmup 3 %, no weight decay, 3 epochs, batch 8 per GPU, bf16, gradient checkpointing, every part
-# trained (vision model, abstractor, LM), on at least four A6000 (DeepSpeed ZeRO-3: here --fsdp true), from
-# MAGAer13/mplug-owl2-llama2-7b (native, mplug_owl2.py). On one 48 GB GPU use Q-Align's LoRA recipe instead
-# (l1_koniq_lora.sh: LM through LoRA rank 128 / alpha 256, lr 2e-4, 1 epoch, abstractor frozen; 22.8 GiB estimated):
-#   python train.py config/qalign_koniq.py --trainable llm --lora 128 --lora_alpha 256 --lr 2e-4 --epochs 1 --fsdp false
-#   python prepare_data.py --task score --koniq /data/koniq10k --out data/koniq   # KonIQ's official split
+# lr 2e-5, cosine, warmup 3 %, no weight decay, 3 epochs, batch 8 per GPU, bf16, gradient checkpointing, every
+# parameter trained (q_align/train/train_mem.py sets requires_grad on all of them without LoRA: vision model,
+# abstractor, LM, lm_head and the token embeddings), on at least four A6000 (DeepSpeed ZeRO-3: here --fsdp true), from
+# MAGAer13/mplug-owl2-llama2-7b (native, mplug_owl2.py), on all of KonIQ's official training part. On one 48 GB GPU use
+# Q-Align's LoRA recipe instead: config/qalign_koniq_lora.py.
+#   python prepare_data.py --task score --koniq /data/koniq10k --val_frac 0 --out data/koniq   # KonIQ's official split
 #   torchrun --standalone --nproc_per_node=4 train.py config/qalign_koniq.py --out out/qalign_koniq
 #   python evaluate.py score --ckpt out/qalign_koniq --data data/koniq
 model = "MAGAer13/mplug-owl2-llama2-7b"
 data = "data/koniq"
-trainable = "encoder,projector,llm"
+trainable = "encoder,projector,llm,head"
 fsdp = True
 epochs = 3
 batch_size = 8
@@ -19,3 +19,6 @@ warmup_frac = 0.03
 weight_decay = 0.0
 label_smoothing = 0.0
 grad_ckpt = True
+adam_beta1 = 0.9         # Q-Align's scripts/l1_koniq.sh passes no optimizer flags: transformers' Trainer defaults
+adam_beta2 = 0.999
+adam_epsilon = 1e-8

@@ -1,9 +1,8 @@
 # Q-SiT (the paper's primary model, LLaVA-OneVision-7B) on ONE 48 GB GPU (A6000 class). The paper trains all of it on
-# 8 A800 80 GB; a full fine-tune needs about 119 GiB here (train.py --dry_run ... --lora 0: weights 27.9 with the trained
-# tensors in fp32, gradients 25.9, AdamW 51.8, activations 12.4 GiB), so this recipe trains the vision tower and
-# projector fully and the LM through LoRA (our choice where the paper has none: rank 128, alpha 256 and lr 2e-4 as
-# Q-Align's LoRA recipe; the vision tower keeps Q-SiT's 2e-6).
-# Estimate (dry run, batch 4 x 8192 tokens, LLaVA-OV's anyres images take up to 7,290 visual tokens): 38.8 GiB.
+# 8 A800 80 GB; a full fine-tune does not fit one GPU (train.py --dry_run ... --lora 0; docs/results.md), so this
+# recipe trains the vision tower and projector fully and the LM through LoRA (our choice where the paper has none:
+# rank 128, alpha 256 and lr 2e-4 as Q-Align's LoRA recipe; the vision tower keeps Q-SiT's 2e-6).
+# Batch 4 x 8192 tokens: LLaVA-OV's anyres images take up to 7,290 visual tokens (the estimate: docs/results.md).
 # Data, mix, balance and validation as config/qsit_mini.py; batch 64 = 4 per step x 16 accumulated.
 #   python train.py --dry_run true config/qsit_7b.py --model llava-onevision-7b --seq_len 8192   # the memory estimate
 #   python train.py config/qsit_7b.py --out out/qsit_7b
@@ -25,3 +24,6 @@ warmup_frac = 0.03
 weight_decay = 0.0
 label_smoothing = 0.0
 grad_ckpt = True
+adam_beta1 = 0.9         # Q-SiT trains with LLaVA-OneVision's Trainer and sets no optimizer values: transformers' defaults
+adam_beta2 = 0.999
+adam_epsilon = 1e-8

@@ -31,3 +31,6 @@ warmup_frac = 0.03
 weight_decay = 0.0
 label_smoothing = 0.0
 grad_ckpt = True
+adam_beta1 = 0.9         # Q-SiT trains with LLaVA-OneVision's Trainer and sets no optimizer values: transformers' defaults
+adam_beta2 = 0.999
+adam_epsilon = 1e-8

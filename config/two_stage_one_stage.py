@@ -5,7 +5,7 @@
 # mplug_owl2.py). Not stated in the paper, this repo's choice: which parts train (every one, the LM through LoRA rank
 # 128, alpha 256, lr 2e-4: Q-Align's LoRA recipe on the same backbone), batch, smoothing 0.1. One 48 GB GPU:
 # train.py --dry_run true --model mplug-owl2-7b --trainable encoder,projector,llm --lora 128 --batch_size 8
-# --seq_len 256 estimates 28.5 GiB (Q-Pathway answers are longer: --seq_len 512 for them).
+# --seq_len 256 fits (docs/results.md; Q-Pathway answers are longer: --seq_len 512 for them).
 #   python prepare_data.py --task pathway --llava_json q-pathway.json --image_root /data/q-pathway --out data/pathway
 #   python train.py config/two_stage_one_stage.py --out out/one_stage
 model = "MAGAer13/mplug-owl2-llama2-7b"
@@ -19,3 +19,6 @@ max_steps = 9000
 batch_size = 8
 label_smoothing = 0.1
 grad_ckpt = True
+adam_beta1 = 0.9         # the two-stage paper's AdamW (0.9, 0.98), eps 1e-6
+adam_beta2 = 0.98
+adam_epsilon = 1e-6

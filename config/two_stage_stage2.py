@@ -15,3 +15,6 @@ max_steps = 3000
 batch_size = 8
 label_smoothing = 0.1
 grad_ckpt = True
+adam_beta1 = 0.9         # the two-stage paper's AdamW (0.9, 0.98), eps 1e-6
+adam_beta2 = 0.98
+adam_epsilon = 1e-6

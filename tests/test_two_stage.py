@@ -289,3 +289,22 @@ def test_attention_shares_sum_to_one(tiny_eager, demo_pathway, mode):
             assert abs(sum(s[layer] for s in shares.values()) - 1) < 1e-5
         if mode == "two_stage":
             assert all(s == 0 for s in shares["image"])
+
+
+def test_logit_lens_and_attention_default_to_the_papers_settings():
+    """Two-stage paper (001): Fig. 6 decodes "after 30-th layers" of mPLUG-Owl2-7B's 32 (layers 30, 31, 32: the last 3),
+    Fig. 3 shows the "four most probable candidates", Fig. 5 averages attention over 720 samples."""
+    import argparse
+    import inspect
+    import analyze
+    p = argparse.ArgumentParser()
+    analyze.logit_lens_args(p)
+    d = vars(p.parse_args([]))
+    assert (d["layers"], d["topk"], d["limit"], d["focus"]) == (3, 4, 720, "poor")
+    p = argparse.ArgumentParser()
+    analyze.COMMANDS["attention"][1](p)
+    assert vars(p.parse_args([]))["limit"] == 720
+    for fn in (QT.logit_lens_report, QT.attention_report):  # the library's defaults are the command's
+        params = inspect.signature(fn).parameters
+        assert params["limit"].default == 720
+    assert inspect.signature(QT.logit_lens_report).parameters["layers"].default == 3

@@ -162,7 +162,7 @@ def logit_lens_png(path, result, focus):
 
 
 def logit_lens_report(ckpt=None, model="tiny", mode=None, data=None, split="test", description="generated",
-                      max_new_tokens=64, limit=64, seed=0, layers=4, topk=5, focus="poor", out="out/logit_lens"):
+                      max_new_tokens=64, limit=720, seed=0, layers=3, topk=4, focus="poor", out="out/logit_lens"):
     """Logit lens at the quality token : the final norm and the LM head applied to the hidden state of each of
     the last --layers decoder layers, at the last token before the level word. Per sample and layer: the top --topk
     tokens (softmax over the whole vocabulary) and the closed-set probabilities of the five levels; aggregated per
@@ -325,7 +325,7 @@ def attention_png(path, samples, result):
 
 
 def attention_report(ckpt=None, model="tiny", mode=None, data=None, split="test", description="generated",
-                     max_new_tokens=64, limit=64, seed=0, out="out/attention"):
+                     max_new_tokens=64, limit=720, seed=0, out="out/attention"):
     """Attention from the quality token : with eager attention, the query row of the last token before the
     level word, averaged over heads; its share on image tokens, prompt tokens, description tokens and the conclusion
     so far, per layer and over layers, averaged over samples. In two_stage mode there is no image (stage 2 is text
