@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates every number docs/results.md quotes from the demo: the demo itself, the feature baseline, the
 # freeze-flag ablation with the semantic shift, the two-stage path, scoring, the prompting table with hard samples,
-# CE against DeQA-Score's losses, and Q-SiT Table II's level precision. From the root of a clean clone, after the
+# CE against DeQA-Score's losses, Q-SiT Table II's level precision, and the dry-run memory estimate of every recipe the
+# docs quote. From the root of a clean clone, after the
 # README's install (it writes data/ and out/ with the docs' own commands; a run folder that exists is refused):
 #
 #   bash dev/demo_results.sh 2>&1 | tee results.log                  # about 1.5 hours on 2 CPU cores
@@ -9,15 +10,15 @@
 #   IQA_META_DIR=DIR bash dev/demo_results.sh                        # level_precision needs IQA-PyTorch's meta_info_*.csv
 #
 # Every step prints "## $ COMMAND" before it and "## N s" after it, so the log shows what made each number and how long
-# it took. Sections: demo features ablation two_stage scoring prompting score_losses level_precision seeds.
+# it took. Sections: demo features ablation two_stage scoring prompting score_losses level_precision seeds memory.
 set -euo pipefail
-SECTIONS=${SECTIONS:-"demo features ablation two_stage scoring prompting score_losses level_precision seeds"}
+SECTIONS=${SECTIONS:-"demo features ablation two_stage scoring prompting score_losses level_precision seeds memory"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 step() { echo "## $ $*"; local t0=$SECONDS; "$@"; echo "## $((SECONDS - t0)) s"; }
 echo "## commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%F), $(nproc) cores:" \
      "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
-if want demo || [ ! -f data/demo/meta.json ]; then
+if [[ "$SECTIONS" != memory ]] && { want demo || [ ! -f data/demo/meta.json ]; }; then
     step python prepare_data.py
 fi
 if want demo; then
@@ -95,5 +96,37 @@ if want seeds; then  # the demo's spread over training seeds (1337, the default,
         step python train.py config/demo.py --out out/demo_s$s --seed $s
         step python evaluate.py distortion --ckpt out/demo_s$s --tta true
     done
+fi
+if want memory; then  # train.py --dry_run true: the model on the meta device, no weights, no download
+    dry() { echo "## $ python train.py $* --dry_run true"; HF_HUB_OFFLINE=1 python train.py "$@" --dry_run true |
+            grep -E "^(total|weights|gradients|optimizer|activations) +[0-9.]+$|^fits a"; }
+    for t in encoder projector encoder,projector encoder,llm:24-31 llm projector,llm; do  # distortion, Table 1
+        dry config/distortion_mplug_owl2.py --model mplug-owl2-7b --seq_len 256 --trainable $t
+    done
+    for t in llm projector,llm; do
+        dry config/distortion_mplug_owl2.py --model mplug-owl2-7b --seq_len 256 --trainable $t --lora 128
+    done
+    dry --model mplug-owl2-7b --trainable encoder,projector,llm --lora 128 --batch_size 8 --seq_len 256  # two-stage
+    dry config/qsit_7b.py --model llava-onevision-7b --seq_len 8192 --interpret_val ""
+    dry config/qsit_7b.py --model llava-onevision-7b --seq_len 8192 --interpret_val "" --lora 0 \
+        --trainable encoder,projector,llm
+    dry config/qsit_mini.py --model llava-onevision-0.5b --interpret_val ""
+    dry --model mplug-owl2-7b --trainable llm --lora 128 --lora_alpha 256 --batch_size 8 --seq_len 256  # Q-Align LoRA
+    dry config/deqa_mplug_owl2_lora.py --model mplug-owl2-7b --seq_len 128
+    dry config/deqa_mplug_owl2.py --model mplug-owl2-7b --seq_len 128
+    dry config/deqa_llava_ov.py --model llava-onevision-7b
+    dry config/deqa_qwen25vl.py --model qwen2.5-vl-7b
+    # docs/training.md's A6000 table: batch 4 x 1024 tokens unless said
+    dry --model llava-onevision-0.5b --trainable encoder,projector,llm,head --batch_size 8 --grad_ckpt true
+    dry --model llava-onevision-7b --trainable encoder,projector --batch_size 4 --grad_ckpt false
+    for m in llava-onevision-7b qwen2.5-vl-7b mplug-owl2-7b; do
+        [ $m = llava-onevision-7b ] || dry --model $m --trainable encoder,projector --batch_size 4 --grad_ckpt true
+        last=llm:24-27; [ $m != mplug-owl2-7b ] || last=llm:24-31
+        dry --model $m --trainable encoder,projector,$last --batch_size 4 --grad_ckpt true
+        dry --model $m --trainable encoder,projector,llm --lora 64 --batch_size 4 --grad_ckpt true
+    done
+    dry --model qwen2.5-vl-7b --trainable encoder,projector --batch_size 4 --grad_ckpt false
+    dry --model qwen2.5-vl-7b --trainable encoder,projector,llm:20-27 --batch_size 4 --grad_ckpt true
+    for g in true false; do dry --model llava-onevision-7b --trainable encoder,projector,llm,head --batch_size 4 --grad_ckpt $g; done
 fi
 echo "## done"
