@@ -101,6 +101,8 @@ balance_step = 0.1             # a balance step multiplies the weights of the si
 balance_tol = 0.02             # no step while the ratio is within λ (1 ± tol) (our choice: the paper says "significantly")
 eval_every = 0                 # with --mix: also log the validation losses every this many steps (0: at epoch ends only)
 val_frac = 0.05                # with --mix: share of a source's train records held out when it has no val.jsonl
+val_max = 0                    # with --mix: validation records per source, a seeded subset (0 = all: Q-SiT validates on
+                               # the whole 10 % held out of its scoring data; a cap is quicker, our option)
 interpret_val = ""             # with --mix: a folder whose val.jsonl replaces the interpreting validation set (Q-SiT:
                                # LLVisionQA-dev, prepare_data.py --task qbench)
 lora = 0                       # LoRA rank for the llm part (llm or llm:A-B in --trainable); 0 = train it fully. Needs peft
@@ -130,7 +132,7 @@ def require(ok, message):
 for key in ("batch_size", "grad_accum", "epochs", "log_every", "seq_len"):
     require(config[key] > 0, f"--{key} must be a positive integer, got {config[key]}")
 for key in ("max_steps", "max_minutes", "warmup_steps", "ckpt_every", "ckpt_minutes", "eval_every", "lora", "lora_alpha",
-            "weight_decay", "lr_encoder", "balance_lambda"):
+            "weight_decay", "lr_encoder", "balance_lambda", "val_max"):
     require(math.isfinite(config[key]) and config[key] >= 0, f"--{key} must be a finite number >= 0, got {config[key]}")
 for key in ("lr", "grad_clip", "balance_step", "gpu_mem"):
     require(math.isfinite(config[key]) and config[key] > 0, f"--{key} must be a finite number > 0, got {config[key]}")
@@ -238,7 +240,8 @@ if mix:  # named sources sampled by weight per epoch, validation sets, --balance
     if not held_out and interpret_val or unanswered:
         raise SystemExit(f"--interpret_val {interpret_val}: val.jsonl has {len(held_out)} records, {len(unanswered)} without an "
                          f"answer (e.g. {unanswered[:2]}): a validation loss needs answers (LLVisionQA-dev, not -test)")
-    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, score_system=SYSTEM_PREFIX, interpret_val=held_out)
+    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, val_max=val_max, score_system=SYSTEM_PREFIX,
+                  interpret_val=held_out)
     print0(mixer.describe())
 elif balance:
     raise SystemExit("--balance needs --mix (e.g. --mix score:1.0,interpret:1.0)")

@@ -311,6 +311,13 @@ def test_demo_views_and_mixer(tmp_path):
     assert all(r["conversations"][0]["from"] == "human" for r in mixer.records if r["task"] == "describe")
     by_folder = data_mix.Mixer(str(tmp_path / "demo_score"), "demo_score:1", score_system=S.SYSTEM_PREFIX)  # a name may be a folder's base name
     assert not by_folder.system and len(by_folder.records) + len(by_folder.val["demo_score"]) == 18
+    # Q-SiT validates on the whole held-out share (its paper: 10 % of the training data), so by default nothing is
+    # capped; val_max keeps a seeded subset of that same set (our option, quicker)
+    n_val = len(mixer.val["score"])
+    capped = data_mix.Mixer(f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}", "score:1,interpret:2", seed=0,
+                            val_frac=0.25, val_max=1, score_system=S.SYSTEM_PREFIX)
+    assert n_val > 1 and len(capped.val["score"]) == 1 and capped.val["score"][0] in mixer.val["score"]
+    assert capped.groups == mixer.groups  # the cap drops validation records, it does not move them into training
 
 
 def test_train_mix_balance_end_to_end(tmp_path):

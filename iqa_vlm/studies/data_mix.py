@@ -295,10 +295,10 @@ class Mixer:
     (which reads the first source as D1, scoring, and the second as D2, interpreting; the others grow with D2).
 
     Validation records of a source come from its folder's val.jsonl, else a seeded val_frac of its train
-    records (held out of training). With more than one source, scoring records get the system turn `score_system`
+    records (held out of training), all of them unless val_max caps each source. With more than one source, scoring records get the system turn `score_system`
     (train.py passes scoring.SYSTEM_PREFIX)."""
 
-    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=256, score_system=None, interpret_val=None):
+    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=0, score_system=None, interpret_val=None):
         dirs = [d for d in data_dirs.split(",") if d] if isinstance(data_dirs, str) else list(data_dirs)
         self.mix, self.seed = parse_mix(spec), seed
         if interpret_val is not None and sum(w > 0 for w in self.mix.values()) < 2:
@@ -333,9 +333,9 @@ class Mixer:
             raise ValueError(f"--mix: no training records for {empty} in {dirs}")
         if interpret_val is not None:  # Q-SiT validates interpreting on LLVisionQA-dev, not on a share of D2
             self.val[self.interp] = list(interpret_val)
-        for n in names:  # a fixed, seeded subset keeps each evaluation comparable and quick
+        for n in names:  # val_max > 0: a fixed, seeded subset, quicker (ours); 0: all of it, as Q-SiT validates
             random.Random(f"valpick:{seed}:{n}").shuffle(self.val[n])
-            self.val[n] = self.val[n][:val_max]
+            self.val[n] = self.val[n][:val_max] if val_max else self.val[n]
         self.lam = None  # the balance reference; set by the first evaluation unless given
 
     def sizes(self):
