@@ -24,6 +24,7 @@ from iqa_vlm.common import boolean, run_subcommand
 
 def level_precision_args(p):
     p.add_argument("--meta", default=None, help="folder of IQA-PyTorch meta_info_*.csv files (e.g. a clone of IQA-PyTorch: pyiqa/data/meta_info)")
+    p.add_argument("--agiqa", default=None, help="AGIQA-3K's released data.csv (or its folder): Table II's AGIQA-3K row")
     p.add_argument("--data", default=None, help="prepared score folder(s), comma-separated (prepare_data.py --task score)")
     p.add_argument("--out", default="out", help="output folder")
 

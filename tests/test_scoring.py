@@ -393,3 +393,20 @@ def test_closed_set_is_read_from_meta_json(tmp_path):
     want = [p["score"] for p in S.eval_score(model, processor, recs, answer_prefix="The image is")]
     default = [p["score"] for p in S.eval_score(model, processor, recs)]
     assert got == want and got != default
+
+
+def test_level_precision_reads_agiqa3ks_released_data_csv(tmp_path):
+    """Table II has an AGIQA-3K row; its MOS comes from the release's data.csv (mos_quality), the layout of
+    tests/test_datasets.py::test_agiqa3k. Levels by equal intervals between the min and max: a hand count."""
+    import analyze
+    rows = [("a.jpg", 0.5), ("b.jpg", 1.4), ("c.jpg", 2.2), ("d.jpg", 3.1), ("e.jpg", 4.5), ("f.jpg", 4.4)]
+    with open(tmp_path / "data.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "prompt", "adj1", "adj2", "style", "mos_quality", "std_quality", "mos_align", "std_align"])
+        w.writerows([(n, "a prompt", "", "", "", m, 0.5, 3.0, 0.5) for n, m in rows])
+    res = analyze.main(["level-precision", "--agiqa", str(tmp_path), "--out", str(tmp_path / "o")])
+    r = res["agiqa3k"]
+    # (mos - 0.5) / 4.0 * 5 -> levels 1, 2, 3, 4, 5, 5 (bad .. excellent)
+    assert r["n"] == 6 and list(r["levels"].values()) == [1, 1, 1, 1, 2]
+    with pytest.raises(SystemExit, match="no data.csv there"):
+        analyze.main(["level-precision", "--agiqa", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])

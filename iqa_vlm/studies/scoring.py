@@ -248,11 +248,12 @@ LEVEL_META = {"koniq10k": ("mos", "higher_better"), "spaq": ("MOS", "higher_bett
               "csiq": ("dmos", "lower_better")}
 
 
-def level_precision_report(meta=None, data=None, out="out"):
+def level_precision_report(meta=None, agiqa=None, data=None, out="out"):
     """How much the MOS -> level conversion keeps: SRCC/PLCC between the 5 levels (1..5; equal intervals between
     the dataset's min and max, iqa_datasets.norm_scores) and the scores they come from, per dataset (the check of
-    Table II). Reads IQA-PyTorch meta_info CSVs (`meta`, a folder; no images needed) and/or prepared score folders
-    (`data`). Writes OUT/level_precision.json and prints the table."""
+    Table II). Reads IQA-PyTorch meta_info CSVs (`meta`, a folder; no images needed), AGIQA-3K's released data.csv
+    (`agiqa`: IQA-PyTorch has no meta_info file for it; its mos_quality column) and/or prepared score folders (`data`).
+    Writes OUT/level_precision.json and prints the table."""
     results = {}
     if meta:
         for source, (col, direction) in LEVEL_META.items():
@@ -261,6 +262,13 @@ def level_precision_report(meta=None, data=None, out="out"):
                 rows = iqa_io.read_csv(path, [col])[1]
                 scores = [iqa_io.num(r[col], f"{path}:{line}", col) for line, r in rows]
                 results[source] = {"file": path, "direction": direction, **level_precision(scores, direction)}
+    if agiqa:
+        path = os.path.join(agiqa, "data.csv") if os.path.isdir(agiqa) else agiqa
+        if not os.path.isfile(path):
+            raise SystemExit(f"level-precision: --agiqa {agiqa}: no data.csv there (AGIQA-3K's released metadata)")
+        rows = iqa_io.read_csv(path, ["mos_quality"])[1]
+        scores = [iqa_io.num(r["mos_quality"], f"{path}:{line}", "mos_quality") for line, r in rows]
+        results["agiqa3k"] = {"file": path, "direction": "higher_better", **level_precision(scores, "higher_better")}
     for d in [d for d in (data or "").split(",") if d]:
         with open(os.path.join(d, "meta.json")) as f:
             directions = json.load(f).get("score_direction", {})
@@ -272,7 +280,8 @@ def level_precision_report(meta=None, data=None, out="out"):
             results[f"{os.path.basename(os.path.normpath(d))}/{source}"] = {"direction": direction,
                                                                            **level_precision(scores, direction)}
     if not results:
-        raise SystemExit("level-precision: nothing read; give --meta DIR (pyiqa meta_info CSVs) and/or --data DIR")
+        raise SystemExit("level-precision: nothing read; give --meta DIR (pyiqa meta_info CSVs), --agiqa data.csv "
+                         "and/or --data DIR")
     print(f"{'dataset':24s} {'n':>6s} {'SRCC':>7s} {'PLCC':>7s}   images per level (bad..excellent)")
     for name, r in results.items():
         print(f"{name:24s} {r['n']:6d} {r['srcc']:7.4f} {r['plcc']:7.4f}   {list(r['levels'].values())}")
