@@ -5,7 +5,7 @@
     python prepare_data.py --out data/demo --seed 1          # another draw of the demo set
     python prepare_data.py --task distortion --kadid /data/kadid10k --tid2013 /data/tid2013 \\
         --live /data/databaserelease2 --csiq /data/CSIQ --out data/distortion   # any subset of the four
-    python prepare_data.py --task distortion --kadid /data/kadid10k --split random --out data/kadid_random
+    python prepare_data.py --task distortion --kadid /data/kadid10k --split ref --out data/kadid_by_ref
     python prepare_data.py --task score --koniq /data/koniq10k --spaq /data/SPAQ --livec /data/ChallengeDB_release \\
         --agiqa /data/AGIQA-3K --kadid /data/kadid10k --out data/score      # also --live --csiq --tid2013 (MOS view)
     python prepare_data.py --task score --demo data/demo --out data/demo_score          # scoring view of the demo
@@ -65,7 +65,9 @@ def main(argv=None):
                     "livec:cdf (default: koniq10k/kadid10k pdf, spaq cdf as the authors; others pdf)")
     ap.add_argument("--soft_spread", default="", help="--task score: what a source's std column holds, SOURCE:std|var "
                     "(default: kadid10k:var, its 'var' column)")
-    ap.add_argument("--split", default="ref", choices=["ref", "random"], help="8:2 by reference content, or random")
+    ap.add_argument("--split", default=None, choices=["ref", "random"],
+                    help="ref: --test_frac of each set by reference content (the default of --task score); random: "
+                         "per image (--task distortion's default: one draw over the mix, the distortion paper's)")
     ap.add_argument("--test_frac", type=float, default=0.2, help="share of each dataset tested (1: all of it, no val)")
     ap.add_argument("--check_images", type=boolean, default=True, help="decode every image (false: faster, less safe)")
     ap.add_argument("--skip_bad_images", type=boolean, default=False,
@@ -108,7 +110,7 @@ def main(argv=None):
             spread = parse_source_map(args.soft_spread, ("std", "var"), "--soft_spread")
         except ValueError as e:
             ap.error(str(e))
-        return make_score(datasets, args.out, args.split, args.seed, args.test_frac, args.val_frac, check_images,
+        return make_score(datasets, args.out, args.split or "ref", args.seed, args.test_frac, args.val_frac, check_images,
                           density, spread)
     if args.task in ("interpret", "general"):
         ap.error(f"--task {args.task} needs --llava_json FILE (or --demo DIR for interpret)")
@@ -120,7 +122,7 @@ def main(argv=None):
                          dead_leaves=args.dead_leaves)
     if not args.out:
         ap.error("--out is required with real datasets")
-    return make_distortion(datasets, args.out, args.split, args.seed, args.test_frac, check_images)
+    return make_distortion(datasets, args.out, args.split or "random", args.seed, args.test_frac, check_images)
 
 
 def check_arguments(args, ap):

@@ -7,7 +7,7 @@
 # One 48 GB GPU (--seq_len 256: 65 visual tokens + the prompt and answer stay under it) fits every row but those that
 # train the whole LM (dry-run estimates: docs/results.md); those need the paper's four GPUs (--fsdp true under
 # torchrun) or LoRA on one (--lora 128; then the LM learns through adapters, not as in the paper).
-#   python prepare_data.py --task distortion --live ... --csiq ... --kadid ... --tid2013 ... --split random --out data/distortion
+#   python prepare_data.py --task distortion --live ... --csiq ... --kadid ... --tid2013 ... --out data/distortion
 #   python sweeps/ablation.py --config config/distortion_mplug_owl2.py --partial_llm llm:24-31 \
 #       --baselines q-future/q-instruct-mplug-owl2-1031 --torchrun 4 --train_args "--fsdp true"
 #   python analyze.py distortion-tables --ablation out/ablation/ablation.json --shift out/semantic_shift/semantic_shift.json

@@ -490,8 +490,9 @@ def reference_images(items):
     return {(it["source"], it["ref"]): it["image"] for it in items if it["is_ref"]}
 
 
-def split_items(items, test_frac=0.2, by="ref", seed=0):
-    """Seeded train/test split, done per source so each dataset is split test_frac on its own.
+def split_items(items, test_frac=0.2, by="ref", seed=0, per_source=True):
+    """Seeded train/test split, done per source so each dataset is split test_frac on its own (per_source=False: once
+    over all items as one pool, as the distortion paper splits "the mix" of its four sets).
 
     by="ref": all items sharing (source, ref) fall on the same side; the references are shuffled and the
     number taken for test is the one whose item count comes closest to test_frac of the source's items
@@ -502,14 +503,15 @@ def split_items(items, test_frac=0.2, by="ref", seed=0):
     if not 0.0 <= test_frac <= 1.0:
         raise ValueError(f"test_frac {test_frac} must be in [0, 1]")
     test_idx = set()
-    sources = sorted({it["source"] for it in items})
+    sources = sorted({it["source"] for it in items}) if per_source else [None]
     for source in sources:
-        idx = [i for i, it in enumerate(items) if it["source"] == source and not it.get("is_train_only")]
+        idx = [i for i, it in enumerate(items) if source in (None, it["source"]) and not it.get("is_train_only")]
         rng = random.Random(f"{seed}:{source}")
         if by == "ref":
             groups = {}
             for i in idx:
-                groups.setdefault(str(items[i]["ref"] if items[i]["ref"] is not None else items[i]["id"]), []).append(i)
+                ref = items[i]["ref"] if items[i]["ref"] is not None else items[i]["id"]
+                groups.setdefault(str(ref) if per_source else f"{items[i]['source']}/{ref}", []).append(i)
             order = sorted(groups)
         else:
             groups = {str(i): [i] for i in idx}

@@ -677,6 +677,12 @@ def test_split_random():
         n = sum(i["source"] == source for i in items)
         assert sum(i["source"] == source for i in test) == round(0.2 * n)
     assert D.split_items(items, by="random", seed=3)[1] == test
+    # one draw over the mix (the distortion paper's split): the pool's share is exact, each source's only on average
+    train, test = D.split_items(items, test_frac=0.2, by="random", seed=3, per_source=False)
+    assert len(test) == round(0.2 * len(items)) and len(train) + len(test) == len(items)
+    assert {i["source"] for i in test} == {"a", "b"}
+    train, test = D.split_items(items, test_frac=0.2, by="ref", seed=3, per_source=False)
+    assert not {(i["source"], i["ref"]) for i in train} & {(i["source"], i["ref"]) for i in test}
     with pytest.raises(ValueError):
         D.split_items(items, by="nope")
 

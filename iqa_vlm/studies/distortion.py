@@ -53,29 +53,34 @@ def split_meta(train, test, **extra):
     return {"labels": LABELS, **closed_set_meta(LABELS, DISTORTION_PREFIX), "counts": counts, **extra}
 
 
-def make_distortion(datasets, out, split="ref", seed=0, test_frac=0.2, check_images=True):
-    """Distortion records from the official (or pyiqa) releases of `datasets` {source: folder} -> OUT."""
+def make_distortion(datasets, out, split="random", seed=0, test_frac=0.2, check_images=True):
+    """Distortion records from the official (or pyiqa) releases of `datasets` {source: folder} -> OUT. split "random"
+    (the default): one seeded 8:2 draw over the mix of all sets, as the distortion paper splits them; "ref": 8:2 within
+    each set by reference content, no content on both sides (our option)."""
     claim_output(out)  # before hours of reading, not after
-    train, test, infos = [], [], {}
+    train, test, infos, kept, ref_image = [], [], {}, [], {}
     for source, root in datasets.items():
         t0 = time.time()
         items, info = D.READERS[source](root, check_images=check_images)
         D.norm_scores(items, info)  # mos_norm in [0, 1] (higher = better) and the 5-level label
-        kept = [it for it in items if it["label"] is not None]
-        ref_image = D.reference_images(items)
-        tr, te = D.split_items(kept, test_frac=test_frac, by=split, seed=seed)
-        for dst, part in ((train, tr), (test, te)):
-            for it in part:
-                extra = {k: it[k] for k in ("mos", "mos_norm", "std", "level", "dist") if it.get(k) is not None}
-                if not it["is_ref"] and (it["source"], it["ref"]) in ref_image:
-                    extra["ref_image"] = ref_image[(it["source"], it["ref"])]
-                dst.append(distortion_record(it["id"], it["image"], it["label"], it["source"], it["ref"], **extra))
-        info["n_kept"], info["n_excluded_types"] = len(kept), len(items) - len(kept)
+        kept_here = [it for it in items if it["label"] is not None]
+        kept += kept_here
+        ref_image.update(D.reference_images(items))
+        info["n_kept"], info["n_excluded_types"] = len(kept_here), len(items) - len(kept_here)
         infos[source] = info
-        print(f"{source}: {len(items)} images read ({info.get('layout')} layout), {len(kept)} kept, "
-              f"{len(items) - len(kept)} of excluded types {info.get('excluded', {})}, {time.time() - t0:.1f}s" + iqa_io.skipped_note(info))
-    meta = split_meta(train, test, seed=seed, split_policy=f"by reference content, {1 - test_frac:.0%}/{test_frac:.0%}"
-                      if split == "ref" else f"random, {1 - test_frac:.0%}/{test_frac:.0%}", datasets=infos,
+        print(f"{source}: {len(items)} images read ({info.get('layout')} layout), {len(kept_here)} kept, "
+              f"{len(items) - len(kept_here)} of excluded types {info.get('excluded', {})}, {time.time() - t0:.1f}s"
+              + iqa_io.skipped_note(info))
+    tr, te = D.split_items(kept, test_frac=test_frac, by=split, seed=seed, per_source=split != "random")
+    for dst, part in ((train, tr), (test, te)):
+        for it in part:
+            extra = {k: it[k] for k in ("mos", "mos_norm", "std", "level", "dist") if it.get(k) is not None}
+            if not it["is_ref"] and (it["source"], it["ref"]) in ref_image:
+                extra["ref_image"] = ref_image[(it["source"], it["ref"])]
+            dst.append(distortion_record(it["id"], it["image"], it["label"], it["source"], it["ref"], **extra))
+    meta = split_meta(train, test, seed=seed, split_policy=f"by reference content within each set, {1 - test_frac:.0%}/"
+                      f"{test_frac:.0%}" if split == "ref" else f"random over the mix of all sets, {1 - test_frac:.0%}/"
+                      f"{test_frac:.0%}", datasets=infos,
                       score_direction={s: i.get("direction") for s, i in infos.items()},
                       score_range={s: i.get("score_range") for s, i in infos.items()})
     claim_output(out)
