@@ -74,6 +74,9 @@ def hard_samples_args(p):
                    help="Div features: clip:MODEL (the authors' ViT-B/32), vlm:MODEL_OR_CKPT (its visual tokens), thumbnail")
     p.add_argument("--div", default="cosine", choices=["cosine", "nearest_rms"],
                    help="cosine: 1 - cos to the picked set's mean feature (the authors'); nearest_rms: distance to the nearest pick")
+    p.add_argument("--feature_norm", default="none", choices=["none", "authors"],
+                   help="none: Div on the features as the paper defines it; authors: each feature's sign pattern, what "
+                        "their code's F.normalize(feat, dim=0) on a [1, 512] tensor gives (reproduces their selection)")
     p.add_argument("--fr", type=boolean, default=False, help="two-level selection: references, then their hardest images")
     p.add_argument("--n_refs", type=int, default=15, help="FR: references to select (the authors' 15)")
     p.add_argument("--per_ref", type=int, default=10, help="FR: images per selected reference (the authors' 10)")

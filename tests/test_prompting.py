@@ -352,6 +352,16 @@ def test_hard_samples_command_hand_computed(tmp_path):
     assert res["null_predictions"] == 1 and res["lambda"] == 1e-2 and res["eps"] == 1.0 and res["div"] == "cosine"
     assert json.load(open(out / "hard_samples.json"))["selected"] == res["selected"]
     assert (out / "hard_samples.png").read_bytes()[:4] == b"\x89PNG"
+    # --feature_norm authors: what the authors' F.normalize(feat, p=2, dim=0) does to a [1, D] feature (each element
+    # over itself: its sign), then the same greedy rule; thumbnails are >= 0, so a feature becomes 1s (0 for black)
+    import torch
+    x = torch.randn(1, 512)
+    assert np.array_equal(H.normalise_features(x.numpy(), "authors"), torch.nn.functional.normalize(x, p=2, dim=0).numpy())
+    signs = H.normalise_features(feats, "authors")
+    assert set(np.unique(signs)) <= {0.0, 1.0}
+    res_authors = analyze.main(base + ["--feature_norm", "authors"])
+    assert res_authors["selected"] == [f"s/{k}" for k, _, _ in H.greedy_select(error, signs, 3, 1e-2)]
+    assert res_authors["feature_norm"] == "authors" and res["feature_norm"] == "none"
     # FR without ref_image: references by (source, ref); all four share one here -> its 2 hardest
     res = analyze.main(base + ["--fr", "true", "--n_refs", "1", "--per_ref", "2"])
     assert res["selected"] == [f"s/{k}" for k in np.argsort(-error, kind="stable")[:2]] and (out / "hard_samples_fr.png").exists()

@@ -17,6 +17,11 @@ authors' is ViT-B/32, fed 224 x 224 RGB on [0, 1] without CLIP's normalisation, 
 VLM's own visual tokens, mean-pooled (--features vlm:MODEL_OR_CKPT), or 8 x 8 grayscale thumbnails (--features
 thumbnail, no model needed). --div nearest_rms: this repo's earlier Div (RMS distance to the nearest pick, 0 first).
 
+--feature_norm: the paper defines Div on the features f themselves (none, the default). The authors' code normalises
+each CLIP feature with F.normalize(feat, p=2, dim=0) on its [1, 512] tensor, along the batch axis of size 1: every
+element is divided by its own absolute value, so the feature becomes its sign pattern (+1 / -1 per dimension) and
+Div compares sign patterns. --feature_norm authors applies that, to reproduce their selection.
+
     python analyze.py hard-samples --data data/demo_score --pred out/score_tiny/predictions_score.jsonl --n 16
     python analyze.py hard-samples --data data/fr --experts psnr,ssim --fr true --features clip:openai/clip-vit-base-patch32
 """
@@ -31,6 +36,16 @@ from iqa_vlm.data import load_image, load_records
 from iqa_vlm.metrics import fit_logistic, logistic4
 
 DIVS = ("cosine", "nearest_rms")
+FEATURE_NORMS = ("none", "authors")
+
+
+def normalise_features(feats, how="none"):
+    """none: as they are (the paper's Div); authors: what F.normalize(x, p=2, dim=0) does to each [1, D] feature in
+    the authors' sample_selection.py, x / max(|x|, 1e-12) per element: the sign of each dimension (0 stays 0)."""
+    if how not in FEATURE_NORMS:
+        raise SystemExit(f"--feature_norm must be one of {FEATURE_NORMS}, got {how!r}")
+    feats = np.asarray(feats, dtype=float)
+    return feats if how == "none" else feats / np.maximum(np.abs(feats), 1e-12)
 
 
 def difficulty(q_w, q, sigma, eps=1.0):
@@ -151,7 +166,8 @@ def read_predictions(path):
 
 
 def select(pred=None, data="data/demo", split="test", n=16, lam=1e-2, eps=1.0, sigma=0.0, fr=False, n_refs=15, per_ref=10,
-           experts=None, features="clip:openai/clip-vit-base-patch32", div="cosine", out="out/hard_samples"):
+           experts=None, features="clip:openai/clip-vit-base-patch32", div="cosine", feature_norm="none",
+           out="out/hard_samples"):
     """Difficult, diverse samples (the module docstring's rule). Reads the records (`data`, `split`: MOS, std, image,
     reference) and q_w from a weak model's predictions (`pred`, joined by id) or from expert FR metrics (`experts`).
     Writes OUT/hard_samples[_fr].json (the selected ids in pick order, each pick's error and Div, the settings) and
@@ -160,6 +176,7 @@ def select(pred=None, data="data/demo", split="test", n=16, lam=1e-2, eps=1.0, s
         raise SystemExit("hard-samples: give --pred FILE (a weak model's predictions) or --experts LIST (FR metrics), one of them")
     if div not in DIVS:
         raise SystemExit(f"--div must be one of {DIVS}, got {div!r}")
+    normalise_features([], feature_norm)  # a bad value stops here, before any work
     records, seen = [], set()
     for r in load_records(data, split):
         if r.get("image") and r.get("mos") is not None and r["id"] not in seen:
@@ -193,14 +210,16 @@ def select(pred=None, data="data/demo", split="test", n=16, lam=1e-2, eps=1.0, s
         no_std += int(np.isnan(stds).sum())
         sig[ix] = np.where(np.isnan(stds), sigma, minmax(np.nan_to_num(stds, nan=np.nanmean(stds) if (~np.isnan(stds)).any() else 0)))
     error = difficulty(q_w, q, sig, eps)
-    feats = feature_fn(features)([r["image"] for r in cand])
+    feats = normalise_features(feature_fn(features)([r["image"] for r in cand]), feature_norm)
     if fr:
         keys = [r["ref_image"] if r.get("ref_image") else (r.get("source"), r.get("ref")) for r in cand]
         refs = sorted(set(keys), key=str)
         group = np.array([refs.index(k) for k in keys])
         ref_paths = [k for k in refs if isinstance(k, str)]
-        ref_feats = feature_fn(features)(ref_paths) if len(ref_paths) == len(refs) else \
-            np.stack([feats[group == g].mean(0) for g in range(len(refs))])
+        if len(ref_paths) == len(refs):
+            ref_feats = normalise_features(feature_fn(features)(ref_paths), feature_norm)
+        else:
+            ref_feats = np.stack([feats[group == g].mean(0) for g in range(len(refs))])
         ref_picks, order = select_fr(error, group, ref_feats, n_refs, per_ref, lam, div)
         chosen_refs = [{"reference": refs[g] if isinstance(refs[g], str) else "/".join(map(str, refs[g])),
                         "mean_error": round(e, 6), "div": round(d, 6)} for g, e, d in ref_picks]
@@ -210,7 +229,7 @@ def select(pred=None, data="data/demo", split="test", n=16, lam=1e-2, eps=1.0, s
     div_final = diversity(np.asarray(feats, dtype=float), order, div)
     result = {"what": "difficult samples, greedy (q_w - q)^2 / (sigma^2 + eps) + lambda * Div", "mode": "FR" if fr else "NR",
               "data": data, "split": split, "pred": pred, "experts": experts, "lambda": lam, "eps": eps,
-              "features": features, "div": div,
+              "features": features, "div": div, "feature_norm": feature_norm,
               "normalisation": "q (MOS, higher = better) and sigma (std) min-max to [0, 1] per source; q_w logistic-fitted onto q",
               "n_records": len(records), "n_candidates": len(cand), "no_prediction": len(records) - len(cand),
               "null_predictions": null, "no_std": no_std, "selected": [cand[i]["id"] for i in order],
