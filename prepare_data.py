@@ -36,7 +36,7 @@ from iqa_vlm.studies.distortion import make_distortion
 from iqa_vlm.studies.qbench import make_demo_mcq, make_qbench
 from iqa_vlm.studies.deqa import parse_source_map
 from iqa_vlm.studies.scoring import make_score
-from iqa_vlm.studies.two_stage import make_pathway
+from iqa_vlm.studies.two_stage import make_pathway, pathway_parts
 
 
 def main(argv=None):
@@ -61,6 +61,10 @@ def main(argv=None):
                          "test sets (comma-separated), matched by file name and by content hash; counted in meta.json")
     ap.add_argument("--val_frac", type=float, default=None, help="share of the training part held out as val.jsonl "
                     "(default: 0.1 for --task score, Q-SiT's; 0.05 otherwise)")
+    ap.add_argument("--pathway_split", default="6000,720",
+                    help="--task pathway --llava_json: TRAIN,TEST records drawn (seeded) from those that split into a "
+                         "description and a conclusion; the two-stage paper's 6,000 + 720 by default; 'all': every "
+                         "record, --val_frac of them held out as val, no test (our option)")
     ap.add_argument("--soft_density", default="", help="--task score: DeQA soft-label density per source, e.g. "
                     "livec:cdf (default: koniq10k/kadid10k pdf, spaq cdf as the authors; others pdf)")
     ap.add_argument("--soft_spread", default="", help="--task score: what a source's std column holds, SOURCE:std|var "
@@ -149,13 +153,28 @@ def main_pathway(args, ap):
     records, report = read_instruction(args.llava_json, args.image_root, task="reason")
     if args.exclude_test:
         records, report["excluded_test_images"] = exclude_test_images(records, args.exclude_test)
-    rng, splits = random.Random(f"{args.seed}:{args.llava_json}"), {"train": [], "val": [], "test": []}
-    for r in records:
-        splits["val" if rng.random() < args.val_frac else "train"].append(r)
     print(f"{args.llava_json}: {report['kept']} of {report['entries']} conversations read, {report['missing_images']} "
           f"with a missing image dropped, skipped {report['skipped'] or 'none'}")
-    return make_pathway(splits, args.out, {"source_file": os.path.abspath(args.llava_json), "seed": args.seed,
-                                           "val_frac": args.val_frac, "read": report})
+    meta = {"source_file": os.path.abspath(args.llava_json), "seed": args.seed, "read": report}
+    if args.pathway_split == "all":
+        rng, splits = random.Random(f"{args.seed}:{args.llava_json}"), {"train": [], "val": [], "test": []}
+        for r in records:
+            splits["val" if rng.random() < args.val_frac else "train"].append(r)
+        return make_pathway(splits, args.out, {**meta, "pathway_split": "all", "val_frac": args.val_frac})
+    try:
+        n_train, n_test = (int(x) for x in args.pathway_split.split(","))
+        assert n_train > 0 and n_test >= 0
+    except (ValueError, AssertionError):
+        ap.error(f"--pathway_split {args.pathway_split!r}: expected TRAIN,TEST counts (e.g. 6000,720) or 'all'")
+    usable = [r for r in records if pathway_parts(r)[0] is not None]
+    if len(usable) < n_train + n_test:
+        ap.error(f"--pathway_split {n_train},{n_test}: {args.llava_json} has {len(usable)} records that split into a "
+                 f"description and a conclusion (of {len(records)} read); give smaller counts or 'all'")
+    drawn = random.Random(f"{args.seed}:pathway_split").sample(usable, n_train + n_test)
+    splits = {"train": drawn[:n_train], "val": [], "test": drawn[n_train:]}
+    print(f"pathway split: {n_train} train + {n_test} test drawn from {len(usable)} usable of {len(records)} records")
+    return make_pathway(splits, args.out, {**meta, "pathway_split": {"train": n_train, "test": n_test,
+                                                                     "usable": len(usable), "read": len(records)}})
 
 
 if __name__ == "__main__":

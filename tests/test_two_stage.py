@@ -107,7 +107,8 @@ def test_pathway_views_from_llava_json_count_and_exclude(tmp_path):
                                                                 {"from": "gpt", "value": "Overall, the quality is bad."}]}]
     (tmp_path / "q.json").write_text(json.dumps(entries))
     out = tmp_path / "pw"
-    prepare_data.main(["--task", "pathway", "--llava_json", str(tmp_path / "q.json"), "--out", str(out), "--val_frac", "0"])
+    prepare_data.main(["--task", "pathway", "--llava_json", str(tmp_path / "q.json"), "--out", str(out), "--val_frac", "0",
+                       "--pathway_split", "all"])
     meta = json.loads((out / "meta.json").read_text())
     rep = meta["split"]
     assert rep["records_in"] == 5 and rep["kept"] == 2 and rep["levels"] == {"poor": 1, "good": 1}
@@ -308,3 +309,34 @@ def test_logit_lens_and_attention_default_to_the_papers_settings():
         params = inspect.signature(fn).parameters
         assert params["limit"].default == 720
     assert inspect.signature(QT.logit_lens_report).parameters["layers"].default == 3
+
+
+def test_pathway_split_defaults_to_the_papers_6000_and_720(tmp_path, capsys):
+    """The two-stage paper (001, Sec. 4.1): "we randomly select 6,720 samples from the Q-Pathway dataset, with 6,000
+    samples allocated to the training set" (the other 720 test: Fig. 5 averages 720). The draw is seeded, from the
+    records that split into a description and a conclusion; too few is an error naming the counts."""
+    import prepare_data
+    q = "<image>\nDescribe and evaluate the quality of the image."
+    entries = []
+    for i in range(12):
+        Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        answer = FLOWER + (" Overall, the quality of the image is poor." if i % 4 else "")  # every 4th: no conclusion
+        entries.append({"id": f"r{i}", "image": f"{i}.png", "conversations": [{"from": "human", "value": q},
+                                                                            {"from": "gpt", "value": answer}]})
+    (tmp_path / "q.json").write_text(json.dumps(entries))
+    with pytest.raises(SystemExit):  # the default 6000 + 720 cannot be drawn from 9 usable records
+        prepare_data.main(["--task", "pathway", "--llava_json", str(tmp_path / "q.json"), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert "--pathway_split 6000,720: " in err and "has 9 records that split into a description and a conclusion" in err
+    ids = []
+    for k in range(2):
+        out = tmp_path / f"pw{k}"
+        prepare_data.main(["--task", "pathway", "--llava_json", str(tmp_path / "q.json"), "--out", str(out),
+                           "--pathway_split", "6,2"])
+        split = {s: [json.loads(l)["id"] for l in open(out / "one_stage" / f"{s}.jsonl")] for s in ("train", "val", "test")}
+        assert (len(split["train"]), len(split["val"]), len(split["test"])) == (6, 0, 2)
+        assert not set(split["train"]) & set(split["test"]) and not {"r0", "r4", "r8"} & set(split["train"] + split["test"])
+        ids.append(split)
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["pathway_split"] == {"train": 6, "test": 2, "usable": 9, "read": 12}
+    assert ids[0] == ids[1]  # seeded

@@ -150,6 +150,25 @@ def answer_level(text):
 PATHWAY_KEEP = ("source", "ref", "level", "mos", "mos_norm", "std", "label", "severity")  # carried into every view
 
 
+def pathway_parts(r):
+    """One pathway record -> (split_feedback's parts + question + answer, None), or (None, (reason, text)) when it
+    cannot be split into a description and a concluding level."""
+    answers = [t["value"] for t in r["conversations"] if t["from"] == "gpt"]
+    questions = [t for t in r["conversations"] if t["from"] == "human"]
+    if len(answers) != 1 or len(questions) != 1:
+        return None, ("not one question and one answer", json.dumps(r["conversations"])[:400])
+    if not r.get("image"):
+        return None, ("no image", answers[0])
+    parts = split_feedback(answers[0])
+    if parts["level"] is None:
+        return None, (parts["reason"], answers[0])
+    if not parts["description"]:
+        return None, ("nothing before the concluding sentence", answers[0])
+    if r.get("level") and r["level"] != parts["level"]:  # the demo's level comes from its MOS
+        return None, ("the conclusion's level differs from the record's level", answers[0])
+    return {**parts, "question": questions[0]["value"].replace("<image>", "").strip(), "answer": answers[0]}, None
+
+
 def make_pathway(splits, out, meta):
     """Pathway feedback (a description ending in a conclusion that names the quality) -> three views, each a prepared
     folder: OUT/one_stage (image -> whole feedback), OUT/stage1 (image -> description without its conclusion),
@@ -167,30 +186,16 @@ def make_pathway(splits, out, meta):
 
     for name, recs in splits.items():
         for r in recs:
-            answers = [t["value"] for t in r["conversations"] if t["from"] == "gpt"]
-            questions = [t for t in r["conversations"] if t["from"] == "human"]
-            if len(answers) != 1 or len(questions) != 1:
-                exclude(r, "not one question and one answer", json.dumps(r["conversations"])[:400])
-                continue
-            if not r.get("image"):
-                exclude(r, "no image", answers[0])
-                continue
-            parts = split_feedback(answers[0])
-            if parts["level"] is None:
-                exclude(r, parts["reason"], answers[0])
-                continue
-            if not parts["description"]:
-                exclude(r, "nothing before the concluding sentence", answers[0])
-                continue
-            if r.get("level") and r["level"] != parts["level"]:  # the demo's level comes from its MOS
-                exclude(r, "the conclusion's level differs from the record's level", answers[0])
+            parts, why = pathway_parts(r)
+            if parts is None:
+                exclude(r, *why)
                 continue
             extra = {k: r[k] for k in PATHWAY_KEEP if r.get(k) is not None}
             extra.update(level=parts["level"], description=parts["description"])
             position[parts["position"]] += 1
             levels[parts["level"]] += 1
-            question = questions[0]["value"].replace("<image>", "").strip()
-            views["one_stage"][name].append(one_stage_record(r["id"], r["image"], answers[0], question=question, **extra))
+            views["one_stage"][name].append(one_stage_record(r["id"], r["image"], parts["answer"], question=parts["question"],
+                                                             **extra))
             views["stage1"][name].append(stage1_record(r["id"], r["image"], parts["description"], **extra))
             views["stage2"][name].append(stage2_record(r["id"], parts["description"], **extra))
     n_in = sum(len(recs) for recs in splits.values())
