@@ -323,16 +323,18 @@ def test_evaluations_and_analyses_run_on_tiny_mplug_owl2(tmp_path):
 def test_paper_tables_in_the_papers_shape(tmp_path, capsys):
     """The two commands that print a run beside the distortion and two-stage papers' tables, on hand-made outputs."""
     import analyze
-    ablation = {"encoder (encoder)": {"accuracy": 0.5}, "untuned (options listed)": {"accuracy": 0.125},
+    ablation = {"encoder (encoder)": {"accuracy": 0.5, "generation_accuracy": 0.4},
+                "untuned (options listed)": {"accuracy": 0.125, "generation_accuracy": 0.1},
                 "untuned q-future/q-instruct-mplug-owl2-1031 (options listed)": {"accuracy": 0.0905}}
     (tmp_path / "ablation.json").write_text(json.dumps(ablation))
     shift = {"columns": ["encoder"], "table": {"mean": {"Similarity": {"encoder": {"mean": 1.5}},
                                                         "Logits": {"encoder": {"mean": 0.1}}}}}
     (tmp_path / "shift.json").write_text(json.dumps(shift))
     text = analyze.main(["distortion-tables", "--ablation", str(tmp_path / "ablation.json"), "--shift", str(tmp_path / "shift.json")])
-    rows = {line[:40].strip(): line.split()[-2:] for line in text.splitlines() if line[:1].isalpha()}
-    assert rows["encoder (encoder)"] == ["50.00", "83.43"] and rows["untuned (options listed)"] == ["12.50", "14.92"]
-    assert rows["untuned q-future/q-instruct-mplug-owl2-1"] == ["9.05", "9.05"]  # its row beside the paper's Q-Instruct
+    # the paper's metric (the generated answer) first, the closed set second, the paper's number last
+    rows = {line[:40].strip(): line.split()[-3:] for line in text.splitlines() if line[:1].isalpha()}
+    assert rows["encoder (encoder)"] == ["40.00", "50.00", "83.43"] and rows["untuned (options listed)"] == ["10.00", "12.50", "14.92"]
+    assert rows["untuned q-future/q-instruct-mplug-owl2-1"] == ["nan", "9.05", "9.05"]  # beside the paper's Q-Instruct
     assert "150.00  181.00" in text and "10.00   10.96" in text
     for mode, srcc in (("one_stage", 0.3), ("two_stage", 0.6)):
         d = tmp_path / mode
