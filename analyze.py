@@ -58,6 +58,9 @@ def semantic_shift_args(p):
                    help="mean: score the token-mean vector; max: best single token; both: report both")
     p.add_argument("--limit", type=int, default=2000, help="at most this many samples (seeded random subset); 0 = all")
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--label_embedding", default="base", choices=["base", "own"],
+                   help="L in the 'after' terms: base: the base model's embedding (Eq. 1 as printed); own: the fine-tuned "
+                        "model's (the only reading under which an LM-only run can move Similarity)")
     p.add_argument("--out", default="out/semantic_shift", help="output folder")
 
 

@@ -272,6 +272,15 @@ def load_evaluated(ckpt=None, model=None, device="cpu", dtype=torch.float32, all
     return vlm.eval(), processor, cfg, name
 
 
+def image_inputs(processor, images):
+    """The pixel inputs of `images` (PIL) exactly as the processor makes them for a prompt, so that the visual tokens
+    compared are the ones the model trains and evaluates on: mPLUG-Owl2's processor pads to a square with the mean
+    colour first (its pixel_values), the others hand the images to their image processor."""
+    if hasattr(processor, "pixel_values"):
+        return {"pixel_values": processor.pixel_values(images)}
+    return processor.image_processor(images=images, return_tensors="pt")
+
+
 def visual_tokens(model, image_inputs):
     """The projected visual tokens that enter the LM, one (tokens, hidden) tensor per image.
 

@@ -173,6 +173,21 @@ def test_lm_only_change_moves_the_logit_not_the_cosine(tiny, tmp_path):
     assert not result["checkpoints"]["llm"]["label_embedding_changed_by_tuning"]
 
 
+def test_an_lm_run_moves_similarity_only_when_l_is_read_from_the_tuned_model(tiny, tmp_path):
+    """Eq. 1 as printed keeps one L: an LM-only run (V untouched) has Similarity 0. With --label_embedding own the
+    'after' cosine reads L from the tuned model's embedding, which a run that trains the embeddings (head) moved."""
+    model, _ = tiny
+    data = write_images_and_records(tmp_path / "data")
+    emb = model.get_input_embeddings().weight
+    name = next(n for n, p in model.named_parameters() if p is emb)
+    ckpt = write_checkpoint(tmp_path / "lm", "llm,head", data, {name: emb + 0.1 * torch.randn_like(emb)})
+    base = run_cmd("--ckpt", ckpt, "--out", str(tmp_path / "base"), "--pool", "mean")
+    own = run_cmd("--ckpt", ckpt, "--out", str(tmp_path / "own"), "--pool", "mean", "--label_embedding", "own")
+    assert base["table"]["mean"]["Similarity"]["llm,head"]["mean"] == 0.0
+    assert own["table"]["mean"]["Similarity"]["llm,head"]["mean"] != 0.0
+    assert own["checkpoints"]["llm,head"]["label_embedding_changed_by_tuning"] and own["label_embedding"] == "own"
+
+
 def test_bad_ckpt_gives_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match=r"--ckpt .*nope: no such folder"):
         run_cmd("--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))

@@ -112,6 +112,11 @@ def test_pixel_values_equal_the_reference_preprocessing(tmp_path):
         bg = tuple(int(x * 255) for x in ip.image_mean)
         want = ip(images=[R.expand2square(img, bg)], return_tensors="pt")["pixel_values"]
         torch.testing.assert_close(processor.pixel_values([img]), want, atol=0, rtol=0)
+        # the analyses (semantic shift, hard samples' vlm features) take the same path, pad to square included
+        from iqa_vlm.model import image_inputs
+        torch.testing.assert_close(image_inputs(processor, [img])["pixel_values"], want, atol=0, rtol=0)
+        if (w, h) != (256, 256):  # the image processor alone (resize + centre crop) sees other pixels
+            assert not torch.equal(ip(images=[img], return_tensors="pt")["pixel_values"], want)
 
 
 # ============================================================================ prompt ids from a SentencePiece model

@@ -25,8 +25,8 @@ from iqa_vlm import iqa_io
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot, read_json
 from iqa_vlm.data import LABELS, claim_output, closed_set_meta, closed_set_token_ids, encode_prompts, load_image, load_records, read_closed_set
 from iqa_vlm.level_ce import level_cross_entropy
-from iqa_vlm.model import (eval_device, eval_out, last_token_logits, lm_readout, load_checkpoint, load_evaluated, load_model,
-                   read_run_config, to_device, visual_tokens)
+from iqa_vlm.model import (eval_device, eval_out, image_inputs, last_token_logits, lm_readout, load_checkpoint,
+                           load_evaluated, load_model, read_run_config, to_device, visual_tokens)
 
 # ----------------------------------------------------------------------------- prompts (the paper's, verbatim)
 DISTORTION_QUESTION = "Looking at the image above, what is the synthetic distortion in the image?"
@@ -340,7 +340,7 @@ def label_scores(model, processor, records, label_ids, label_embs, pools, batch_
     scores = {pool: {"cos": [], "logit": []} for pool in pools}
     for start in tqdm(range(0, len(records), batch_size), desc="semantic shift", unit="batch"):
         recs = records[start:start + batch_size]
-        images = processor.image_processor(images=[load_image(r["image"]) for r in recs], return_tensors="pt")
+        images = image_inputs(processor, [load_image(r["image"]) for r in recs])
         images = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in images.items()}
         for i, tokens in enumerate(visual_tokens(model, images), start):
             bias = None if head.bias is None else head.bias[label_ids[i]]
@@ -415,7 +415,8 @@ def semantic_shift_png(path, columns, runs, pools):
     atomic_write_png(path, fig)
 
 
-def semantic_shift(ckpts, data=None, split="test", pool="both", limit=2000, batch_size=32, out="out/semantic_shift"):
+def semantic_shift(ckpts, data=None, split="test", pool="both", limit=2000, batch_size=32, label_embedding="base",
+                   out="out/semantic_shift"):
     """Where perception lives (Table 2 and Fig. 6): for each --ckpt (a train.py output), how far the
     projected visual tokens V moved toward the label token's input embedding L, relative to the checkpoint's base:
       Similarity = (cos(V, L) - cos(V_init, L)) / |cos(V_init, L)|
@@ -427,7 +428,16 @@ def semantic_shift(ckpts, data=None, split="test", pool="both", limit=2000, batc
     the token-mean vector, max the best single token, both gives both. Writes OUT/semantic_shift.json (table and
     summaries), OUT/semantic_shift_samples.jsonl (per sample: cosine and logit before and after) and
     OUT/semantic_shift.png (joint distribution of cosine and logit before vs after, a panel per checkpoint), and
-    prints the table."""
+    prints the table.
+
+    label_embedding: base (the default, Eq. 1 as printed: one L, the base model's embedding, in both terms) or own (the
+    "after" terms read L from the fine-tuned model's own input embedding). As printed, a checkpoint that trains only
+    the LM cannot move V, which is made before the LM, so its Similarity is 0 by construction; the paper's LM column
+    (0.42 %) is not. It can come out nonzero only if the LM's fine-tuning also moved the label's embedding and L is
+    read from the fine-tuned model (own, with the embeddings trained: --trainable llm,head), or from numerical noise
+    of the paper's own runs; the paper does not say which, so both readings are offered and base stays the default."""
+    if label_embedding not in ("base", "own"):
+        raise SystemExit(f"--label_embedding must be base or own, got {label_embedding!r}")
     pools = list(SHIFT_POOLS) if pool == "both" else [pool]
     cfgs = [read_run_config(c, "semantic-shift") for c in ckpts]  # every folder checked before any model loads
     columns = []
@@ -455,8 +465,10 @@ def semantic_shift(ckpts, data=None, split="test", pool="both", limit=2000, batc
         model, processor, _ = load_checkpoint(ckpt, dtype=dtype, device=device)
         model.eval()
         print(f"{ckpt} ({col}): scoring {len(records)} samples", flush=True)
-        tuned = label_scores(model, processor, records, label_ids, label_embs, pools, batch_size, device)
-        embedding_moved = not torch.equal(model.get_input_embeddings().weight[label_ids].detach(), label_embs)
+        own_embs = model.get_input_embeddings().weight[label_ids].detach()
+        tuned = label_scores(model, processor, records, label_ids, own_embs if label_embedding == "own" else label_embs,
+                             pools, batch_size, device)
+        embedding_moved = not torch.equal(own_embs, label_embs)
         del model
         summary = {pool: {"Similarity": shift_summary(relative_shift(tuned[pool]["cos"], init[pool]["cos"])),
                           "Logits": shift_summary(relative_shift(tuned[pool]["logit"], init[pool]["logit"])),
@@ -473,7 +485,9 @@ def semantic_shift(ckpts, data=None, split="test", pool="both", limit=2000, batc
               "similarity": "(cos(V, L) - cos(V_init, L)) / |cos(V_init, L)|",
               "logits": "(p(V, L) - p_init(V_init, L)) / |p_init(V_init, L)|",
               "V": "projected visual tokens entering the LM (the multimodal projector's output)",
-              "L": "input embedding (of the base model) of the first token of the sample's true label word",
+              "L": "input embedding of the first token of the sample's true label word: "
+                   + ("the base model's, in both terms" if label_embedding == "base" else
+                      "the base model's before, the fine-tuned model's own after"), "label_embedding": label_embedding,
               "p": SHIFT_LOGIT, "pooling": {p: SHIFT_POOLS[p] for p in pools},
               "statistic": "mean and median over samples; samples with a zero 'before' value are left out (n_nonfinite)",
               "data": data_dirs, "split": split, "n": len(records), "columns": columns, "table": table,

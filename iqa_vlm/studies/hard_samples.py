@@ -124,7 +124,7 @@ def feature_fn(spec):
             return np.stack(out)
         return clip_features
     if kind == "vlm" and name:
-        from iqa_vlm.model import load_evaluated, visual_tokens
+        from iqa_vlm.model import image_inputs, load_evaluated, visual_tokens
         is_run = os.path.exists(os.path.join(name, "trainable.safetensors"))  # a train.py folder, else a model name
         vlm, processor = load_evaluated(name if is_run else None, None if is_run else name)[:2]
 
@@ -132,7 +132,7 @@ def feature_fn(spec):
         def vlm_features(paths):
             out = []
             for p in paths:
-                inputs = processor.image_processor(images=[load_image(p)], return_tensors="pt")
+                inputs = image_inputs(processor, [load_image(p)])
                 out.append(visual_tokens(vlm, inputs)[0].float().mean(0).numpy())
             return np.stack(out)
         return vlm_features
