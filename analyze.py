@@ -128,6 +128,10 @@ def distortion_tables_args(p):
 def two_stage_tables_args(p):
     p.add_argument("--one_stage", default=None, help="folder of evaluate.py two-stage --pipeline one_stage (eval_one_stage.json)")
     p.add_argument("--two_stage", default=None, help="folder of evaluate.py two-stage (eval_two_stage.json)")
+    p.add_argument("--baseline", default=None, help="Table 2's baseline: folder of evaluate.py two-stage --pipeline "
+                                                    "one_stage --model MAGAer13/mplug-owl2-llama2-7b (the untuned model)")
+    p.add_argument("--q_align", default=None, help="Table 2's Q-Align: folder of evaluate.py score --model "
+                                                   "q-future/one-align (eval_score.json)")
     p.add_argument("--instability", action="append", default=[], metavar="NAME=ONE_DIR,TWO_DIR",
                    help="per dataset (SPAQ+KONIQ, LIVE, CSIQ): the folders of evaluate.py instability, one-stage and "
                         "two-stage (repeat)")

@@ -351,6 +351,18 @@ def test_paper_tables_in_the_papers_shape(tmp_path, capsys):
     live = [line for line in text.splitlines() if line.startswith("LIVE")]
     assert live[0].split()[1:3] == ["0.3000/0.3100", "0.6000/0.6100"] and "0.7006/0.7161" in live[0]
     assert live[1].split()[1] == "15.00" and "16.27 (+-0.47), 4.09 (+-0.11)" in live[1]
+    # all four of the paper's columns, and its inference-time row
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "eval_one_stage.json").write_text(json.dumps({"per_source": {"live": {"srcc": 0.05, "plcc": 0.06}},
+                                                                       "latency_s_per_image": {"batch_1_median": 0.25}}))
+    (tmp_path / "qalign").mkdir()
+    (tmp_path / "qalign" / "eval_score.json").write_text(json.dumps({"per_source": {"live": {"srcc": 0.9, "plcc": 0.8}}}))
+    text = analyze.main(["two-stage-tables", "--one_stage", str(tmp_path / "one_stage"), "--two_stage", str(tmp_path / "two_stage"),
+                         "--baseline", str(tmp_path / "base"), "--q_align", str(tmp_path / "qalign")])
+    live = next(line for line in text.splitlines() if line.startswith("LIVE")).split()
+    assert live[1:5] == ["0.0500/0.0600", "0.3000/0.3100", "0.9000/0.8000", "0.6000/0.6100"]
+    times = next(line for line in text.splitlines() if line.startswith("Inference")).split()
+    assert times[1:5] == ["0.2500s", "-", "-", "-"] and "0.2044s" in times
 
 
 def test_training_batches_from_a_sentencepiece_checkpoint(sp_folder):

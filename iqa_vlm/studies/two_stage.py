@@ -512,24 +512,36 @@ PAPER_QUALITY = {"SPAQ": {"baseline": (0.1364, 0.1267), "Q-Instruct": (0.3229, 0
                           "Ours": (0.7006, 0.7161)},
                  "CSIQ": {"baseline": (-0.0205, -0.0298), "Q-Instruct": (0.3641, 0.3586), "Q-Align": (0.7419, 0.6348),
                           "Ours": (0.5201, 0.6176)}}          # Table 2: SRCC / PLCC, mPLUG-Owl2-7B
+PAPER_TIME = {"baseline": 0.1605, "Q-Instruct": 0.1467, "Q-Align": 0.1603, "Ours": 0.2044}  # Table 2's last row
 PAPER_INSTABILITY = {"SPAQ+KONIQ": ((22.00, 0.08), (12.39, 0.52)), "LIVE": ((16.27, 0.47), (4.09, 0.11)),
                      "CSIQ": ((13.17, 0.27), (6.08, 0.63))}   # Table 1: %, (one-stage, two-stage), mean (+- std)
 PAPER_SOURCES = {"SPAQ": "spaq", "KONIQ": "koniq10k", "LIVE": "live", "CSIQ": "csiq"}
 
 
-def paper_tables(one_stage=None, two_stage=None, instability=()):
-    """analyze.py two-stage-tables: Table 2 (SRCC/PLCC per dataset) from evaluate.py two-stage outputs (the folders of
-    eval_one_stage.json and eval_two_stage.json), Table 1 (instability ratio per dataset) from evaluate.py instability
-    outputs, given per dataset as 'NAME=ONE_STAGE_DIR,TWO_STAGE_DIR'; each beside the paper's numbers."""
-    lines = ["Table 2: SRCC/PLCC (paper: baseline, Q-Instruct one-stage, Q-Align, two-stage)",
-             f"{'dataset':12s}{'one-stage':>17s}{'two-stage':>17s}   paper: " + "  ".join(PAPER_QUALITY['SPAQ'])]
-    runs = {m: read_json(os.path.join(d, f"eval_{m}.json"))["per_source"] for m, d in (("one_stage", one_stage),
-                                                                                      ("two_stage", two_stage)) if d}
+def paper_tables(one_stage=None, two_stage=None, instability=(), baseline=None, q_align=None):
+    """analyze.py two-stage-tables: Table 2 (SRCC/PLCC per dataset and the inference time per image) in the paper's
+    columns: baseline (evaluate.py two-stage --pipeline one_stage on the untuned model: eval_one_stage.json),
+    Q-Instruct (the one-stage run, `one_stage`), Q-Align (evaluate.py score on its released checkpoint:
+    eval_score.json, no latency) and ours (`two_stage`: eval_two_stage.json); Table 1 (instability ratio per dataset)
+    from evaluate.py instability outputs, given per dataset as 'NAME=ONE_STAGE_DIR,TWO_STAGE_DIR'; each beside the
+    paper's numbers."""
+    systems = [(name, d, f) for name, d, f in (("baseline", baseline, "eval_one_stage.json"),
+                                               ("Q-Instruct", one_stage, "eval_one_stage.json"),
+                                               ("Q-Align", q_align, "eval_score.json"),
+                                               ("Ours", two_stage, "eval_two_stage.json")) if d]
+    runs = {name: read_json(os.path.join(d, f)) for name, d, f in systems}
+    lines = ["Table 2: SRCC/PLCC, this run's columns then the paper's (baseline, Q-Instruct = one-stage, Q-Align, "
+             "Ours = two-stage)", f"{'dataset':12s}" + "".join(f"{n:>17s}" for n in runs) + "   paper: "
+             + "  ".join(PAPER_QUALITY["SPAQ"])]
     cell = lambda m: "-" if m is None or m.get("srcc") is None else f"{m['srcc']:.4f}/{m['plcc']:.4f}"
     for name, source in PAPER_SOURCES.items():
-        ours = [cell(runs.get(m, {}).get(source)) for m in ("one_stage", "two_stage")]
+        ours = "".join(f"{cell(r['per_source'].get(source)):>17s}" for r in runs.values())
         paper = "  ".join(f"{a:.4f}/{b:.4f}" for a, b in PAPER_QUALITY[name].values())
-        lines.append(f"{name:12s}{ours[0]:>17s}{ours[1]:>17s}   {paper}")
+        lines.append(f"{name:12s}{ours}   {paper}")
+    latency = lambda r: r.get("latency_s_per_image", {}).get("batch_1_median")
+    times = "".join(f"{'-' if latency(r) is None else f'{latency(r):.4f}s':>17s}" for r in runs.values())
+    lines.append(f"{'Inference':12s}{times}   " + "  ".join(f"{t:.4f}s" for t in PAPER_TIME.values())
+                 + "   (s per image, batch 1, median)")
     if instability:
         lines += ["", "Table 1: instability ratio (%), mean (+- std) over sessions",
                   f"{'dataset':12s}{'one-stage':>18s}{'two-stage':>18s}   paper: one-stage, two-stage"]
