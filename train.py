@@ -39,7 +39,7 @@ import time
 import torch
 
 from iqa_vlm.common import CHECKPOINT_PREFIX, EVAL_DIR, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
-from iqa_vlm.data import LABELS, LEVELS, closed_set_token_ids, load_records, read_closed_set
+from iqa_vlm.data import LABELS, LEVELS, as_trained, closed_set_token_ids, load_records, read_closed_set
 from iqa_vlm.studies.deqa import deqa_batch_loss
 from iqa_vlm.loader import AUGMENTS, EpochBatches, batch_loader, pair_pools
 from iqa_vlm.level_ce import backend, level_cross_entropy
@@ -119,6 +119,10 @@ gpu_mem = 48.0                 # --dry_run: GiB of the GPU to check the estimate
 seq_len = 1024                 # --dry_run: tokens per sample (image tokens + text)
 stage = 0                      # two-stage reasoning: 1 = image -> description, 2 = description (text only) -> level;
                                # a --data folder with a stage1/ or stage2/ view (prepare_data.py --task pathway) reads that
+system_prompt = ""             # a system turn put first in every training sample (Q-Align and DeQA-Score train mPLUG-Owl2
+                               # with conversation "v1"'s, mplug_owl2.V1_SYSTEM, and evaluate without it)
+image_first = False            # move the image placeholder ahead of the question in training samples ("<image>\n" +
+                               # question), as Q-Align's and DeQA-Score's training code does
 init = ""                      # start from a previous run's trained tensors (its trainable.safetensors, base model from its config.json)
 # -----------------------------------------------------------------------------
 config = apply_overrides(globals(), sys.argv[1:])
@@ -246,6 +250,8 @@ if mix:  # named sources sampled by weight per epoch, validation sets, --balance
 elif balance:
     raise SystemExit("--balance needs --mix (e.g. --mix score:1.0,interpret:1.0)")
 train_records = mixer.records if mixer else load_records(data, "train")
+if system_prompt or image_first:  # in place: a mixer's epoch order indexes this list
+    train_records[:] = [as_trained(r, system_prompt, image_first) for r in train_records]
 if stage:
     with_image = sum(bool(r.get("image")) for r in train_records)
     if stage == 1 and with_image < len(train_records):

@@ -29,3 +29,7 @@ grad_ckpt = True
 adam_beta1 = 0.9         # their scripts/train.sh passes no optimizer flags: transformers' Trainer defaults
 adam_beta2 = 0.999
 adam_epsilon = 1e-8
+# DeQA-Score's training code: --version v1 puts conversation v1's system prompt first in every sample, and its
+# preprocess_multimodal moves the image ahead of the question ("<|image|>\n" + question); evaluation has neither
+system_prompt = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions."
+image_first = True

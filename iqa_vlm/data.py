@@ -261,6 +261,22 @@ def with_system(record, text):
     return {**record, "conversations": [{"from": "system", "value": text}] + record["conversations"]}
 
 
+def as_trained(record, system=None, image_first=False):
+    """The record as a recipe's training code shows it to the model: a system turn `system` first (where it has
+    none), and with image_first the image placeholder taken out of the first human turn and put ahead of it,
+    "<image>\n" + the rest (Q-Align's and DeQA-Score's preprocess_multimodal does this to every training sample)."""
+    if system:
+        record = with_system(record, system)
+    if image_first:
+        turns = [dict(t) for t in record["conversations"]]
+        for t in turns:
+            if t["from"] == "human" and "<image>" in t["value"]:
+                t["value"] = ("<image>\n" + t["value"].replace("<image>", "").strip()).strip()
+                break
+        record = {**record, "conversations": turns}
+    return record
+
+
 # ----------------------------------------------------------------------------- prepared folders and instruction data
 def claim_output(out):
     """prepare_data.py writes only into a folder that is absent, empty, or one it wrote itself (its .prepared marker):

@@ -375,3 +375,24 @@ def test_training_batches_from_a_sentencepiece_checkpoint(sp_folder):
     batch = encode_batch(processor, [score_record("x", str(img), "good", "t", "0")])
     labelled = batch["labels"][0][batch["labels"][0] != -100].tolist()
     assert labelled[-1] == 2 and sp.decode(labelled[:-1]) == "The quality of the image is good."
+
+
+def test_training_samples_of_the_q_align_and_deqa_recipes_are_the_authors_v1_prompts(sp_folder):
+    """Q-Align's and DeQA-Score's scripts train with --version v1: conv_vicuna_v1's system prompt, the TWO separator
+    style (system + " " + "USER: " + q + " " + "ASSISTANT: " + a + "</s>"), and preprocess_multimodal puts the image
+    first ("<|image|>\\n" + question). Their evaluation (conv_mplug_owl2) has no system prompt and the image after the
+    question, as test_chat_template_is_the_conversation_of_the_authors_code checks."""
+    from iqa_vlm.common import apply_overrides
+    from iqa_vlm.data import as_trained, to_messages
+    from test_pipeline import train_defaults
+    assert M.V1_SYSTEM == ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                           "helpful, detailed, and polite answers to the user's questions.")  # their conversation.py
+    for recipe in ("qalign_koniq.py", "qalign_koniq_lora.py", "deqa_mplug_owl2.py", "deqa_mplug_owl2_lora.py"):
+        cfg = apply_overrides(train_defaults(), [os.path.join(os.path.dirname(__file__), "..", "config", recipe)])
+        assert cfg["system_prompt"] == M.V1_SYSTEM and cfg["image_first"] is True, recipe
+    folder, sp = sp_folder
+    processor = M.load_processor(str(folder), M.MPLUGOwl2Config(**{**_tiny_kw(), "vocab_size": sp.get_piece_size()}))
+    rec = as_trained(score_record("x", "x.png", "good", "t", "0"), M.V1_SYSTEM, image_first=True)
+    q, a = "How would you rate the quality of this image?", "The quality of the image is good."
+    want = M.V1_SYSTEM + " " + "USER: " + "<|image|>\n" + q + " " + "ASSISTANT: " + a + "</s>"
+    assert processor.apply_chat_template(to_messages(rec["conversations"], True)) == want

@@ -466,7 +466,7 @@ def test_q_align_and_deqa_recipes_match_their_released_scripts():
 def test_adamw_values_reach_the_optimizer(demo, tmp_path):
     out = tmp_path / "run"
     r = run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4", "--adam_beta2", "0.95",
-                  "--adam_epsilon", "1e-7")
+                  "--adam_epsilon", "1e-7", "--system_prompt", "A chat.", "--image_first", "true")  # the v1 keys run too
     assert r.returncode == 0, r.stderr[-1500:]
     import torch
     groups = torch.load(out / "resume.pt", weights_only=False)["optimizer"]["param_groups"]
