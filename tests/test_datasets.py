@@ -99,9 +99,9 @@ def test_live_official(tmp_path):
     items, info = D.read_live(tmp_path)
     assert info["layout"] == "official" and info["direction"] == "lower_better"
     assert info["n_ref_copies"] == 3 and info["n_rows"] == 979 and info["n_refs"] == 3
-    # jp2k 227-1, jpeg 233-1 -> compression; wn 174-1 -> noise; gblur 174 -> blur; fastfading excluded
-    assert labels(items) == {"compression": 458, "noise": 173, "blur": 174, "clean": 3}
-    assert info["excluded"] == {"fastfading": 174}
+    # jp2k 227-1, jpeg 233-1, fastfading 174 -> compression; wn 174-1 -> noise; gblur 174 -> blur
+    assert labels(items) == {"compression": 632, "noise": 173, "blur": 174, "clean": 3}
+    assert info["excluded"] == {}
     it = next(i for i in items if i["id"] == "live/jp2k/img2.bmp")
     assert it["mos"] == pytest.approx(dmos[1]) and it["ref"] == "buildings" and it["dist"] == "jp2k"
     assert it["label"] == "compression" and it["level_idx"] is None and not it["is_ref"]
@@ -213,7 +213,7 @@ def test_kadid_official(tmp_path):
     assert info["score_range"] == [1.67, 4.9]
 
 
-TID_LINES = ["5.51429 i01_01_1.bmp", "4.1 i01_08_2.bmp", "3.9 i01_11_1.bmp", "4.5 i01_07_3.bmp",
+TID_LINES = ["5.51429 i01_01_1.bmp", "4.1 i01_08_2.bmp", "3.9 i01_11_1.bmp", "4.5 i01_15_3.bmp",
              "6.0 i25_16_4.bmp", "5.0 i25_17_5.bmp", "4.0 i25_18_1.bmp"]
 
 
@@ -235,7 +235,7 @@ def test_tid2013_official_case_insensitive(tmp_path):
     assert info["layout"] == "official" and info["direction"] == "higher_better" and info["n_rows"] == 7
     assert labels(items) == {"noise": 1, "blur": 1, "compression": 1, "brightness": 1, "contrast": 1,
                              "colorfulness": 1, "clean": 2}
-    assert info["excluded"] == {7: 1}
+    assert info["excluded"] == {15: 1}  # local block-wise distortions: no category fits
     assert info["case_insensitive_matches"] == 2  # I01_11_1.BMP and i25.bmp (looked up as I25.BMP)
     n = by_name(items)
     assert n["I01_11_1.BMP"]["id"] == "tid2013/distorted_images/I01_11_1.BMP" and n["I01_11_1.BMP"]["dist"] == 11
@@ -352,40 +352,42 @@ def rows_of(name, which="excerpt"):
 
 
 # The complete files' counts, by hand from the DESIGN.md table and the dataset sizes:
-# LIVE (pyiqa leaves out the reference copies): gblur 145 blur, wn 145 noise, jp2k 169 + jpeg 175 = 344
-#   compression, fastfading 145 excluded, 29 references. 145+145+344+145 = 779 rows.
+# LIVE (pyiqa leaves out the reference copies): gblur 145 blur, wn 145 noise, jp2k 169 + jpeg 175 + fastfading 145
+#   = 489 compression, 29 references. 145+145+489 = 779 rows.
 # CSIQ: blur 150, awgn 150 + fnoise 150 = 300 noise, jpeg 150 + jpeg2000 150 = 300 compression,
 #   contrast 116 (not every contrast version was rated), 30 references. 150+300+300+116 = 866 rows.
-# KADID-10k: 81 refs x 5 levels = 405 per type. blur 1,2,3 -> 1215; noise 11-14 -> 1620; brightness
-#   16,17,18 -> 1215; compression 9,10 -> 810; contrast 25 -> 405; colorfulness 7,8 -> 810; jitter 19 -> 405;
-#   excluded 4,5,6,15,20,21,22,23,24 -> 9 x 405 = 3645. 6480 + 3645 = 10125 rows.
-# TID2013: 25 refs x 5 levels = 125 per type. blur 8 -> 125; noise 1-6,19,20 -> 1000; brightness 16 -> 125;
-#   compression 10,11 -> 250; contrast 17 -> 125; colorfulness 18 -> 125; jitter none; excluded
-#   7,9,12,13,14,15,21,22,23,24 -> 1250. 1750 + 1250 = 3000 rows.
+# KADID-10k: 81 refs x 5 levels = 405 per type. blur 1,2,3,15 -> 1620; noise 11-14 -> 1620; brightness
+#   16,17,18 -> 1215; compression 9,10,22 -> 1215; contrast 25 -> 405; colorfulness 7,8 -> 810; jitter 19,20 -> 810;
+#   excluded 4,5,6,21,23,24 -> 6 x 405 = 2430. 7695 + 2430 = 10125 rows.
+# TID2013: 25 refs x 5 levels = 125 per type. blur 8,9 -> 250; noise 1-7,19,20 -> 1125; brightness 16 -> 125;
+#   compression 10,11,12,13,21,24 -> 750; contrast 17 -> 125; colorfulness 18 -> 125; jitter 14 -> 125; excluded
+#   15,22,23 -> 375. 2625 + 375 = 3000 rows.
+# Kept in all: 779 + 866 + 7695 + 2625 distorted + 165 references = 12,130 of the four sets' 14,935.
 EXPECTED = {
-    "live": dict(labels={"blur": 145, "noise": 145, "compression": 344, "clean": 29},
-                 excluded={"fastfading": 145}, rows=779, refs=29, direction="lower_better", bounds=(0, 100)),
+    "live": dict(labels={"blur": 145, "noise": 145, "compression": 489, "clean": 29},
+                 excluded={}, rows=779, refs=29, direction="lower_better", bounds=(0, 100)),
     "csiq": dict(labels={"blur": 150, "noise": 300, "compression": 300, "contrast": 116, "clean": 30},
                  excluded={}, rows=866, refs=30, direction="lower_better", bounds=(0, 1)),
-    "kadid10k": dict(labels={"blur": 1215, "noise": 1620, "brightness": 1215, "compression": 810, "contrast": 405,
-                             "colorfulness": 810, "jitter": 405, "clean": 81},
-                     excluded={t: 405 for t in (4, 5, 6, 15, 20, 21, 22, 23, 24)}, rows=10125, refs=81,
+    "kadid10k": dict(labels={"blur": 1620, "noise": 1620, "brightness": 1215, "compression": 1215, "contrast": 405,
+                             "colorfulness": 810, "jitter": 810, "clean": 81},
+                     excluded={t: 405 for t in (4, 5, 6, 21, 23, 24)}, rows=10125, refs=81,
                      direction="higher_better", bounds=(1, 5)),
-    "tid2013": dict(labels={"blur": 125, "noise": 1000, "brightness": 125, "compression": 250, "contrast": 125,
-                            "colorfulness": 125, "clean": 25},
-                    excluded={t: 125 for t in (7, 9, 12, 13, 14, 15, 21, 22, 23, 24)}, rows=3000, refs=25,
+    "tid2013": dict(labels={"blur": 250, "noise": 1125, "brightness": 125, "compression": 750, "contrast": 125,
+                            "colorfulness": 125, "jitter": 125, "clean": 25},
+                    excluded={t: 125 for t in (15, 22, 23)}, rows=3000, refs=25,
                     direction="higher_better", bounds=(0, 9)),
 }
 # the table again, written independently of iqa_datasets, to recount from the CSVs' type fields
 TABLE = {
-    "live": {"gblur": "blur", "wn": "noise", "jp2k": "compression", "jpeg": "compression"},
+    "live": {"gblur": "blur", "wn": "noise", "jp2k": "compression", "jpeg": "compression", "fastfading": "compression"},
     "csiq": {"blur": "blur", "awgn": "noise", "fnoise": "noise", "jpeg": "compression", "jpeg2000": "compression",
              "contrast": "contrast"},
-    "kadid10k": {**dict.fromkeys([1, 2, 3], "blur"), **dict.fromkeys([11, 12, 13, 14], "noise"),
-                 **dict.fromkeys([16, 17, 18], "brightness"), 9: "compression", 10: "compression", 25: "contrast",
-                 7: "colorfulness", 8: "colorfulness", 19: "jitter"},
-    "tid2013": {8: "blur", **dict.fromkeys([1, 2, 3, 4, 5, 6, 19, 20], "noise"), 16: "brightness", 10: "compression",
-                11: "compression", 17: "contrast", 18: "colorfulness"},
+    "kadid10k": {**dict.fromkeys([1, 2, 3, 15], "blur"), **dict.fromkeys([11, 12, 13, 14], "noise"),
+                 **dict.fromkeys([16, 17, 18], "brightness"), **dict.fromkeys([9, 10, 22], "compression"),
+                 25: "contrast", 7: "colorfulness", 8: "colorfulness", 19: "jitter", 20: "jitter"},
+    "tid2013": {8: "blur", 9: "blur", **dict.fromkeys([1, 2, 3, 4, 5, 6, 7, 19, 20], "noise"), 16: "brightness",
+                **dict.fromkeys([10, 11, 12, 13, 21, 24], "compression"), 17: "contrast", 18: "colorfulness",
+                14: "jitter"},
 }
 
 

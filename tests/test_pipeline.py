@@ -149,12 +149,16 @@ def test_prepare_distortion_on_real_pyiqa_metadata(tmp_path, which):
                 expected[f"{source}/{label}"] = expected.get(f"{source}/{label}", 0) + 1
         expected[f"{source}/clean"] = len({r["ref_name"] for r in rows})
     assert counts == expected
-    assert meta["datasets"]["kadid10k"]["n_excluded_types"] == n_excluded["kadid10k"]
-    assert meta["datasets"]["live"]["n_excluded_types"] == n_excluded["live"]
+    assert meta["datasets"]["kadid10k"]["n_excluded_types"] == n_excluded.get("kadid10k", 0)
+    assert meta["datasets"]["live"]["n_excluded_types"] == n_excluded.get("live", 0)
+    # every type read, kept or left out with its reason, per dataset in meta.json
+    cov = meta["datasets"]["kadid10k"]["coverage"]
+    assert sum(c["n"] for c in cov.values()) == len(kadid_rows)
+    assert all((c["class"] is None) == bool(c.get("why")) for c in cov.values())
     if which == "full":
-        assert counts == {"kadid10k/blur": 1215, "kadid10k/noise": 1620, "kadid10k/brightness": 1215, "kadid10k/compression": 810,
-                          "kadid10k/contrast": 405, "kadid10k/colorfulness": 810, "kadid10k/jitter": 405, "kadid10k/clean": 81,
-                          "live/blur": 145, "live/noise": 145, "live/compression": 344, "live/clean": 29}
+        assert counts == {"kadid10k/blur": 1620, "kadid10k/noise": 1620, "kadid10k/brightness": 1215, "kadid10k/compression": 1215,
+                          "kadid10k/contrast": 405, "kadid10k/colorfulness": 810, "kadid10k/jitter": 810, "kadid10k/clean": 81,
+                          "live/blur": 145, "live/noise": 145, "live/compression": 489, "live/clean": 29}
     train = [json.loads(l) for l in open(out / "train.jsonl")]
     test = [json.loads(l) for l in open(out / "test.jsonl")]
     # the distortion paper (000, Sec. 4.1): the four sets mixed, "randomly split ... under the ratio 8:2": the default

@@ -67,10 +67,13 @@ def make_distortion(datasets, out, split="random", seed=0, test_frac=0.2, check_
         kept += kept_here
         ref_image.update(D.reference_images(items))
         info["n_kept"], info["n_excluded_types"] = len(kept_here), len(items) - len(kept_here)
+        info["coverage"] = D.coverage(items, info)
         infos[source] = info
         print(f"{source}: {len(items)} images read ({info.get('layout')} layout), {len(kept_here)} kept, "
-              f"{len(items) - len(kept_here)} of excluded types {info.get('excluded', {})}, {time.time() - t0:.1f}s"
-              + iqa_io.skipped_note(info))
+              f"{len(items) - len(kept_here)} of excluded types, {time.time() - t0:.1f}s" + iqa_io.skipped_note(info))
+        for t, c in info["coverage"].items():
+            print(f"  {t:>11s} {c['name'][:34]:34s} {c['n']:6d}  " + (f"-> {c['class']}" if c["class"] else
+                                                                     f"left out: {c['why']}"))
     tr, te = D.split_items(kept, test_frac=test_frac, by=split, seed=seed, per_source=split != "random")
     for dst, part in ((train, tr), (test, te)):
         for it in part:
