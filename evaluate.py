@@ -62,8 +62,9 @@ def distortion_args(p):
 def score_args(p):
     common_args(p, several_ckpts=True)
     p.add_argument("--logistic", type=boolean, default=False, help="PLCC after the 4-parameter logistic fit")
-    p.add_argument("--system", default="auto", choices=["auto", "yes", "no"],
-                   help="system turn 'Assume you are an image quality evaluator.' (auto: if the run used a --mix)")
+    p.add_argument("--instruction", default="auto", choices=["auto", "yes", "no"],
+                   help="start the question with Q-SiT's 'Assume you are an image quality evaluator.' (auto: if the run "
+                        "used a --mix)")
     p.add_argument("--table", default=None, help="where the cross-dataset table JSON goes (default OUT/score_table.json)")
     p.add_argument("--prompt", default="qalign", choices=list(scoring.PROMPTS),
                    help="qalign: the records' question, 'The quality of the image is' in the answer (what train.py teaches); "

@@ -65,6 +65,9 @@ def main(argv=None):
                     help="--task pathway --llava_json: TRAIN,TEST records drawn (seeded) from those that split into a "
                          "description and a conclusion; the two-stage paper's 6,000 + 720 by default; 'all': every "
                          "record, --val_frac of them held out as val, no test (our option)")
+    ap.add_argument("--paraphrases", type=boolean, default=False,
+                    help="--task score: training questions drawn from paraphrases of the one question Q-Align's and "
+                         "Q-SiT's released data ask (our option; val and test keep that question)")
     ap.add_argument("--soft_density", default="", help="--task score: DeQA soft-label density per source, e.g. "
                     "livec:cdf (default: koniq10k/kadid10k pdf, spaq cdf as the authors; others pdf)")
     ap.add_argument("--soft_spread", default="", help="--task score: what a source's std column holds, SOURCE:std|var "
@@ -115,7 +118,7 @@ def main(argv=None):
         except ValueError as e:
             ap.error(str(e))
         return make_score(datasets, args.out, args.split or "ref", args.seed, args.test_frac, args.val_frac, check_images,
-                          density, spread)
+                          density, spread, args.paraphrases)
     if args.task in ("interpret", "general"):
         ap.error(f"--task {args.task} needs --llava_json FILE (or --demo DIR for interpret)")
     datasets = {s: getattr(args, DATASETS[s][0]) for s in DISTORTION_SOURCES if getattr(args, DATASETS[s][0])}

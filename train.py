@@ -13,8 +13,8 @@ settings and each paper's recipe live in config/*.py. A config file is Python se
 it override it (`--key value` or `--key=value`; booleans true / false); unknown keys are an error.
 
 --mix samples each named source by weight per epoch (a name is a --data folder's base name or a task group:
-score; interpret = describe/reason; general = vqa); with several sources, scoring records get the system turn
-"Assume you are an image quality evaluator." (scoring.SYSTEM_PREFIX). --balance evaluates the validation loss per
+score; interpret = describe/reason; general = vqa); with several sources, scoring questions start with Q-SiT's
+"Assume you are an image quality evaluator." (scoring.EVALUATOR_INSTRUCTION). --balance evaluates the validation loss per
 source every --eval_every steps and shifts the mix (from the next epoch) toward the task whose loss ratio falls behind λ.
 
 --stage 1|2 (two-stage reasoning, two_stage.py): stage 1 learns image -> low-level description, stage 2 the description
@@ -46,7 +46,7 @@ from iqa_vlm.level_ce import backend, level_cross_entropy
 from iqa_vlm.model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
                    parse_trainable, set_trainable)
 from iqa_vlm.studies.data_mix import Mixer
-from iqa_vlm.studies.scoring import SYSTEM_PREFIX
+from iqa_vlm.studies.scoring import EVALUATOR_INSTRUCTION
 
 # ----------------------------------------------------------------------------- config (defaults: a real 7B fine-tune)
 model = "tiny"                 # 'tiny' (the CPU demo's model), 'tiny:FAMILY', a Hugging Face id, or a local path
@@ -244,7 +244,7 @@ if mix:  # named sources sampled by weight per epoch, validation sets, --balance
     if not held_out and interpret_val or unanswered:
         raise SystemExit(f"--interpret_val {interpret_val}: val.jsonl has {len(held_out)} records, {len(unanswered)} without an "
                          f"answer (e.g. {unanswered[:2]}): a validation loss needs answers (LLVisionQA-dev, not -test)")
-    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, val_max=val_max, score_system=SYSTEM_PREFIX,
+    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, val_max=val_max, score_instruction=EVALUATOR_INSTRUCTION,
                   interpret_val=held_out)
     print0(mixer.describe())
 elif balance:

@@ -27,3 +27,5 @@ grad_ckpt = True
 adam_beta1 = 0.9         # Q-SiT trains with LLaVA-OneVision's Trainer and sets no optimizer values: transformers' defaults
 adam_beta2 = 0.999
 adam_epsilon = 1e-8
+system_prompt = "You are a helpful assistant."   # LLaVA-NeXT's preprocess_qwen, as Q-SiT trains
+image_first = True                                # LLaVA-NeXT's train.py: "<image>\n" + question

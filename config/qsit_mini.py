@@ -1,12 +1,15 @@
 # Q-SiT-mini (Zhang, Wu, Jia, Lin, Zhai, "Teaching LMMs for image quality scoring and interpreting"): LLaVA-OneVision
 # 0.5B trained on scoring D1 (KonIQ + SPAQ), interpreting D2 (Q-Instruct) and general D3 (LLaVA-150K) data.
 # From the paper (Sec. IV-A, IV-B): batch 64, lr 1e-5, 3 epochs; D1:D2:D3 = 1.00:2.50:1.04 as record ratios relative
-# to |D1| (train.py --mix); the system turn "Assume you are an image quality evaluator." on scoring data; once per
+# to |D1| (train.py --mix); "Assume you are an image quality evaluator." opening each scoring question; once per
 # epoch the mix is moved by the validation-loss ratio against λ ≈ 1/4.66 (Alg. 1 step 3; the paper's λ, from its own
 # small-model runs: for other data, find yours with analyze.py mix-ratio --run and pass its qsit_step3.py after this
 # file). Validation: 10 % of the scoring train data (prepare_data.py --val_frac) and LLVisionQA-dev for interpreting
-# (--interpret_val). From the LLaVA-OneVision finetune script Q-SiT modifies: vision tower, projector and LM trained,
-# vision tower lr 2e-6, cosine after 3 % warmup, no weight decay. Batch 64 here: 8 per step x 8 accumulated.
+# (--interpret_val; the paper's 10 %: its released training JSONs hold no such split). From the LLaVA-OneVision
+# finetune script Q-SiT modifies (LLaVA-NeXT's finetune_ov.sh and train.py): vision tower, projector and the whole LM
+# trained, lm_head and embeddings included (mm_tunable_parts ... mm_language_model), vision tower lr 2e-6, cosine after
+# 3 % warmup, no weight decay; its training code puts the system message "You are a helpful assistant." first and the
+# image ahead of the question (system_prompt, image_first below). Batch 64 here: 8 per step x 8 accumulated.
 # Q-SiT's released data config (training_jsons/single_image.yaml: all of KonIQ/SPAQ, 22 % of Q-Instruct, 8 % of
 # LLaVA-150K) is the alternative mix "score:1.0,interpret:X,general:Y" with X, Y those shares times |D2|/|D1|, |D3|/|D1|.
 #   python prepare_data.py --task score --koniq /data/koniq10k --spaq /data/SPAQ --val_frac 0.1 --out data/score
@@ -21,7 +24,7 @@ mix = "score:1.0,interpret:2.5,general:1.04"
 balance = True
 balance_lambda = 0.2146      # 1 / 4.66, the paper's reference loss ratio L_S / L_I
 interpret_val = "data/llvqa_dev"
-trainable = "encoder,projector,llm"
+trainable = "encoder,projector,llm,head"
 epochs = 3
 batch_size = 8
 grad_accum = 8
@@ -34,3 +37,5 @@ grad_ckpt = True
 adam_beta1 = 0.9         # Q-SiT trains with LLaVA-OneVision's Trainer and sets no optimizer values: transformers' defaults
 adam_beta2 = 0.999
 adam_epsilon = 1e-8
+system_prompt = "You are a helpful assistant."   # LLaVA-NeXT's preprocess_qwen, as Q-SiT trains
+image_first = True                                # LLaVA-NeXT's train.py: "<image>\n" + question

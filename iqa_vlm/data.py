@@ -261,6 +261,20 @@ def with_system(record, text):
     return {**record, "conversations": [{"from": "system", "value": text}] + record["conversations"]}
 
 
+def with_instruction(record, text):
+    """A copy of the record whose first human turn starts with `text` (Q-SiT's scoring data: "Assume you are an image
+    quality evaluator. How would you rate the quality of this image?\n<image>"); the image placeholder stays where
+    it is. Unchanged if the turn already starts with it."""
+    turns = [dict(t) for t in record["conversations"]]
+    for t in turns:
+        if t["from"] == "human":
+            if not t["value"].replace("<image>", "").strip().startswith(text):
+                lead = "<image>\n" if t["value"].startswith("<image>") else ""
+                t["value"] = lead + text + " " + t["value"][len(lead):]
+            break
+    return {**record, "conversations": turns}
+
+
 def as_trained(record, system=None, image_first=False):
     """The record as a recipe's training code shows it to the model: a system turn `system` first (where it has
     none), and with image_first the image placeholder taken out of the first human turn and put ahead of it,

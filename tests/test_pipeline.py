@@ -461,6 +461,12 @@ def test_q_align_and_deqa_recipes_match_their_released_scripts():
         return apply_overrides(train_defaults(), [os.path.join(ROOT, "config", name)])
     full, lora, deqa = recipe("qalign_koniq.py"), recipe("qalign_koniq_lora.py"), recipe("deqa_mplug_owl2.py")
     assert full["trainable"] == deqa["trainable"] == "encoder,projector,llm,head" and full["lora"] == 0
+    # Q-SiT: LLaVA-NeXT's finetune_ov.sh trains mm_language_model, which in its train.py sets requires_grad on every LM
+    # parameter, lm_head and embed_tokens included; its preprocess_qwen puts "You are a helpful assistant." first and
+    # train.py moves the image ahead of the question
+    qsit = recipe("qsit_mini.py")
+    assert qsit["trainable"] == "encoder,projector,llm,head"
+    assert (qsit["system_prompt"], qsit["image_first"]) == ("You are a helpful assistant.", True)
     assert (full["lr"], full["epochs"], full["batch_size"]) == (2e-5, 3, 8)
     assert (lora["trainable"], lora["lora"], lora["lora_alpha"], lora["lora_dropout"], lora["lora_targets"]) == \
         ("llm", 128, 256, 0.05, "q_proj|v_proj.multiway.1")

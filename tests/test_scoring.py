@@ -82,11 +82,11 @@ def test_eval_score_on_tiny_model_matches_manual_and_uses_op(tmp_path, monkeypat
     recs = [S.score_record(f"x/{i}", p, LEVELS[i % 5], "x", str(i), mos=1.0 + i % 5, mos_norm=(i % 5) / 4)
             for i, p in enumerate(tiny_images(tmp_path))]
     calls = spy_op(monkeypatch)
-    preds = S.eval_score(model, processor, recs, batch_size=4, system=S.SYSTEM_PREFIX)
+    preds = S.eval_score(model, processor, recs, batch_size=4, instruction=S.EVALUATOR_INSTRUCTION)
     assert len(calls) == 2 and len(preds) == len(recs)
     ids = closed_set_token_ids(processor, LEVELS, DM.LEVEL_PREFIX)
-    enc, last = encode_prompts(processor, [DM.with_system(r, S.SYSTEM_PREFIX) for r in recs], answer_prefix=DM.LEVEL_PREFIX)
-    assert processor.tokenizer.decode(enc["input_ids"][0]).startswith("system : assume you are an image quality evaluator.")
+    enc, last = encode_prompts(processor, [DM.with_instruction(r, S.EVALUATOR_INSTRUCTION) for r in recs], answer_prefix=DM.LEVEL_PREFIX)
+    assert processor.tokenizer.decode(enc["input_ids"][0]).startswith("user : assume you are an image quality evaluator. how would")
     with torch.no_grad():
         z = last_token_logits(model, enc, last)[:, ids].double()
     manual = torch.softmax(z, -1) @ torch.arange(1, 6, dtype=torch.double)
@@ -166,14 +166,13 @@ def test_make_score_on_real_pyiqa_metadata(tmp_path):
     assert sum(r["ref"] in {f"t{i}" for i in range(1, 8)} and r["is_train_only"] for r in splits["train"]) == 7
     assert sum(by[s]["livec"] for s in by) == 1169 and sum(by[s]["spaq"] for s in by) == 11125
     assert 0.18 < by["test"]["spaq"] / 11125 < 0.22 and by["val"]["spaq"] / (11125 - by["test"]["spaq"]) == pytest.approx(0.1, abs=0.01)
-    # records: Q-Align form, levels by equal intervals of the dataset's range, paraphrases only in train
+    # records: Q-Align form, levels by equal intervals of the dataset's range; one question, as the released data ask
     lo, hi = meta["score_range"]["spaq"]
     for r in splits["train"][:300] + splits["test"][:300]:
         assert r["task"] == "score" and r["conversations"][1]["value"] == f"The quality of the image is {r['level']}."
         m, M = meta["score_range"][r["source"]]
         assert r["level"] == D.score_level(r["mos"], m, M) and r["mos_norm"] == pytest.approx((r["mos"] - m) / (M - m))
-    assert {r["conversations"][0]["value"] for r in splits["test"]} == {S.SCORE_QUESTION + "\n<image>"}
-    assert len({r["conversations"][0]["value"] for r in splits["train"]}) == len(S.SCORE_PARAPHRASES)
+    assert {r["conversations"][0]["value"] for s in ("train", "test") for r in splits[s]} == {S.SCORE_QUESTION + "\n<image>"}
     assert (lo, hi) == (2.0, 96.0) and set(meta["counts"]["test"]["by_level"]) == set(LEVELS)
     # DeQA-Score's soft labels on every record: KonIQ's spread is that of its 1-5 ratings (sigma = 4 std / the observed
     # range of the 1-5 MOS, 1.10-4.31), SPAQ has none
@@ -247,7 +246,7 @@ def test_mix_weights_are_record_ratios_relative_to_the_first_source():
     assert Counter(n for n, _ in sample) == {"score": 100, "interpret": 250}
     assert all(6 <= per[("interpret", i)] <= 7 for i in range(40)) and sum(per[("interpret", i)] == 7 for i in range(40)) == 10
     m = data_mix.Mixer.__new__(data_mix.Mixer)
-    m.mix, m.system = {"score": 1.0, "interpret": 2.5}, None
+    m.mix, m.instruction = {"score": 1.0, "interpret": 2.5}, None
     m.groups, m.val = {"score": list(range(100)), "interpret": list(range(40))}, {"score": [], "interpret": []}
     text = m.describe()
     assert "relative to score's 100" in text and "interpret: 250 of 40 (more than it holds: 6 passes + 10 drawn" in text
@@ -302,20 +301,21 @@ def test_demo_views_and_mixer(tmp_path):
     assert sc[0]["level"] == D.score_level(sc[0]["mos"], 1.0, 5.0) and it[0]["task"] == "describe"
     assert it[0]["conversations"][1]["value"].endswith(f"Overall, the quality of the image is {it[0]['level']}.")
     mixer = data_mix.Mixer(f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}", "score:1,interpret:2", seed=0, val_frac=0.25,
-                       score_system=S.SYSTEM_PREFIX)
+                       score_instruction=S.EVALUATOR_INSTRUCTION)
     n_score = len(mixer.groups["score"])
     assert n_score + len(mixer.val["score"]) == 18 and mixer.val["score"] and mixer.val["interpret"]
     assert Counter(mixer.records[i]["task"] for i in mixer.order(0)) == {"score": n_score, "describe": 2 * n_score}
-    assert all(r["conversations"][0] == {"from": "system", "value": S.SYSTEM_PREFIX}
-               for r in mixer.records if r["task"] == "score")  # several sources: the system turn on scoring
+    # several sources: Q-SiT's scoring question, the instruction first in the user turn, the image where the data has it
+    assert all(r["conversations"][0]["from"] == "human" and r["conversations"][0]["value"].replace("<image>\n", "")
+               .startswith(S.EVALUATOR_INSTRUCTION + " How would you rate") for r in mixer.records if r["task"] == "score")
     assert all(r["conversations"][0]["from"] == "human" for r in mixer.records if r["task"] == "describe")
-    by_folder = data_mix.Mixer(str(tmp_path / "demo_score"), "demo_score:1", score_system=S.SYSTEM_PREFIX)  # a name may be a folder's base name
-    assert not by_folder.system and len(by_folder.records) + len(by_folder.val["demo_score"]) == 18
+    by_folder = data_mix.Mixer(str(tmp_path / "demo_score"), "demo_score:1", score_instruction=S.EVALUATOR_INSTRUCTION)  # a name may be a folder's base name
+    assert not by_folder.instruction and len(by_folder.records) + len(by_folder.val["demo_score"]) == 18
     # Q-SiT validates on the whole held-out share (its paper: 10 % of the training data), so by default nothing is
     # capped; val_max keeps a seeded subset of that same set (our option, quicker)
     n_val = len(mixer.val["score"])
     capped = data_mix.Mixer(f"{tmp_path / 'demo_score'},{tmp_path / 'demo_interpret'}", "score:1,interpret:2", seed=0,
-                            val_frac=0.25, val_max=1, score_system=S.SYSTEM_PREFIX)
+                            val_frac=0.25, val_max=1, score_instruction=S.EVALUATOR_INSTRUCTION)
     assert n_val > 1 and len(capped.val["score"]) == 1 and capped.val["score"][0] in mixer.val["score"]
     assert capped.groups == mixer.groups  # the cap drops validation records, it does not move them into training
 

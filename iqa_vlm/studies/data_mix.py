@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from iqa_vlm.common import atomic_write, atomic_write_json, atomic_write_png, pyplot, read_json, train_then_evaluate
-from iqa_vlm.data import encode_batch, load_records, with_system
+from iqa_vlm.data import encode_batch, load_records, with_instruction
 
 # the paper's grids: step 1 as |D2| / |D3| (D3 at 0.1..1 of D2, then D2 at 1..0.1 of D3), step 2 as |D2 + D3| / |D1|
 GRID_A = sorted({round(1 / k, 4) for k in np.arange(0.1, 1.01, 0.1)} | {round(k, 4) for k in np.arange(0.1, 1.01, 0.1)})
@@ -285,8 +285,9 @@ def balance_mix(mix, val_loss, lam, step=0.1, tol=0.02, score="score", interp="i
     return {k: round(v, 6) for k, v in new.items()}, ratio, action
 
 
-def uses_system_prefix(mix_spec):
-    """Scoring data gets the system turn (scoring.SYSTEM_PREFIX) when the mix draws on more than one source (Q-SiT)."""
+def uses_instruction(mix_spec):
+    """Scoring data starts its question with scoring.EVALUATOR_INSTRUCTION when the mix draws on more than one source
+    (Q-SiT's released scoring data)."""
     return bool(mix_spec) and sum(w > 0 for w in parse_mix(mix_spec).values()) > 1
 
 
@@ -295,15 +296,15 @@ class Mixer:
     (which reads the first source as D1, scoring, and the second as D2, interpreting; the others grow with D2).
 
     Validation records of a source come from its folder's val.jsonl, else a seeded val_frac of its train
-    records (held out of training), all of them unless val_max caps each source. With more than one source, scoring records get the system turn `score_system`
-    (train.py passes scoring.SYSTEM_PREFIX)."""
+    records (held out of training), all of them unless val_max caps each source. With more than one source, scoring
+    records' questions start with `score_instruction` (train.py passes scoring.EVALUATOR_INSTRUCTION)."""
 
-    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=0, score_system=None, interpret_val=None):
+    def __init__(self, data_dirs, spec, seed=0, val_frac=0.05, val_max=0, score_instruction=None, interpret_val=None):
         dirs = [d for d in data_dirs.split(",") if d] if isinstance(data_dirs, str) else list(data_dirs)
         self.mix, self.seed = parse_mix(spec), seed
         if interpret_val is not None and sum(w > 0 for w in self.mix.values()) < 2:
             raise ValueError(f"--interpret_val: the mix {spec!r} has no second (interpreting) source")
-        self.system = score_system if score_system and uses_system_prefix(spec) else None
+        self.instruction = score_instruction if score_instruction and uses_instruction(spec) else None
         names = list(self.mix)
         # Algorithm 1's D1 (scoring) and D2 (interpreting): the mix's first and second sources of weight > 0 (the first is
         # also the base of the record ratios, mix_counts); D3.. the rest
@@ -320,8 +321,8 @@ class Mixer:
                         raise ValueError(f"--mix {spec!r}: a record of {d} (task {r.get('task', 'distortion')!r}) matches "
                                          f"no name; names match a --data folder's base name or a task group "
                                          f"{ {k: list(v) for k, v in MIX_GROUPS.items()} }")
-                    if self.system and r.get("task") == "score":
-                        r = with_system(r, self.system)
+                    if self.instruction and r.get("task") == "score":
+                        r = with_instruction(r, self.instruction)
                     replaced = interpret_val is not None and name == self.interp  # its val comes from interpret_val
                     if split == "val" or (not has_val and not replaced and rng.random() < val_frac):
                         self.val[name].append(r)
@@ -359,7 +360,7 @@ class Mixer:
             parts.append(part + f", {len(self.val[n])} val")
         first = next(n for n, w in self.mix.items() if w > 0)
         return (f"mix (records per epoch, weights relative to {first}'s {sizes[first]}): " + "; ".join(parts)
-                + ("; system turn on scoring data" if self.system else ""))
+                + ("; the evaluator instruction on scoring data" if self.instruction else ""))
 
     def restore(self, log):
         """After --resume: the mix and reference λ of the last balance record in the log (records of plain evaluations

@@ -26,17 +26,20 @@ from iqa_vlm import iqa_io
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl
 from iqa_vlm.studies.deqa import attach_soft_labels
 from iqa_vlm.data import (LEVEL_PREFIX, LEVELS, claim_output, closed_set_meta, closed_set_token_ids, encode_prompts, load_records,
-                          read_closed_set, with_system, write_splits)
+                          read_closed_set, with_instruction, write_splits)
 from iqa_vlm.metrics import closed_set_scores, plcc, score_metrics, srcc
-from iqa_vlm.studies.data_mix import uses_system_prefix
+from iqa_vlm.studies.data_mix import uses_instruction
 from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_evaluated, to_device
 
 # ----------------------------------------------------------------------------- prompts (Q-Align form)
-SCORE_QUESTION = "How would you rate the quality of this image?"   # the canonical question (val/test)
+# Q-Align's and Q-SiT's released scoring data ask one question; paraphrases of it are our option (--paraphrases)
+SCORE_QUESTION = "How would you rate the quality of this image?"
 SCORE_PARAPHRASES = [SCORE_QUESTION, "Can you rate the quality of this image?", "How is the quality of this image?",
                      "Please rate the quality of this image.", "What is the quality of this image?",
                      "Rate the quality of the image."]
-SYSTEM_PREFIX = "Assume you are an image quality evaluator."   # system turn for scoring data in a mix
+# Q-SiT's scoring data opens the user turn with it (Q-Future/Q-SIT training_jsons/train_{koniq,spaq}_qsit.json:
+# "Assume you are an image quality evaluator. How would you rate the quality of this image?\n<image>")
+EVALUATOR_INSTRUCTION = "Assume you are an image quality evaluator."
 # Q-SiT's released evaluation (its README's scoring example and eval script): instruction and question in one user turn
 # ahead of the image, "The quality of this image is " appended raw after the generation prompt, and the level read from
 # the first tokens of the capitalized words. evaluate.py score --prompt qsit.
@@ -61,7 +64,7 @@ def score_record(rid, image, level, source, ref, rng=None, image_first=False, **
 
 # ----------------------------------------------------------------------------- records
 def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, check_images=True, soft_density=None,
-               soft_spread=None):
+               soft_spread=None, paraphrases=False):
     """Scoring records (Q-Align form) from IQA datasets: MOS -> level by equal intervals between the dataset's
     min and max (iqa_datasets.norm_scores). KonIQ-10k keeps its official training/test split when the metadata has it
     (its official validation set goes to official_val.jsonl, counted); the others are split test_frac by reference
@@ -100,7 +103,7 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, 
                 if not it["is_ref"] and (source, it["ref"]) in ref_image:
                     extra["ref_image"] = ref_image[(source, it["ref"])]
                 splits[name].append(score_record(it["id"], it["image"], it["level"], source, it["ref"],
-                                                 rng if name == "train" else None, **extra))
+                                                 rng if paraphrases and name == "train" else None, **extra))
         info.update(n_scored=len(scored), n_unscored_refs=len(items) - len(scored),
                     levels=dict(Counter(it["level"] for it in scored)), split_counts={k: len(v) for k, v in parts.items()})
         infos[source] = info
@@ -127,7 +130,8 @@ def qsit_level_ids(processor):
 
 
 @torch.no_grad()
-def eval_score(model, processor, records, batch_size=32, device="cpu", system=None, prompt="qalign", answer_prefix=LEVEL_PREFIX):
+def eval_score(model, processor, records, batch_size=32, device="cpu", instruction=None, prompt="qalign",
+               answer_prefix=LEVEL_PREFIX):
     """Scoring: closed-set softmax over the 5 level tokens (through the op, metrics.closed_set_scores) -> score =
     probs @ [1..5]; one prediction dict per record. prompt qalign: the record's question, answer_prefix ("The quality
     of the image is", as meta.json records it) teacher-forced in the answer (Q-Align's form, what train.py teaches);
@@ -142,7 +146,8 @@ def eval_score(model, processor, records, batch_size=32, device="cpu", system=No
             enc, last = encode_prompts(processor, [{**r, "conversations": [{"from": "human", "value": QSIT_QUESTION + "\n<image>"}]}
                                                    for r in recs], after_prompt=QSIT_PREFIX)
         else:
-            enc, last = encode_prompts(processor, [with_system(r, system) if system else r for r in recs], answer_prefix=answer_prefix)
+            enc, last = encode_prompts(processor, [with_instruction(r, instruction) if instruction else r for r in recs],
+                                       answer_prefix=answer_prefix)
         logits = last_token_logits(model, to_device(enc, model, device), last)
         target = [LEVELS.index(r["level"]) if r.get("level") in LEVELS else -1 for r in recs]
         probs, score, nll = closed_set_scores(logits, level_ids, target)
@@ -154,13 +159,14 @@ def eval_score(model, processor, records, batch_size=32, device="cpu", system=No
 
 
 def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size=32, limit=0, logistic=False,
-             system="auto", table=None, allow_unfinished=False, prompt="qalign"):
+             instruction="auto", table=None, allow_unfinished=False, prompt="qalign"):
     """evaluate.py score: one row per checkpoint in `ckpts` (and the untuned `model`), one column per test source.
-    system: the system turn SYSTEM_PREFIX before the question (auto: if the run trained on a --mix of several sources).
+    instruction: EVALUATOR_INSTRUCTION at the start of the question, as Q-SiT's scoring data has it (auto: if the run
+    trained on a --mix of several sources).
     Writes per row OUT/eval_score.json and OUT/predictions_score.jsonl, and the cross-dataset table (rows: trained
     on, columns: tested on) to `table` (default OUT/score_table.json), also printed."""
-    if system not in ("auto", "yes", "no"):
-        raise SystemExit(f"--system must be auto, yes or no, got {system!r}")
+    if instruction not in ("auto", "yes", "no"):
+        raise SystemExit(f"--instruction must be auto, yes or no, got {instruction!r}")
     runs = [("ckpt", c) for c in ckpts or []] + ([("model", model)] if model else [])
     if not runs:
         raise SystemExit("give --ckpt DIR (one or more) or --model NAME")
@@ -176,21 +182,22 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
             data_dirs, row, trained_on = data or "data/demo_score", f"untuned {name}", None
             run_out = eval_out(out, None, name)
             run_out = os.path.join(run_out, "untuned") if out and len(runs) > 1 else run_out
-        turn = SYSTEM_PREFIX if system == "yes" or (system == "auto" and uses_system_prefix(cfg.get("mix"))) else None
+        said = EVALUATOR_INSTRUCTION if instruction == "yes" or (instruction == "auto" and uses_instruction(cfg.get("mix"))) \
+            else None
         records = [r for r in load_records(data_dirs, split) if r.get("task") == "score"]
         records = records[:limit] if limit else records
         if not records:
             raise SystemExit(f"no score records in {data_dirs} ({split}); make them with prepare_data.py --task score")
-        turn = None if prompt == "qsit" else turn  # Q-SiT's prompt carries its own instruction
+        said = None if prompt == "qsit" else said  # Q-SiT's evaluation prompt carries its own
         prefix = read_closed_set(data_dirs, expect=LEVELS)[1]
-        preds = eval_score(vlm, processor, records, batch_size, device, turn, prompt, prefix)
+        preds = eval_score(vlm, processor, records, batch_size, device, said, prompt, prefix)
         for p in preds:  # correlations against mos_norm: higher = better for every source (DMOS flipped)
             p["target"] = p["mos_norm"] if p["mos_norm"] is not None else p["mos"]
         metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=logistic)
         os.makedirs(run_out, exist_ok=True)
         atomic_write_json(os.path.join(run_out, "eval_score.json"), {
             "task": "score", "model": name, "trained_on": trained_on, "data": data_dirs, "split": split,
-            "system_prefix": turn, "prompt": prompt, "logistic": logistic, "per_source": metrics,
+            "instruction": said, "prompt": prompt, "logistic": logistic, "per_source": metrics,
             "unfinished_checkpoint": cfg.get("finished") is False})
         atomic_write_jsonl(os.path.join(run_out, "predictions_score.jsonl"), preds)
         rows[row] = {"trained_on": trained_on, "results": metrics}
