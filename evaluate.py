@@ -74,10 +74,14 @@ def score_args(p):
 def qbench_args(p):
     common_args(p)
     p.set_defaults(split="val", batch_size=16, data="data/demo_mcq")
-    p.add_argument("--prompt", default="qbench", choices=list(qbench.PROMPT_STYLES),
-                   help="qbench: the benchmark's rendering; letter: '... Answer with the option's letter ...' (lmms-eval, Q-Align)")
-    p.add_argument("--generate", type=boolean, default=False, help="also answer freely and parse the choice")
-    p.add_argument("--max_new_tokens", type=int, default=16)
+    p.add_argument("--prompt", default="qsit", choices=list(qbench.PROMPT_STYLES),
+                   help="qsit: Q-SiT's released evaluation (question, then the option lines); qbench: the benchmark's "
+                        "rendering; letter: '... Answer with the option's letter ...' (lmms-eval, Q-Align)")
+    p.add_argument("--generate", type=boolean, default=True,
+                   help="answer greedily and judge it by Q-SiT's released rule (its protocol); false: closed set only")
+    p.add_argument("--max_new_tokens", type=int, default=200, help="Q-SiT's evaluation: 200")
+    p.add_argument("--closed_set", type=boolean, default=False,
+                   help="also the argmax over the option marks' next-token probabilities (our option)")
 
 
 def describe_args(p):

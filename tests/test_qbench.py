@@ -112,7 +112,7 @@ def test_accuracy_per_type_and_concern_equals_a_hand_count(tmp_path, monkeypatch
     monkeypatch.setattr(Q, "last_token_logits", favour_a)
     monkeypatch.setattr(Q, "encode_prompts", lambda processor, recs, **kw: ({}, torch.zeros(len(recs), dtype=torch.long)))
     monkeypatch.setattr(Q, "to_device", lambda enc, model, device: enc)
-    preds = Q.eval_mcq(None, processor, records, batch_size=3)
+    preds = Q.eval_mcq(None, processor, records, batch_size=3, generate=False, closed_set=True)
     assert [p["choice"] for p in preds] == [0] * 8
     # the answer is option A at entries 0 (Yes), 5 (Good), 6 (Sky), 7 (Yes): Yes-or-No 2/3 (0, 1, 7), What 1/3 (2, 3, 6),
     # How 1/2 (4, 5); Distortion 1/2 (0, 2), Other 0/2 (1, 4), In-context Distortion 1/2 (3, 7), In-context Other 2/2
@@ -144,9 +144,10 @@ def test_evaluate_on_the_demo_mcq_view(tmp_path):
     from iqa_vlm.data import LABELS, LEVELS
     assert all(r["candidates"][r["answer_index"]] in (LABELS if r["type"] == "What" else LEVELS) for r in recs)
     assert all(set(r["candidates"]) <= set(LABELS if r["type"] == "What" else LEVELS) for r in recs)
-    res = Q.evaluate(model="tiny", data=str(tmp_path / "mcq"), split="test", out=str(tmp_path / "ev"), generate=True,
+    res = Q.evaluate(model="tiny", data=str(tmp_path / "mcq"), split="test", out=str(tmp_path / "ev"), closed_set=True,
                      max_new_tokens=4)
     assert res["closed_set"]["overall"]["n"] == 12 and res["closed_set"]["per_type"]["Yes-or-No"]["n"] == 0
+    assert res["released_rule"]["overall"]["n"] == 12 and res["prompt"] == "qsit"
     assert (tmp_path / "ev" / "eval_qbench.json").exists() and len((tmp_path / "ev" / "predictions_qbench.jsonl").read_text().splitlines()) == 12
 
 
@@ -157,8 +158,22 @@ def test_marks_the_tokenizer_cannot_tell_apart_are_a_one_line_error(tmp_path):
     prepare_data.main(["--task", "qbench", "--qbench_json", str(write_llvisionqa(tmp_path)), "--image_root",
                        str(tmp_path / "images"), "--out", str(tmp_path / "q")])
     with pytest.raises(SystemExit, match=r"evaluate.py qbench: tiny untuned cannot score the options of .* option marks 'ABCD' do not map to distinct"):
-        Q.evaluate(model="tiny", data=str(tmp_path / "q"), out=str(tmp_path / "ev"))
+        Q.evaluate(model="tiny", data=str(tmp_path / "q"), out=str(tmp_path / "ev"), closed_set=True)
     assert not (tmp_path / "ev" / "eval_qbench.json").exists()
+    # the released protocol generates and reads the answer: no closed set needed
+    res = Q.evaluate(model="tiny", data=str(tmp_path / "q"), out=str(tmp_path / "ev"), max_new_tokens=4)
+    assert res["released_rule"]["overall"]["n"] == 8 and "closed_set" not in res
+
+
+def test_released_rule_judges_answers_as_q_sits_script():
+    """qsit_transformers_test_q_bench.py: the answer string is what follows "assistant" in the decoded sequence, so
+    it starts with a newline; correct if == mark, "<mark>." in it, == option text, or the mark is a whole line."""
+    cands = ["Blur", "Noise", "Overexposure"]
+    judge = lambda text: Q.released_correct(text, cands, 1, "ABCD")
+    assert judge("B. Noise") and judge("B") and judge("The answer is B.") and judge("B\nbecause") 
+    assert not judge("Noise")  # the option text alone: "\nNoise" != "Noise", as in their runs
+    assert not judge("A. Blur") and not judge("b. noise")
+    assert Q.render_mcq("Q?", cands, "qsit") == "Q?\nA. Blur\nB. Noise\nC. Overexposure\n"
 
 
 def test_qsit_prompt_matches_its_released_evaluation(tmp_path):

@@ -84,7 +84,7 @@ def run_point(out, mix, data, seed, args):
         if not logged:
             raise SystemExit(f"mix-ratio: {run} logged no validation loss (do its sources have val.jsonl or a val_frac share?)")
         result = {"settings": settings, "val_loss": logged[-1]["val_loss"],
-                  "qbench_accuracy": res["qbench"]["closed_set"]["overall"]["accuracy"]}
+                  "qbench_accuracy": res["qbench"].get("released_rule", res["qbench"].get("closed_set"))["overall"]["accuracy"]}
         if result["qbench_accuracy"] is None:
             raise SystemExit(f"mix-ratio: {args['qbench_val']} ({args['qbench_split']}) has no question with a known answer")
         if "score" in res:

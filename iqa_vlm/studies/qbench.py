@@ -35,14 +35,17 @@ from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_evaluat
 TYPES = ["Yes-or-No", "What", "How"]
 CONCERNS = ["Distortion", "Other", "In-context Distortion", "In-context Other"]
 MARKS = "ABCD"
-# How the option list is rendered. qbench: the benchmark's own evaluation (Q-Bench with LLaVA); letter: the form of
-# Q-Align's, Q-Instruct's and lmms-eval's scripts, which ask for the letter alone.
-PROMPT_STYLES = ("qbench", "letter")
+# How the option list is rendered. qsit: Q-SiT's released evaluation (eval_scripts/qsit_transformers_test_q_bench.py:
+# the question, then "A. option" lines, nothing after); qbench: the benchmark's own evaluation (Q-Bench with LLaVA);
+# letter: the form of Q-Align's, Q-Instruct's and lmms-eval's scripts, which ask for the letter alone.
+PROMPT_STYLES = ("qsit", "qbench", "letter")
 DESCRIBE_QUESTION = "Describe the quality, aesthetics and other low-level appearance of the image in details."
 
 
 def render_mcq(question, candidates, style="qbench", marks=MARKS):
     options = "".join(f"{m}. {c}\n" for m, c in zip(marks, candidates))
+    if style == "qsit":
+        return f"{question}\n{options}"
     if style == "qbench":
         return f"{question}\nChoose between one of the options as follows:\n{options}"
     if style == "letter":
@@ -169,6 +172,16 @@ def mark_token_ids(processor, marks):
     return ids
 
 
+def released_correct(text, candidates, answer_index, marks):
+    """Q-SiT's released LLVisionQA scoring of a generated answer (qsit_transformers_test_q_bench.py): its answer string
+    is the decoded sequence after the last "assistant", so it starts with the newline the template leaves; correct if
+    it equals the mark or the option text, holds "<mark>.", or has the mark as a whole line. The equalities never
+    hold there because of that newline, so an answer giving only the option text counts as wrong, as in their runs."""
+    said = ("\n" + text).split("assistant")[-1]
+    mark, answer = marks[answer_index], candidates[answer_index]
+    return said == mark or mark + "." in said or said == answer or mark in said.split("\n")
+
+
 def parse_choice(text, candidates, marks):
     """Index of the option a free answer names: a leading mark ('B', 'B.', '(B)'), else the one candidate text it
     contains; None if neither (stricter than a 'mark anywhere in the answer' rule, which credits 'A or B')."""
@@ -181,37 +194,45 @@ def parse_choice(text, candidates, marks):
 
 
 @torch.no_grad()
-def eval_mcq(model, processor, records, style="qbench", batch_size=16, device="cpu", generate=False, max_new_tokens=16):
-    """One prediction per record: probs over its options (closed set), the choice, and the parsed free answer."""
+def eval_mcq(model, processor, records, style="qsit", batch_size=16, device="cpu", generate=True, max_new_tokens=200,
+             closed_set=True):
+    """One prediction per record: the generated answer judged by Q-SiT's released rule (released_correct) and by
+    parse_choice (generate), and the closed set: probs over its options' marks and the argmax choice (closed_set)."""
     preds, by_marks = [], {}
     bar = tqdm(total=len(records), desc="eval qbench", unit="question")
     for r in records:  # one closed set per family of marks (A-D for the benchmark, 1-4 for the demo view)
         by_marks.setdefault(r["marks"], []).append(r)
     for marks, group in by_marks.items():
-        ids = mark_token_ids(processor, marks)
+        ids = mark_token_ids(processor, marks) if closed_set else None
         for start in range(0, len(group), batch_size):
             recs = [{**r, "conversations": [{"from": "human", "value": "<image>\n" + render_mcq(
                 r["question"], r["candidates"], style, marks)}]} for r in group[start:start + batch_size]]
-            enc, last = encode_prompts(processor, recs)
-            logits = last_token_logits(model, to_device(enc, model, device), last)
-            probs, _, _ = closed_set_scores(logits, ids)
+            probs = [None] * len(recs)
+            if closed_set:
+                enc, last = encode_prompts(processor, recs)
+                logits = last_token_logits(model, to_device(enc, model, device), last)
+                probs = closed_set_scores(logits, ids)[0].tolist()
             texts = [None] * len(recs)
             if generate:
                 enc, _ = encode_prompts(processor, recs, padding_side="left")
                 enc = to_device(enc, model, device)
                 new = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)[:, enc["input_ids"].shape[1]:]
                 texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-            for r, p, text in zip(recs, probs.tolist(), texts):
+            for r, p, text in zip(recs, probs, texts):
                 k = len(r["candidates"])
-                p = [x / sum(p[:k]) for x in p[:k]]  # the softmax over this question's options only
-                choice = max(range(k), key=p.__getitem__)
-                pred = {"id": r["id"], "type": r["type"], "concern": r["concern"], "answer_index": r["answer_index"],
-                        "probs": [round(x, 5) for x in p], "choice": choice,
-                        "correct": None if r["answer_index"] is None else choice == r["answer_index"]}
+                pred = {"id": r["id"], "type": r["type"], "concern": r["concern"], "answer_index": r["answer_index"]}
+                if p is not None:
+                    p = [x / sum(p[:k]) for x in p[:k]]  # the softmax over this question's options only
+                    choice = max(range(k), key=p.__getitem__)
+                    pred.update(probs=[round(x, 5) for x in p], choice=choice,
+                                correct=None if r["answer_index"] is None else choice == r["answer_index"])
                 if generate:
                     parsed = parse_choice(text, r["candidates"], marks[:k])
+                    known = r["answer_index"] is not None
                     pred.update(response=text.strip(), parsed=parsed,
-                                generation_correct=None if r["answer_index"] is None else parsed == r["answer_index"])
+                                generation_correct=parsed == r["answer_index"] if known else None,
+                                released_correct=released_correct(text, r["candidates"], r["answer_index"], marks)
+                                if known else None)
                 preds.append(pred)
             bar.update(len(recs))
     bar.close()
@@ -236,40 +257,49 @@ def table_text(table):
             "".join((f"{c['accuracy']:.2%} ({c['n']})" if c["accuracy"] is not None else "-").rjust(24) for c in cells))
 
 
-def evaluate(ckpt=None, model=None, data="data/demo_mcq", split="val", out=None, prompt="qbench", batch_size=16, limit=0,
-             generate=False, max_new_tokens=16, allow_unfinished=False):
+def evaluate(ckpt=None, model=None, data="data/demo_mcq", split="val", out=None, prompt="qsit", batch_size=16, limit=0,
+             generate=True, max_new_tokens=200, closed_set=False, allow_unfinished=False):
     """evaluate.py qbench: LLVisionQA accuracy of a checkpoint (or an untuned model) -> OUT/eval_qbench.json (Table V's
     columns), OUT/predictions_qbench.jsonl, and OUT/llvisionqa_answers.json (the released entries with each answer as
-    'response': what the benchmark's authors take for the hidden test split)."""
+    'response': what the benchmark's authors take for the hidden test split). By default Q-SiT's released protocol:
+    its prompt, a greedy answer of up to 200 tokens, judged by its rule (released_correct); closed_set: also the argmax
+    over the option marks' next-token probabilities (our option, and what generate=False reports alone)."""
     if prompt not in PROMPT_STYLES:
         raise SystemExit(f"--prompt must be one of {PROMPT_STYLES}, got {prompt!r}")
+    closed_set = closed_set or not generate
     device, dtype = eval_device()
     vlm, processor, cfg, name = load_evaluated(ckpt, model, device, dtype, allow_unfinished)
     records = [r for r in load_records(data, split) if r.get("task") == "mcq"]
     records = records[:limit] if limit else records
     if not records:
         raise SystemExit(f"no multiple-choice records in {data} ({split}); make them with prepare_data.py --task qbench")
-    for marks in sorted({r["marks"] for r in records}):  # before any work: can this tokenizer score the options apart?
-        try:
+    for marks in sorted({r["marks"] for r in records}) if closed_set else []:  # before any work: can this tokenizer
+        try:                                                                     # score the options apart?
             mark_token_ids(processor, marks)
         except ValueError as e:
             raise SystemExit(f"evaluate.py qbench: {name} cannot score the options of {data} ({split}): {e}") from None
-    preds = eval_mcq(vlm, processor, records, prompt, batch_size, device, generate, max_new_tokens)
+    preds = eval_mcq(vlm, processor, records, prompt, batch_size, device, generate, max_new_tokens, closed_set)
     result = {"task": "qbench", "model": name, "data": data, "split": split, "prompt": prompt, "n": len(preds),
-              "closed_set": accuracy_table(preds), "unfinished_checkpoint": cfg.get("finished") is False}
+              "max_new_tokens": max_new_tokens if generate else None, "unfinished_checkpoint": cfg.get("finished") is False}
     if generate:
+        result["released_rule"] = accuracy_table(preds, "released_correct")
         result["generation"] = accuracy_table(preds, "generation_correct")
         result["generation_unparsed"] = sum(p["parsed"] is None for p in preds)
+    if closed_set:
+        result["closed_set"] = accuracy_table(preds)
     run_out = eval_out(out, ckpt, model)
     atomic_write_json(os.path.join(run_out, "eval_qbench.json"), result)
     atomic_write_jsonl(os.path.join(run_out, "predictions_qbench.jsonl"), preds)
-    answers = [{**r["entry"], "response": p.get("response") or r["marks"][p["choice"]]}
+    answers = [{**r["entry"], "response": p["response"] if "response" in p else r["marks"][p["choice"]]}
                for r, p in zip(records, preds) if "entry" in r]
     if answers:
         atomic_write_json(os.path.join(run_out, "llvisionqa_answers.json"), answers)
-    print(f"closed-set choice over the option marks, {split}:\n{table_text(result['closed_set'])}")
     if generate:
-        print(f"parsed free answers ({result['generation_unparsed']} unparsed):\n{table_text(result['generation'])}")
+        print(f"generated answers, Q-SiT's released rule, {split}:\n{table_text(result['released_rule'])}")
+        print(f"the same answers parsed for one option ({result['generation_unparsed']} unparsed):\n"
+              f"{table_text(result['generation'])}")
+    if closed_set:
+        print(f"closed-set choice over the option marks, {split}:\n{table_text(result['closed_set'])}")
     print(f"-> {run_out}/eval_qbench.json, predictions_qbench.jsonl")
     return result
 
