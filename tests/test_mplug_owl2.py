@@ -332,8 +332,8 @@ def test_paper_tables_in_the_papers_shape(tmp_path, capsys):
                 "untuned (options listed)": {"accuracy": 0.125, "generation_accuracy": 0.1},
                 "untuned q-future/q-instruct-mplug-owl2-1031 (options listed)": {"accuracy": 0.0905}}
     (tmp_path / "ablation.json").write_text(json.dumps(ablation))
-    shift = {"columns": ["encoder"], "table": {"mean": {"Similarity": {"encoder": {"mean": 1.5}},
-                                                        "Logits": {"encoder": {"mean": 0.1}}}}}
+    shift = {"columns": ["encoder", "llm"], "table": {"mean": {"Similarity": {"encoder": {"mean": 1.5}, "llm": {"mean": 0.0}},
+                                                               "Logits": {"encoder": {"mean": 0.1}, "llm": {"mean": None}}}}}
     (tmp_path / "shift.json").write_text(json.dumps(shift))
     text = analyze.main(["distortion-tables", "--ablation", str(tmp_path / "ablation.json"), "--shift", str(tmp_path / "shift.json")])
     # the paper's metric (the generated answer) first, the closed set second, the paper's number last
@@ -341,6 +341,7 @@ def test_paper_tables_in_the_papers_shape(tmp_path, capsys):
     assert rows["encoder (encoder)"] == ["40.00", "50.00", "83.43"] and rows["untuned (options listed)"] == ["10.00", "12.50", "14.92"]
     assert rows["untuned q-future/q-instruct-mplug-owl2-1"] == ["nan", "9.05", "9.05"]  # beside the paper's Q-Instruct
     assert "150.00  181.00" in text and "10.00   10.96" in text
+    assert "0.00    0.42" in text and "nan    2.04" in text  # an LM-only Similarity of 0 is 0.00; a missing mean nan
     for mode, srcc in (("one_stage", 0.3), ("two_stage", 0.6)):
         d = tmp_path / mode
         d.mkdir()

@@ -539,8 +539,9 @@ def paper_tables(ablation=None, shift=None, pool="mean"):
         lines += ["", f"Table 2: semantic shift (%, mean over samples, pool {pool}); columns: the fine-tuned part"]
         columns = result["columns"]
         lines.append(f"{'':12s}" + "".join(f"{c[:16]:>17s}{'paper':>8s}" for c in columns))
-        for row in ("Similarity", "Logits"):
-            cells = "".join(f"{100 * (result['table'][pool][row][c]['mean'] or float('nan')):17.2f}"
+        for row in ("Similarity", "Logits"):  # a mean of exactly 0 is a number (an LM-only Similarity), None is not
+            mean = lambda c: result["table"][pool][row][c]["mean"]
+            cells = "".join(f"{100 * (mean(c) if mean(c) is not None else float('nan')):17.2f}"
                             f"{PAPER_TABLE2[row].get(c, float('nan')):8.2f}" for c in columns)
             lines.append(f"{row:12s}{cells}")
     print("\n".join(lines))
