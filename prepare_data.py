@@ -68,6 +68,9 @@ def main(argv=None):
     ap.add_argument("--paraphrases", type=boolean, default=False,
                     help="--task score: training questions drawn from paraphrases of the one question Q-Align's and "
                          "Q-SiT's released data ask (our option; val and test keep that question)")
+    ap.add_argument("--deqa_metas", default="", help="--task score: DeQA-Score's released metadata per source, "
+                    "SOURCE:PATH (its mos.json, or the metas/ folder holding it), e.g. spaq:Data-DeQA-Score/SPAQ/metas: "
+                    "the per-image spread their soft labels use (SPAQ's public metadata has none)")
     ap.add_argument("--soft_density", default="", help="--task score: DeQA soft-label density per source, e.g. "
                     "livec:cdf (default: koniq10k/kadid10k pdf, spaq cdf as the authors; others pdf)")
     ap.add_argument("--soft_spread", default="", help="--task score: what a source's std column holds, SOURCE:std|var "
@@ -117,8 +120,14 @@ def main(argv=None):
             spread = parse_source_map(args.soft_spread, ("std", "var"), "--soft_spread")
         except ValueError as e:
             ap.error(str(e))
+        authors = {}
+        for part in [p for p in args.deqa_metas.split(",") if p]:
+            source, sep, path = part.partition(":")
+            if not sep or source not in datasets:
+                ap.error(f"--deqa_metas {part!r}: expected SOURCE:PATH with SOURCE one of the given datasets {sorted(datasets)}")
+            authors[source] = path
         return make_score(datasets, args.out, args.split or "ref", args.seed, args.test_frac, args.val_frac, check_images,
-                          density, spread, args.paraphrases)
+                          density, spread, args.paraphrases, authors)
     if args.task in ("interpret", "general"):
         ap.error(f"--task {args.task} needs --llava_json FILE (or --demo DIR for interpret)")
     datasets = {s: getattr(args, DATASETS[s][0]) for s in DISTORTION_SOURCES if getattr(args, DATASETS[s][0])}

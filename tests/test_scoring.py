@@ -410,3 +410,40 @@ def test_level_precision_reads_agiqa3ks_released_data_csv(tmp_path):
     assert r["n"] == 6 and list(r["levels"].values()) == [1, 1, 1, 1, 2]
     with pytest.raises(SystemExit, match="no data.csv there"):
         analyze.main(["level-precision", "--agiqa", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+
+
+def test_deqa_soft_labels_take_the_authors_spread_for_spaq(tmp_path):
+    """SPAQ's public metadata has no per-image spread, so its soft labels are binary unless DeQA-Score's released
+    mos.json (Data-DeQA-Score/SPAQ/metas/mos.json: {name: {"mos", "std"}}, strings as well as numbers; read by their
+    gen_soft_label.py) gives it: then their 'cdf' labels with sigma = 4 std / that file's MOS range."""
+    from test_datasets import rows_of
+    from iqa_vlm.studies import deqa
+    rows = rows_of("meta_info_SPAQDataset.csv")  # the verbatim excerpt: 40 rows in the released layout
+    spaq = tmp_path / "spaq"
+    placeholders(spaq / "TestImage", [r["Image name"] for r in rows])
+    shutil.copy(Path(__file__).parent / "data" / "iqa_meta" / "meta_info_SPAQDataset.csv", tmp_path / "excerpt.csv")
+    (spaq / "meta_info_SPAQDataset.csv").write_text("".join(open(tmp_path / "excerpt.csv").readlines()[1:]))
+    metas = tmp_path / "metas"
+    metas.mkdir()
+    given = {r["Image name"]: {"mos": r["MOS"], "std": f"{10 + i % 7}.5"} for i, r in enumerate(rows[:30])}
+    (metas / "mos.json").write_text(json.dumps(given))  # ten images left without: counted, binary
+    out = tmp_path / "score"
+    P.main(["--task", "score", "--spaq", str(spaq), "--deqa_metas", f"spaq:{metas}", "--out", str(out),
+            "--check_images", "false", "--val_frac", "0"])
+    meta = json.load(open(out / "meta.json"))
+    assert meta["datasets"]["spaq"]["authors_mos"]["matched"] == 30 and meta["datasets"]["spaq"]["authors_mos"]["unmatched"] == 10
+    soft = meta["soft_labels"]["spaq"]
+    assert soft["density"] == "cdf" and soft.get("binary (no spread)") == 10 and sum(
+        v for k, v in soft.items() if k not in ("density", "spread", "binary (no spread)")) == 30
+    m, M = min(float(v["mos"]) for v in given.values()), max(float(v["mos"]) for v in given.values())
+    recs = [json.loads(l) for s in ("train", "test") for l in open(out / f"{s}.jsonl")]
+    for r in recs:
+        name = os.path.basename(r["image"])
+        if name in given:
+            sigma = 4 * float(given[name]["std"]) / (M - m)
+            want, _ = deqa.soft_level_probs(4 * r["mos_norm"] + 1, sigma, "cdf")
+            assert r["std_norm"] == pytest.approx(sigma, abs=1e-6) and r["level_probs"] == pytest.approx(want, abs=1e-6)
+        else:
+            assert r["std_norm"] is None
+    with pytest.raises(SystemExit):
+        P.main(["--task", "score", "--spaq", str(spaq), "--deqa_metas", f"koniq10k:{metas}", "--out", str(tmp_path / "x")])

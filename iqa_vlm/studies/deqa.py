@@ -16,8 +16,9 @@ Soft labels, as the authors' build_soft_labels/gen_soft_label.py builds them, pe
 (At mu exactly 3 their alpha is 0: the labels are uniform whatever sigma; kept, since it is what their code does.)
 Stored per record as level_probs in LEVELS order (bad ... excellent; their files list excellent first), with
 std_norm = sigma. Not in their code, so ours (README): datasets other than KonIQ/SPAQ/KADID use "pdf"; a record
-without a spread (SPAQ's and AGIQA-3K's released metadata have none; LIVE, CSIQ) gets the binary labels, counted in
-meta.json; KADID-10k's spread column is its ratings' variance ('var'), so sigma comes from its square root; KonIQ's
+without a spread (SPAQ's public metadata and IQA-PyTorch's have none: give DeQA-Score's released mos.json with
+prepare_data.py --deqa_metas spaq:DIR to use the authors' spread; AGIQA-3K's and LIVE's, CSIQ's) gets the binary
+labels, counted in meta.json; KADID-10k's spread column is its ratings' variance ('var'), so sigma comes from its square root; KonIQ's
 IQA-PyTorch metadata gives the spread of the 1-5 ratings beside MOS_zscore, so sigma = 4 std / (the observed range of
 the 1-5 MOS, from its c1..c5 shares). --soft_density / --soft_spread override these per source.
 
@@ -90,6 +91,30 @@ def parse_source_map(spec, allowed, what):
             raise ValueError(f"{what}: {part!r} should be SOURCE:{'|'.join(allowed)}")
         out[source.strip()] = value
     return out
+
+
+def read_authors_mos(path):
+    """DeQA-Score's released per-dataset metadata (Data-DeQA-Score/<SET>/metas/mos.json, which their
+    gen_soft_label.py reads): {image name: {"mos": .., "std": ..}}, the values numbers or numeric strings, on the
+    dataset's own scale. `path` is that file or its folder. -> ({basename: (mos, std)}, [min mos, max mos]): their
+    spread is normalised by the file's own MOS range."""
+    import json
+    import os
+    path = os.path.join(path, "mos.json") if os.path.isdir(path) else path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: expected DeQA-Score's mos.json (metas/ of Data-DeQA-Score)")
+    with open(path) as f:
+        raw = json.load(f)
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: expected a non-empty object {{image name: {{mos, std}}}}")
+    out = {}
+    for name, v in raw.items():
+        try:
+            out[os.path.basename(name)] = (float(v["mos"]), float(v["std"]))
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"{path}: entry {name!r} is {v!r}, expected {{'mos': number, 'std': number}}") from None
+    mos = [m for m, _ in out.values()]
+    return out, [min(mos), max(mos)]
 
 
 def spread_scale(source, info):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from iqa_vlm import iqa_datasets as D
 from iqa_vlm import iqa_io
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl
-from iqa_vlm.studies.deqa import attach_soft_labels
+from iqa_vlm.studies.deqa import attach_soft_labels, read_authors_mos
 from iqa_vlm.data import (LEVEL_PREFIX, LEVELS, claim_output, closed_set_meta, closed_set_token_ids, encode_prompts, load_records,
                           read_closed_set, with_instruction, write_splits)
 from iqa_vlm.metrics import closed_set_scores, plcc, score_metrics, srcc
@@ -64,7 +64,7 @@ def score_record(rid, image, level, source, ref, rng=None, image_first=False, **
 
 # ----------------------------------------------------------------------------- records
 def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, check_images=True, soft_density=None,
-               soft_spread=None, paraphrases=False):
+               soft_spread=None, paraphrases=False, authors_mos=None):
     """Scoring records (Q-Align form) from IQA datasets: MOS -> level by equal intervals between the dataset's
     min and max (iqa_datasets.norm_scores). KonIQ-10k keeps its official training/test split when the metadata has it
     (its official validation set goes to official_val.jsonl, counted); the others are split test_frac by reference
@@ -72,7 +72,9 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, 
     of each training part is held out for validation (Q-SiT: 10 %). LIVE Challenge's t1..t7 stay in train. Reference
     images without a score are left out. Train questions are seeded paraphrases; val/test use the canonical question.
     Every record also carries DeQA-Score's soft labels (deqa.attach_soft_labels; soft_density / soft_spread: per-source
-    overrides {source: "pdf"|"cdf"}, {source: "std"|"var"}), counted per kind in meta.json."""
+    overrides {source: "pdf"|"cdf"}, {source: "std"|"var"}), counted per kind in meta.json. authors_mos {source: path
+    of DeQA-Score's released mos.json}: the spread of each image from there (matched by file name, the unmatched
+    counted), normalised by that file's MOS range, as their labels are built (SPAQ's public metadata has no spread)."""
     claim_output(out)  # before hours of reading, not after
     splits, infos = {"train": [], "val": [], "test": []}, {}
     for source, root in datasets.items():
@@ -80,6 +82,12 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, 
         items, info = D.READERS[source](root, check_images=check_images)
         D.norm_scores(items, info)
         scored = [it for it in items if it["mos"] is not None]
+        if (authors_mos or {}).get(source):
+            spreads, info["std_scale_range"] = read_authors_mos(authors_mos[source])
+            hits = [it for it in scored if os.path.basename(it["image"]) in spreads]
+            for it in hits:
+                it["std"] = spreads[os.path.basename(it["image"])][1]
+            info["authors_mos"] = {"file": authors_mos[source], "matched": len(hits), "unmatched": len(scored) - len(hits)}
         ref_image = D.reference_images(items)
         official_val = []
         if any(it.get("split") for it in scored):
