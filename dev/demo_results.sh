@@ -111,11 +111,12 @@ if want memory; then  # train.py --dry_run true: the model on the meta device, n
     dry config/qsit_7b.py --model llava-onevision-7b --seq_len 8192 --interpret_val "" --lora 0 \
         --trainable encoder,projector,llm
     dry config/qsit_mini.py --model llava-onevision-0.5b --interpret_val ""
-    dry --model mplug-owl2-7b --trainable llm --lora 128 --lora_alpha 256 --batch_size 8 --seq_len 256  # Q-Align LoRA
+    dry config/qalign_koniq_lora.py --model mplug-owl2-7b --seq_len 128   # Q-Align's LoRA recipe
+    dry config/qalign_koniq.py --model mplug-owl2-7b --seq_len 128        # its full recipe, unsharded (4 GPUs: FSDP)
     dry config/deqa_mplug_owl2_lora.py --model mplug-owl2-7b --seq_len 128
     dry config/deqa_mplug_owl2.py --model mplug-owl2-7b --seq_len 128
-    dry config/deqa_llava_ov.py --model llava-onevision-7b
-    dry config/deqa_qwen25vl.py --model qwen2.5-vl-7b
+    dry config/deqa_llava_ov.py --model llava-onevision-7b --seq_len 8192
+    dry config/deqa_qwen25vl.py --model qwen2.5-vl-7b --seq_len 1280
     # docs/training.md's A6000 table: batch 4 x 1024 tokens unless said
     dry --model llava-onevision-0.5b --trainable encoder,projector,llm,head --batch_size 8 --grad_ckpt true
     dry --model llava-onevision-7b --trainable encoder,projector --batch_size 4 --grad_ckpt false
