@@ -120,7 +120,7 @@ seq_len = 1024                 # --dry_run: tokens per sample (image tokens + te
 stage = 0                      # two-stage reasoning: 1 = image -> description, 2 = description (text only) -> level;
                                # a --data folder with a stage1/ or stage2/ view (prepare_data.py --task pathway) reads that
 system_prompt = ""             # a system turn put first in every training sample (Q-Align and DeQA-Score train mPLUG-Owl2
-                               # with conversation "v1"'s, mplug_owl2.V1_SYSTEM, and evaluate without it)
+                               # with conversation "v1"'s, and evaluate without it)
 image_first = False            # move the image placeholder ahead of the question in training samples ("<image>\n" +
                                # question), as Q-Align's and DeQA-Score's training code does
 init = ""                      # start from a previous run's trained tensors (its trainable.safetensors, base model from its config.json)

@@ -114,23 +114,6 @@ EXCLUDED_WHY = {"kadid10k": {4: "color diffusion: chroma blur, a colour error th
 
 
 
-def coverage(items, info):
-    """Per distortion type of one dataset's items: {type: {"name", "n", "class", "why"}}: what the distortion task
-    keeps (class) and what it leaves out, with EXCLUDED_WHY's reason (references are not counted)."""
-    names = info.get("dist_names") or {}
-    why = EXCLUDED_WHY.get(info.get("source"), {})
-    out = {}
-    for it in items:
-        if it["is_ref"] or it["dist"] is None:
-            continue
-        c = out.setdefault(str(it["dist"]), {"name": names.get(it["dist"], str(it["dist"])), "n": 0,
-                                             "class": it["label"]})
-        c["n"] += 1
-        if it["label"] is None:
-            c["why"] = why.get(it["dist"], "no category fits")
-    return dict(sorted(out.items(), key=lambda kv: (len(kv[0]), kv[0])))
-
-
 # ----------------------------------------------------------------------------- synthetic distortion datasets
 def read_live(root, meta_file=None, check_images=True, realigned=False):
     """LIVE IQA release 2 (DMOS, lower = better; 29 references, 5 distortion folders).

@@ -36,10 +36,6 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 
 IMAGE_TOKEN = "<|image|>"
-# the system prompt of conversation "v1" (conv_vicuna_v1) in Q-Align's and DeQA-Score's conversation.py: their training
-# scripts pass --version v1, so every training sample starts with it; their evaluation uses conv_mplug_owl2, without it
-V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-             "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 VISION_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                        image_size=448, patch_size=14, layer_norm_eps=1e-6)
 ABSTRACTOR_DEFAULTS = dict(num_learnable_queries=64, hidden_size=1024, num_hidden_layers=6, num_attention_heads=16,

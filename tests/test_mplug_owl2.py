@@ -386,14 +386,14 @@ def test_training_samples_of_the_q_align_and_deqa_recipes_are_the_authors_v1_pro
     from iqa_vlm.common import apply_overrides
     from iqa_vlm.data import as_trained, to_messages
     from test_pipeline import train_defaults
-    assert M.V1_SYSTEM == ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                           "helpful, detailed, and polite answers to the user's questions.")  # their conversation.py
+    v1_system = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")  # conv_vicuna_v1, their conversation.py
     for recipe in ("qalign_koniq.py", "qalign_koniq_lora.py", "deqa_mplug_owl2.py", "deqa_mplug_owl2_lora.py"):
         cfg = apply_overrides(train_defaults(), [os.path.join(os.path.dirname(__file__), "..", "config", recipe)])
-        assert cfg["system_prompt"] == M.V1_SYSTEM and cfg["image_first"] is True, recipe
+        assert cfg["system_prompt"] == v1_system and cfg["image_first"] is True, recipe
     folder, sp = sp_folder
     processor = M.load_processor(str(folder), M.MPLUGOwl2Config(**{**_tiny_kw(), "vocab_size": sp.get_piece_size()}))
-    rec = as_trained(score_record("x", "x.png", "good", "t", "0"), M.V1_SYSTEM, image_first=True)
+    rec = as_trained(score_record("x", "x.png", "good", "t", "0"), v1_system, image_first=True)
     q, a = "How would you rate the quality of this image?", "The quality of the image is good."
-    want = M.V1_SYSTEM + " " + "USER: " + "<|image|>\n" + q + " " + "ASSISTANT: " + a + "</s>"
+    want = v1_system + " " + "USER: " + "<|image|>\n" + q + " " + "ASSISTANT: " + a + "</s>"
     assert processor.apply_chat_template(to_messages(rec["conversations"], True)) == want

@@ -53,6 +53,23 @@ def split_meta(train, test, **extra):
     return {"labels": LABELS, **closed_set_meta(LABELS, DISTORTION_PREFIX), "counts": counts, **extra}
 
 
+def coverage(items, info):
+    """Per distortion type of one dataset's items: {type: {"name", "n", "class", "why"}}: what the distortion task
+    keeps (class) and what it leaves out, with EXCLUDED_WHY's reason (references are not counted)."""
+    names = info.get("dist_names") or {}
+    why = D.EXCLUDED_WHY.get(info.get("source"), {})
+    out = {}
+    for it in items:
+        if it["is_ref"] or it["dist"] is None:
+            continue
+        c = out.setdefault(str(it["dist"]), {"name": names.get(it["dist"], str(it["dist"])), "n": 0,
+                                             "class": it["label"]})
+        c["n"] += 1
+        if it["label"] is None:
+            c["why"] = why.get(it["dist"], "no category fits")
+    return dict(sorted(out.items(), key=lambda kv: (len(kv[0]), kv[0])))
+
+
 def make_distortion(datasets, out, split="random", seed=0, test_frac=0.2, check_images=True):
     """Distortion records from the official (or pyiqa) releases of `datasets` {source: folder} -> OUT. split "random"
     (the default): one seeded 8:2 draw over the mix of all sets, as the distortion paper splits them; "ref": 8:2 within
@@ -67,7 +84,7 @@ def make_distortion(datasets, out, split="random", seed=0, test_frac=0.2, check_
         kept += kept_here
         ref_image.update(D.reference_images(items))
         info["n_kept"], info["n_excluded_types"] = len(kept_here), len(items) - len(kept_here)
-        info["coverage"] = D.coverage(items, info)
+        info["coverage"] = coverage(items, info)
         infos[source] = info
         print(f"{source}: {len(items)} images read ({info.get('layout')} layout), {len(kept_here)} kept, "
               f"{len(items) - len(kept_here)} of excluded types, {time.time() - t0:.1f}s" + iqa_io.skipped_note(info))
