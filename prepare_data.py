@@ -68,6 +68,10 @@ def main(argv=None):
     ap.add_argument("--paraphrases", type=boolean, default=False,
                     help="--task score: training questions drawn from paraphrases of the one question Q-Align's and "
                          "Q-SiT's released data ask (our option; val and test keep that question)")
+    ap.add_argument("--level_rule", default="released", choices=["released", "eq1"],
+                    help="--task score: released (default): KonIQ's and SPAQ's levels as in the data Q-Align and Q-SiT "
+                         "trained with (fifths of KonIQ's training-split range, of 0..94 for SPAQ), Eq. 1 for the others; "
+                         "eq1: Eq. 1 as printed, equal fifths of each dataset's own min..max")
     ap.add_argument("--deqa_metas", default="", help="--task score: DeQA-Score's released metadata per source, "
                     "SOURCE:PATH (its mos.json, or the metas/ folder holding it), e.g. spaq:Data-DeQA-Score/SPAQ/metas: "
                     "the per-image spread their soft labels use (SPAQ's public metadata has none)")
@@ -127,7 +131,7 @@ def main(argv=None):
                 ap.error(f"--deqa_metas {part!r}: expected SOURCE:PATH with SOURCE one of the given datasets {sorted(datasets)}")
             authors[source] = path
         return make_score(datasets, args.out, args.split or "ref", args.seed, args.test_frac, args.val_frac, check_images,
-                          density, spread, args.paraphrases, authors)
+                          density, spread, args.paraphrases, authors, args.level_rule)
     if args.task in ("interpret", "general"):
         ap.error(f"--task {args.task} needs --llava_json FILE (or --demo DIR for interpret)")
     datasets = {s: getattr(args, DATASETS[s][0]) for s in DISTORTION_SOURCES if getattr(args, DATASETS[s][0])}

@@ -10,6 +10,8 @@
 # trained, lm_head and embeddings included (mm_tunable_parts ... mm_language_model), vision tower lr 2e-6, cosine after
 # 3 % warmup, no weight decay; its training code puts the system message "You are a helpful assistant." first and the
 # image ahead of the question (system_prompt, image_first below). Batch 64 here: 8 per step x 8 accumulated.
+# D1's levels: those of the released train_{koniq,spaq}_qsit.json by default (prepare_data.py --level_rule released;
+# --level_rule eq1 is the paper's Eq. 1 over each dataset's min and max, which differs on 582 KonIQ and 958 SPAQ labels).
 # Q-SiT's released data config (training_jsons/single_image.yaml: all of KonIQ/SPAQ, 22 % of Q-Instruct, 8 % of
 # LLaVA-150K) is the alternative mix "score:1.0,interpret:X,general:Y" with X, Y those shares times |D2|/|D1|, |D3|/|D1|.
 #   python prepare_data.py --task score --koniq /data/koniq10k --spaq /data/SPAQ --val_frac 0.1 --out data/score

@@ -176,12 +176,32 @@ def test_released_rule_judges_answers_as_q_sits_script():
     assert Q.render_mcq("Q?", cands, "qsit") == "Q?\nA. Blur\nB. Noise\nC. Overexposure\n"
 
 
+# LLaVA-OneVision's chat template as the hub's llava-hf checkpoints render it: the template of transformers' own
+# processor test (huggingface/transformers tests/models/llava_onevision/test_processor_llava_onevision.py,
+# prepare_processor_dict), whose test_chat_template pins the real hub processor's output for one image and a question
+# to HUB_RENDERING. The hub's chat_template.json cannot be downloaded here; this is what it renders.
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}{% for content in "
+    "message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}{# Render all video then #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}{% endfor %}{% else %}{% for content in "
+    "message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ '\\n' + content['text'] }}"
+    "{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+HUB_RENDERING = "<|im_start|>user <image>\nWhat is shown in this image?<|im_end|><|im_start|>assistant\n"
+
+
 def test_qsit_prompt_matches_its_released_evaluation(tmp_path):
-    """evaluate.py score --prompt qsit against Q-SiT's evaluation as released (its README / eval script), rebuilt here:
-    chat template over [question text, image], the processor on it, "The quality of this image is " tokenized alone and
-    appended, next-token logits, softmax over the first tokens of the five capitalized words, weights 1, .75, .5, .25, 0."""
+    """evaluate.py score --prompt qsit against Q-SiT's evaluation as released (its README / eval script), rebuilt here on
+    LLaVA-OneVision's hub chat template: the template over [question text, image], the processor on it, "The quality of
+    this image is " tokenized alone and appended, next-token logits, softmax over the first tokens of the five
+    capitalized words, weights 1, .75, .5, .25, 0."""
     model, processor = build_tiny("llava_onevision")
     model.eval()
+    processor.chat_template = ONEVISION_TEMPLATE
+    example = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}]
+    assert processor.apply_chat_template(example, add_generation_prompt=True) == HUB_RENDERING
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
     tok = processor.tokenizer
@@ -189,6 +209,7 @@ def test_qsit_prompt_matches_its_released_evaluation(tmp_path):
     ids_ = [tok(t)["input_ids"][0] for t in toks]
     conversation = [{"role": "user", "content": [{"type": "text", "text": S.QSIT_QUESTION}, {"type": "image"}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    assert prompt == "<|im_start|>user <image>\n" + S.QSIT_QUESTION + "<|im_end|><|im_start|>assistant\n"
     inputs = processor(images=Image.open(image).convert("RGB"), text=prompt, return_tensors="pt")
     prefix_ids = tok("The quality of this image is ", return_tensors="pt")["input_ids"]
     inputs["input_ids"] = torch.cat([inputs["input_ids"], prefix_ids], dim=-1)
@@ -199,6 +220,10 @@ def test_qsit_prompt_matches_its_released_evaluation(tmp_path):
     wa5 = float(np.inner(probs, [1, 0.75, 0.5, 0.25, 0]))
     rec = {"id": "x", "image": str(image), "conversations": [{"from": "human", "value": "ignored\n<image>"}], "level": "fair",
            "mos": 3.0, "mos_norm": 0.5, "source": "t"}
+    from iqa_vlm.data import encode_prompts
+    enc, _ = encode_prompts(processor, [{**rec, "conversations": [{"from": "human", "value": S.QSIT_QUESTION + "\n<image>"}]}],
+                            after_prompt=S.QSIT_PREFIX)
+    assert enc["input_ids"][0][enc["attention_mask"][0].bool()].tolist() == inputs["input_ids"][0].tolist()
     pred = S.eval_score(model, processor, [rec], prompt="qsit")[0]
     assert S.qsit_level_ids(processor) == ids_[::-1]
     assert pred["score"] == pytest.approx(1 + 4 * wa5, abs=1e-4)  # 1..5 over bad..excellent = 1 + 4 x Q-SiT's 0..1

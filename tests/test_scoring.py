@@ -28,8 +28,9 @@ from iqa_vlm.studies import data_mix  # noqa: E402
 from iqa_vlm.studies import scoring as S  # noqa: E402
 from iqa_vlm.data import LEVELS  # noqa: E402
 
-META = ROOT.parent / "shared" / "iqa_meta"
-needs_meta = pytest.mark.skipif(not META.is_dir(), reason=f"real pyiqa metadata not found at {META}")
+# the complete IQA-PyTorch metadata files when IQA_META_DIR names a folder of them (CI points it at its copy)
+META = Path(os.environ.get("IQA_META_DIR") or "/nonexistent")
+needs_meta = pytest.mark.skipif(not META.is_dir(), reason="IQA_META_DIR is not set: complete IQA-PyTorch metadata not at hand")
 
 
 def spy_op(monkeypatch):
@@ -154,31 +155,42 @@ def test_make_score_on_real_pyiqa_metadata(tmp_path):
     by = {s: Counter(r["source"] for r in recs) for s, recs in splits.items()}
     # KonIQ-10k: pyiqa's split column 0/1/2 = the official training/validation/test; Q-SiT validates on 10 % of the
     # training part, so the official validation set is kept aside in official_val.jsonl
-    assert (by["train"]["koniq10k"] + by["val"]["koniq10k"], by["test"]["koniq10k"], by["official_val"]["koniq10k"]) == (7058, 2015, 1000)
+    assert (by["train"]["koniq10k"] + by["val"]["koniq10k"], by["test"]["koniq10k"], by["official_val"]["koniq10k"]) == (7046, 2010, 997)
     assert by["val"]["koniq10k"] == pytest.approx(706, abs=2)
     official = {r["img_name"]: {"0": "train", "1": "official_val", "2": "test"}[r["split"]] for r in krows}
     for s, recs in splits.items():
         assert all(official[os.path.basename(r["image"])] == ("train" if s == "val" else s) for r in recs if r["source"] == "koniq10k")
-    assert meta["counts"]["official_val"]["n"] == 1000
+    assert meta["counts"]["official_val"]["n"] == 997
     # LIVE Challenge: t1..t7 only in train; SPAQ about 80/20
     t_ids = {r["ref"] for s in ("val", "test") for r in splits[s] if r["source"] == "livec"}
     assert not t_ids & {f"t{i}" for i in range(1, 8)}
     assert sum(r["ref"] in {f"t{i}" for i in range(1, 8)} and r["is_train_only"] for r in splits["train"]) == 7
-    assert sum(by[s]["livec"] for s in by) == 1169 and sum(by[s]["spaq"] for s in by) == 11125
-    assert 0.18 < by["test"]["spaq"] / 11125 < 0.22 and by["val"]["spaq"] / (11125 - by["test"]["spaq"]) == pytest.approx(0.1, abs=0.01)
-    # records: Q-Align form, levels by equal intervals of the dataset's range; one question, as the released data ask
+    assert sum(by[s]["livec"] for s in by) == 1169 and sum(by[s]["spaq"] for s in by) == 11121
+    assert 0.18 < by["test"]["spaq"] / 11121 < 0.22 and by["val"]["spaq"] / (11121 - by["test"]["spaq"]) == pytest.approx(0.1, abs=0.01)
+    # records: Q-Align form; levels as the authors' released labels for KonIQ and SPAQ (the default), Eq. 1 over the
+    # dataset's range for LIVE Challenge; one question, as the released data ask
     lo, hi = meta["score_range"]["spaq"]
-    for r in splits["train"][:300] + splits["test"][:300]:
+    assert meta["level_rule"] == "released" and meta["datasets"]["livec"]["level_rule"].startswith("eq1")
+    for r in splits["train"][:300] + splits["test"][:300] + splits["train"][-300:]:
         assert r["task"] == "score" and r["conversations"][1]["value"] == f"The quality of the image is {r['level']}."
         m, M = meta["score_range"][r["source"]]
-        assert r["level"] == D.score_level(r["mos"], m, M) and r["mos_norm"] == pytest.approx((r["mos"] - m) / (M - m))
+        want = (S.released_level(r["mos"], *S.RELEASED_LEVEL_RANGE[r["source"]]) if r["source"] in S.RELEASED_LEVEL_RANGE
+                else D.score_level(r["mos"], m, M))
+        assert r["level"] == want and r["mos_norm"] == pytest.approx((r["mos"] - m) / (M - m))
+    # KonIQ's released range: the 9th lowest and 9th highest MOS of its official training and test splits; the images
+    # outside [m, M) are left out, as the released files have them: Q-Align's test_koniq.json holds 2,010 images,
+    # train_koniq.json 7,046 (10 below and 10 at or above over all three splits, 3 of them in the official val); SPAQ's four at 94 or more are out (11,121 of 11,125 in Q-Align's train + test files)
+    s02 = sorted(float(r["mos"]) for r in krows if r["split"] in ("0", "2"))
+    assert S.RELEASED_LEVEL_RANGE["koniq10k"] == (s02[8], s02[-9])
+    assert meta["datasets"]["koniq10k"]["released_range_left_out"] == {"below": 10, "at_or_above": 10}
+    assert meta["datasets"]["spaq"]["released_range_left_out"] == {"below": 0, "at_or_above": 4}
     assert {r["conversations"][0]["value"] for s in ("train", "test") for r in splits[s]} == {S.SCORE_QUESTION + "\n<image>"}
     assert (lo, hi) == (2.0, 96.0) and set(meta["counts"]["test"]["by_level"]) == set(LEVELS)
     # DeQA-Score's soft labels on every record: KonIQ's spread is that of its 1-5 ratings (sigma = 4 std / the observed
     # range of the 1-5 MOS, 1.10-4.31), SPAQ has none
     soft = meta["soft_labels"]
-    assert soft["spaq"] == {"density": "cdf", "spread": "std", "binary (no spread)": 11125}
-    assert sum(v for k, v in soft["koniq10k"].items() if k not in ("density", "spread")) == 10073
+    assert soft["spaq"] == {"density": "cdf", "spread": "std", "binary (no spread)": 11121}
+    assert sum(v for k, v in soft["koniq10k"].items() if k not in ("density", "spread")) == 10053
     acr = [sum(k * float(r[f"c{k}"]) for k in range(1, 6)) for r in krows]  # KonIQ's 1-5 MOS, the scale of its std
     assert meta["datasets"]["koniq10k"]["std_scale_range"] == pytest.approx([min(acr), max(acr)], abs=1e-6)
     for r in (r for s in splits.values() for r in s if r["source"] == "koniq10k"):
@@ -447,3 +459,53 @@ def test_deqa_soft_labels_take_the_authors_spread_for_spaq(tmp_path):
             assert r["std_norm"] is None
     with pytest.raises(SystemExit):
         P.main(["--task", "score", "--spaq", str(spaq), "--deqa_metas", f"koniq10k:{metas}", "--out", str(tmp_path / "x")])
+
+
+RELEASED = Path(__file__).parent / "data" / "released"
+
+
+def test_released_level_rule_reproduces_qsits_training_labels():
+    """Q-SiT's (and Q-Align's) released KonIQ and SPAQ labels: the records nearest each side of every level edge
+    (verbatim excerpts of Q-Future/Q-SIT training_jsons/train_{koniq,spaq}_qsit.json) get their released label from
+    scoring.released_level, including SPAQ's 56.4 -> fair next to 37.6 -> fair and 75.2 -> excellent; Eq. 1 over the
+    whole dataset's range (KonIQ 3.91-88.39, SPAQ 2-96 in IQA-PyTorch's metadata) labels some of them otherwise."""
+    for name, source, full_range in (("train_koniq_qsit", "koniq10k", (3.91176470588, 88.3888888889)),
+                                     ("train_spaq_qsit", "spaq", (2.0, 96.0))):
+        doc = json.load(open(RELEASED / f"{name}.excerpt.json"))
+        assert doc["source"].startswith(f"Verbatim excerpt of Q-Future/Q-SIT training_jsons/{name}.json")
+        pairs = [(float(r["id"].rsplit("->", 1)[1]), r["conversations"][1]["value"].split()[-1].strip("."))
+                 for r in doc["records"]]
+        assert len(pairs) == 26 and {lv for _, lv in pairs} == set(LEVELS)
+        assert [S.released_level(s, *S.RELEASED_LEVEL_RANGE[source]) for s, _ in pairs] == [lv for _, lv in pairs]
+        assert sum(D.score_level(s, *full_range) != lv for s, lv in pairs) >= 5
+    assert [S.released_level(s, 0.0, 94.0) for s in (37.6, 56.4, 75.2)] == ["fair", "fair", "excellent"]
+
+
+def test_level_rule_option_and_scale_check(tmp_path):
+    """--level_rule eq1 gives Eq. 1 over the dataset's own range (the paper's formula as printed); the default gives the
+    released labels; metadata on another scale (KonIQ's 1-5 MOS column) is an error for the released rule."""
+    from test_datasets import rows_of
+    rows = rows_of("meta_info_KonIQ10kDataset.csv")  # the verbatim excerpt
+    koniq = tmp_path / "koniq"
+    placeholders(koniq / "512x384", [r["img_name"] for r in rows])
+    (koniq / "meta_info_KonIQ10kDataset.csv").write_text(
+        "".join(open(Path(__file__).parent / "data" / "iqa_meta" / "meta_info_KonIQ10kDataset.csv").readlines()[1:]))
+    levels = {}
+    for rule in ("released", "eq1"):
+        out = tmp_path / rule
+        P.main(["--task", "score", "--koniq", str(koniq), "--out", str(out), "--check_images", "false", "--val_frac", "0"]
+               + (["--level_rule", rule] if rule == "eq1" else []))
+        meta = json.load(open(out / "meta.json"))
+        assert meta["level_rule"] == rule and meta["datasets"]["koniq10k"]["level_rule"].startswith(rule)
+        recs = [json.loads(l) for s in ("train", "test") for l in open(out / f"{s}.jsonl")]
+        levels[rule] = {r["id"]: (r["mos"], r["level"]) for r in recs}
+        m, M = meta["score_range"]["koniq10k"]
+        for mos, level in levels[rule].values():
+            assert level == (S.released_level(mos, *S.RELEASED_LEVEL_RANGE["koniq10k"]) if rule == "released"
+                             else D.score_level(mos, m, M))
+    assert levels["released"].keys() == levels["eq1"].keys()
+    assert any(levels["released"][k][1] != levels["eq1"][k][1] for k in levels["eq1"])
+    info = {"source": "koniq10k", "score_range": [1.1, 4.3], "metadata_file": "k.csv", "score_column": "MOS"}
+    with pytest.raises(ValueError, match=r"k\.csv.*0\.\.100 scale.*--level_rule eq1"):
+        S.apply_level_rule([{"mos": 3.0}], info, "released")
+    assert S.apply_level_rule([{"mos": 3.0, "level": "fair"}], info, "eq1")[0]["level"] == "fair"

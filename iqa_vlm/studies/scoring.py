@@ -50,6 +50,57 @@ QSIT_PREFIX = "The quality of this image is "
 QSIT_LEVEL_WORDS = ["Bad", "Poor", "Fair", "Good", "Excellent"]  # LEVELS' order, low to high
 PROMPTS = ("qalign", "qsit")
 
+# ----------------------------------------------------------------------------- level labels
+# The data Q-Align and Q-SiT trained and tested with (Q-Future/Q-Align playground/data/training_sft/train_{koniq,spaq}.json
+# and test_jsons/test_{koniq,spaq}.json; Q-Future/Q-SIT training_jsons/train_{koniq,spaq}_qsit.json, the same labels)
+# keep the images whose MOS lies in a range [m, M) and label them by equal fifths of it, not of the dataset's own min
+# and max (Eq. 1 as printed): 582 of 7,046 KonIQ and 958 of 8,897 SPAQ training labels differ from Eq. 1 over the
+# whole dataset. Found by fitting the released files (dev/check_released_levels.py reproduces every label); the
+# authors' script that made them is not released.
+#   koniq10k: [6.68487394958, 85.35625), the 9th lowest and 9th highest MOS of KonIQ's official training and test
+#             splits; the released files leave out the 8 images below and the 9 at or above (12 training, 5 test)
+#   spaq:     [0, 94) (94 is the span of SPAQ's MOS, 2 to 96, here counted from 0); the 4 images at 94 or more are out
+# Each fifth holds its lower edge, with the width computed first: 3 * 18.8 rounds above 56.4, so 56.4 is "fair" in the
+# released data while 37.6 and 75.2 open "fair" and "excellent". Other sources: Eq. 1 (Q-Align's released KADID-10k
+# labels overlap in score, poor 1.83-2.58 and fair 2.07-3.35, so no rule on the score reproduces them).
+RELEASED_LEVEL_RANGE = {"koniq10k": (6.68487394958, 85.35625), "spaq": (0.0, 94.0)}
+LEVEL_RULES = ("released", "eq1")
+
+
+def released_level(s, m, M):
+    """The level of score s in the released labels' fifths of [m, M) (RELEASED_LEVEL_RANGE)."""
+    width = (M - m) / 5
+    return LEVELS[sum(s >= m + k * width for k in range(1, 5))]
+
+
+def apply_level_rule(items, info, rule):
+    """rule "released": for a source with a released range (RELEASED_LEVEL_RANGE), the images and labels the authors
+    used: scored items outside [m, M) are left out (counted in info["released_range_left_out"]), the others labelled
+    by released_level. Otherwise, and for rule "eq1", the levels norm_scores gave (Eq. 1 over the dataset's range).
+    Records the rule in info["level_rule"]; returns the items kept. A released range is on the 0..100 scale: a source
+    read on another scale (KonIQ's 1-5 MOS column) is an error."""
+    source = info["source"]
+    if rule not in LEVEL_RULES:
+        raise ValueError(f"level rule {rule!r}: expected one of {', '.join(LEVEL_RULES)}")
+    if rule == "eq1" or source not in RELEASED_LEVEL_RANGE:
+        info["level_rule"] = f"eq1: equal fifths of the dataset's range {info['score_range']}"
+        return items
+    m, M = RELEASED_LEVEL_RANGE[source]
+    lo, hi = info["score_range"]
+    if lo < 0 or hi > 100 or hi - lo < 50:
+        raise ValueError(f"{source}: scores in [{lo}, {hi}] ({info.get('metadata_file')}, column "
+                         f"{info.get('score_column', 'MOS')}); the released labels' rule is for the 0..100 scale: use "
+                         f"metadata on that scale, or --level_rule eq1")
+    below = sum(it["mos"] is not None and it["mos"] < m for it in items)
+    above = sum(it["mos"] is not None and it["mos"] >= M for it in items)
+    kept = [it for it in items if it["mos"] is None or m <= it["mos"] < M]
+    for it in kept:
+        if it["mos"] is not None:
+            it["level"] = released_level(it["mos"], m, M)
+    info["level_rule"] = f"released: the authors' data, MOS in [{m}, {M}) in equal fifths, lower edge inclusive"
+    info["released_range_left_out"] = {"below": below, "at_or_above": above}
+    return kept
+
 
 def score_record(rid, image, level, source, ref, rng=None, image_first=False, **extra):
     """One scoring record. rng (random.Random) picks a paraphrase of the question; None = the canonical one. The image
@@ -62,15 +113,22 @@ def score_record(rid, image, level, source, ref, rng=None, image_first=False, **
             "task": "score", "source": source, "ref": ref, "level": level, **extra}
 
 
+def left_out_note(info):
+    out = info.get("released_range_left_out")
+    return f" (left out as in the released data: {out['below']} below its range, {out['at_or_above']} at or above)" \
+        if out and sum(out.values()) else ""
+
+
 # ----------------------------------------------------------------------------- records
 def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, check_images=True, soft_density=None,
-               soft_spread=None, paraphrases=False, authors_mos=None):
-    """Scoring records (Q-Align form) from IQA datasets: MOS -> level by equal intervals between the dataset's
-    min and max (iqa_datasets.norm_scores). KonIQ-10k keeps its official training/test split when the metadata has it
-    (its official validation set goes to official_val.jsonl, counted); the others are split test_frac by reference
-    content (or randomly; test_frac 1: all of it tested, as Q-SiT tests LIVE-C, AGIQA-3K and KADID-10k). Then val_frac
-    of each training part is held out for validation (Q-SiT: 10 %). LIVE Challenge's t1..t7 stay in train. Reference
-    images without a score are left out. Train questions are seeded paraphrases; val/test use the canonical question.
+               soft_spread=None, paraphrases=False, authors_mos=None, level_rule="released"):
+    """Scoring records (Q-Align form) from IQA datasets: MOS -> level by the labels the authors released for KonIQ and
+    SPAQ (level_rule "released", apply_level_rule), else by equal intervals between the dataset's min and max (Eq. 1,
+    iqa_datasets.norm_scores; level_rule "eq1" everywhere). KonIQ-10k keeps its official training/test split when the
+    metadata has it (its official validation set goes to official_val.jsonl, counted); the others are split test_frac
+    by reference content (or randomly; test_frac 1: all of it tested, as Q-SiT tests LIVE-C, AGIQA-3K and KADID-10k).
+    Then val_frac of each training part is held out for validation (Q-SiT: 10 %). LIVE Challenge's t1..t7 stay in train. Reference
+    images without a score are left out. One question (Q-Align's); paraphrases=True draws train questions (ours).
     Every record also carries DeQA-Score's soft labels (deqa.attach_soft_labels; soft_density / soft_spread: per-source
     overrides {source: "pdf"|"cdf"}, {source: "std"|"var"}), counted per kind in meta.json. authors_mos {source: path
     of DeQA-Score's released mos.json}: the spread of each image from there (matched by file name, the unmatched
@@ -81,6 +139,7 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, 
         t0 = time.time()
         items, info = D.READERS[source](root, check_images=check_images)
         D.norm_scores(items, info)
+        items = apply_level_rule(items, info, level_rule)
         scored = [it for it in items if it["mos"] is not None]
         if (authors_mos or {}).get(source):
             spreads, info["std_scale_range"] = read_authors_mos(authors_mos[source])
@@ -116,11 +175,12 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, 
                     levels=dict(Counter(it["level"] for it in scored)), split_counts={k: len(v) for k, v in parts.items()})
         infos[source] = info
         print(f"{source}: {len(scored)} scored images ({info['layout']} layout, range {info['score_range']}, "
-              f"{info['direction']}), split {info['split_counts']}, {time.time() - t0:.1f}s" + iqa_io.skipped_note(info))
+              f"{info['direction']}), levels {info['level_rule'].split(':')[0]}{left_out_note(info)}, "
+              f"split {info['split_counts']}, {time.time() - t0:.1f}s" + iqa_io.skipped_note(info))
     soft = attach_soft_labels(splits, infos, soft_density, soft_spread)
     for source, c in soft.items():
         print(f"{source}: soft labels {', '.join(f'{k} {v}' for k, v in c.items())}")
-    meta = {"task": "score", **closed_set_meta(), "seed": seed, "datasets": infos, "soft_labels": soft,
+    meta = {"task": "score", **closed_set_meta(), "seed": seed, "level_rule": level_rule, "datasets": infos, "soft_labels": soft,
             "score_direction": {s: i.get("direction") for s, i in infos.items()},
             "score_range": {s: i.get("score_range") for s, i in infos.items()}}
     return write_splits(out, splits, meta)
