@@ -66,8 +66,9 @@ def main(argv=None):
                          "description and a conclusion; the two-stage paper's 6,000 + 720 by default; 'all': every "
                          "record, --val_frac of them held out as val, no test (our option)")
     ap.add_argument("--paraphrases", type=boolean, default=False,
-                    help="--task score: training questions drawn from paraphrases of the one question Q-Align's and "
-                         "Q-SiT's released data ask (our option; val and test keep that question)")
+                    help="--task score: each training record's question drawn from the nine of Q-Align's training data "
+                         "(its recipes); false: the one question of Q-SiT's data and of Q-Align's evaluation (val and "
+                         "test always ask it)")
     ap.add_argument("--level_rule", default="released", choices=["released", "eq1"],
                     help="--task score: released (default): KonIQ's and SPAQ's levels as in the data Q-Align and Q-SiT "
                          "trained with (fifths of KonIQ's training-split range, of 0..94 for SPAQ), Eq. 1 for the others; "

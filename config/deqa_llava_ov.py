@@ -1,6 +1,6 @@
 # DeQA-Score's losses (soft labels by KL, fidelity over same-dataset pairs, CE + KL at 0.05) on LLaVA-OneVision-7B, one
 # 48 GB GPU. Not a paper's recipe (DeQA-Score trains mPLUG-Owl2 only): its losses, weights, lr 2e-5, schedule and 16
-# pairs per step; ours: the vision tower and projector trained fully, the LM through LoRA rank 128 / alpha 256 on every
+# pairs per step (DeQA's per-GPU batch: its global step is 16 x GPUs); ours: the vision tower and projector trained fully, the LM through LoRA rank 128 / alpha 256 on every
 # linear layer (as config/qsit_7b.py), 2 pairs x 8 accumulated per step so the anyres images fit.
 # 4 images x 8192 tokens per micro-step: anyres images take up to 7,290 visual tokens each. The dry-run estimate is in
 # docs/results.md.

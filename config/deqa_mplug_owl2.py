@@ -5,7 +5,7 @@
 # 0.05; lr 2e-5, cosine, warmup 3 %, no weight decay, 3 epochs, bf16, gradient checkpointing, DeepSpeed ZeRO-3 (here
 # --fsdp true). Their README: at least 8 A6000 or 4 A100. Unsharded it does not fit one GPU (--dry_run with --seq_len
 # 128, 65 visual tokens and the text; docs/results.md), so FSDP shards it over 8 GPUs; on one 48 GB GPU use
-# config/deqa_mplug_owl2_lora.py. Their split files (HF Data-DeQA-Score split.json) are not public code: KonIQ keeps
+# config/deqa_mplug_owl2_lora.py. Their split files (split.json, published as data in HF zhiyuanyou/Data-DeQA-Score, not in the code repo) are not read here: KonIQ keeps
 # its official split here, SPAQ and KADID 80/20 by reference content; --val_frac 0: all training data trains.
 #   python prepare_data.py --task score --koniq /data/koniq10k --spaq /data/SPAQ --kadid /data/kadid10k --val_frac 0 --out data/deqa
 #   python train.py --dry_run true config/deqa_mplug_owl2.py --model mplug-owl2-7b --seq_len 128   # the estimate

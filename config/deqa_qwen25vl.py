@@ -1,6 +1,6 @@
 # DeQA-Score's losses (soft labels by KL, fidelity over same-dataset pairs, CE + KL at 0.05) on Qwen2.5-VL-7B, one
 # 48 GB GPU. Not a paper's recipe (DeQA-Score trains mPLUG-Owl2 only): its losses, weights, lr 2e-5, schedule and 16
-# pairs per step; ours: the vision tower and merger trained fully, the LM through LoRA rank 128 / alpha 256 on every
+# pairs per step (DeQA's per-GPU batch: its global step is 16 x GPUs); ours: the vision tower and merger trained fully, the LM through LoRA rank 128 / alpha 256 on every
 # linear layer, 4 pairs x 4 accumulated per step. 1280 tokens per sample: a 1024x768 KonIQ image is about 1,000
 # visual tokens at Qwen's 28-pixel patches (set --seq_len to what your processor's max_pixels gives).
 # 8 images x 1280 tokens per micro-step (the dry-run estimate: docs/results.md).

@@ -4,7 +4,8 @@
 # iterations; a label-smoothed NLL loss; four RTX A6000. The paper's backbone, mPLUG-Owl2-7B, is
 # distortion_mplug_owl2.py; this file runs the same study on LLaVA-1.5-7B (a CLIP ViT-L/14 encoder and a
 # LLaMA-2-7B-class decoder), the question being whether the finding holds on another VLM. Not stated in the paper,
-# this repo's choice: lr 2e-5 (Q-Align's), batch 8 per GPU, smoothing 0.1.
+# this repo's choice: lr 2e-5 (Q-Align's), batch 8 per GPU, smoothing 0.1, train.py's cosine schedule, 3 % warmup
+# and no weight decay.
 #   python prepare_data.py --task distortion --live ... --csiq ... --kadid ... --tid2013 ... --out data/distortion
 #   python sweeps/ablation.py --config config/distortion_llava15_7b.py --torchrun 4 --partial_llm llm:24-31 --train_args "--fsdp true"
 #   torchrun --standalone --nproc_per_node=4 train.py config/distortion_llava15_7b.py --trainable encoder --out out/enc

@@ -3,7 +3,8 @@
 # mplug_owl2.py). From the paper: LIVE + CSIQ + KADID-10k + TID2013 in 8 classes, split 8:2 at random; 448 px images,
 # 64 visual tokens; AdamW (0.9, 0.98), eps 1e-6 (train.py's own); about 20,000 iterations; a label-smoothed NLL loss;
 # four RTX A6000. Not stated in the paper, this repo's choice: lr 2e-5 (Q-Align's on the same backbone), batch 8 per
-# GPU, smoothing 0.1, which LM layers "partial" trains (llm:24-31, the last quarter).
+# GPU, smoothing 0.1, which LM layers "partial" trains (llm:24-31, the last quarter), and train.py's cosine schedule,
+# 3 % warmup and no weight decay.
 # One 48 GB GPU (--seq_len 256: 65 visual tokens + the prompt and answer stay under it) fits every row but those that
 # train the whole LM (dry-run estimates: docs/results.md); those need the paper's four GPUs (--fsdp true under
 # torchrun) or LoRA on one (--lora 128; then the LM learns through adapters, not as in the paper).

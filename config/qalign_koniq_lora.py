@@ -4,8 +4,8 @@
 # find_all_linear_names), every other parameter frozen (with lora_enable only "lora_" tensors train, and
 # --tune_visual_abstractor False keeps the abstractor frozen); lr 2e-4, cosine, warmup 3 %, no weight decay, 1 epoch,
 # batch 32 per device, bf16, gradient checkpointing, transformers' AdamW defaults (the script sets none). The prompt
-# and answer, the images and labels as config/qalign_koniq.py; all of them train (no validation split):
-#   python prepare_data.py --task score --koniq /data/koniq10k --val_frac 0 --out data/koniq
+# and answers, the images and labels as config/qalign_koniq.py; all of them train (no validation split):
+#   python prepare_data.py --task score --koniq /data/koniq10k --val_frac 0 --paraphrases true --out data/koniq
 #   python train.py --dry_run true config/qalign_koniq_lora.py --model mplug-owl2-7b --seq_len 128   # the estimate
 #   python train.py config/qalign_koniq_lora.py --out out/qalign_koniq_lora
 #   python evaluate.py score --ckpt out/qalign_koniq_lora --data data/koniq

@@ -1,7 +1,8 @@
-# Q-SiT (the paper's primary model, LLaVA-OneVision-7B) on ONE 48 GB GPU (A6000 class). The paper trains all of it on
-# 8 A800 80 GB; a full fine-tune does not fit one GPU (train.py --dry_run ... --lora 0; docs/results.md), so this
-# recipe trains the vision tower and projector fully and the LM through LoRA (our choice where the paper has none:
-# rank 128, alpha 256 and lr 2e-4 as Q-Align's LoRA recipe; the vision tower keeps Q-SiT's 2e-6).
+# Q-SiT (the paper's primary model, LLaVA-OneVision-7B) on ONE 48 GB GPU (A6000 class). Q-SiT trains all of it (the
+# tunable parts of LLaVA-NeXT's finetune_ov.sh, which its README says to modify) on 8 A800 80 GB (the paper); a full
+# fine-tune does not fit one GPU (train.py --dry_run ... --lora 0; docs/results.md), so this recipe trains the vision
+# tower and projector fully and the LM through LoRA (our choice where the paper has none: rank 128, alpha 256 and lr
+# 2e-4 as Q-Align's LoRA recipe, the projector fully at that lr; the vision tower keeps finetune_ov.sh's 2e-6).
 # Batch 4 x 8192 tokens: LLaVA-OV's anyres images take up to 7,290 visual tokens (the estimate: docs/results.md).
 # Data, mix, balance and validation as config/qsit_mini.py; batch 64 = 4 per step x 16 accumulated.
 #   python train.py --dry_run true config/qsit_7b.py --model llava-onevision-7b --seq_len 8192   # the memory estimate

@@ -1,10 +1,11 @@
 # Q-SiT-mini (Zhang, Wu, Jia, Lin, Zhai, "Teaching LMMs for image quality scoring and interpreting"): LLaVA-OneVision
 # 0.5B trained on scoring D1 (KonIQ + SPAQ), interpreting D2 (Q-Instruct) and general D3 (LLaVA-150K) data.
-# From the paper (Sec. IV-A, IV-B): batch 64, lr 1e-5, 3 epochs; D1:D2:D3 = 1.00:2.50:1.04 as record ratios relative
-# to |D1| (train.py --mix); "Assume you are an image quality evaluator." opening each scoring question; once per
-# epoch the mix is moved by the validation-loss ratio against λ ≈ 1/4.66 (Alg. 1 step 3; the paper's λ, from its own
-# small-model runs: for other data, find yours with analyze.py mix-ratio --run and pass its qsit_step3.py after this
-# file). Validation: 10 % of the scoring train data (prepare_data.py --val_frac) and LLVisionQA-dev for interpreting
+# From the paper (Sec. IV-A, IV-B): batch 64, lr 1e-5; D1:D2:D3 = 1.00:2.50:1.04 as record ratios relative to |D1|
+# (train.py --mix); "Assume you are an image quality evaluator." opening each scoring question. The paper trains the
+# 0.5B model until the validation loss plateaus and its 7B primary model 3 epochs: 3 epochs here is our choice. Once
+# per epoch the mix is moved by the validation-loss ratio against λ ≈ 1/4.66 (Alg. 1 step 3, which the paper applies
+# to the 7B primary model, with λ from its 0.5B runs: balance on this mini model is our choice; for other data, find
+# λ with analyze.py mix-ratio --run and pass its qsit_step3.py after this file). Validation: 10 % of the scoring train data (prepare_data.py --val_frac) and LLVisionQA-dev for interpreting
 # (--interpret_val; the paper's 10 %: its released training JSONs hold no such split). From the LLaVA-OneVision
 # finetune script Q-SiT modifies (LLaVA-NeXT's finetune_ov.sh and train.py): vision tower, projector and the whole LM
 # trained, lm_head and embeddings included (mm_tunable_parts ... mm_language_model), vision tower lr 2e-6, cosine after

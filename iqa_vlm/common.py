@@ -80,9 +80,10 @@ def atomic_write(path, data):
 _LOCKS = {}
 
 
-def hold_lock(path, who):
-    """An exclusive lock on the file `path`, held until the process exits (the OS drops it then, even after kill -9, so a
-    crash never leaves a stale lock). A second writer into the same folder is refused, naming the first."""
+def hold_lock(path, who, shared=False):
+    """A lock on the file `path`, held until the process exits (the OS drops it then, even after kill -9, so a crash never
+    leaves a stale lock): exclusive for a writer, shared for a reader (readers share it; a writer and anyone else
+    exclude each other). A refused caller stops, naming the last writer that held it."""
     import fcntl
     import socket
     path = os.path.abspath(path)
@@ -90,18 +91,44 @@ def hold_lock(path, who):
         return
     f = open(path, "a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holder = f.read().strip() or "another process"
+        holder = f.read().strip()
         f.close()
-        raise SystemExit(f"{who}: {path} is held by {holder}, which is writing there now; wait for it to end, "
-                         f"or choose another folder") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
+        raise SystemExit(f"{who}: {path} is held by another process ({'the last writer: ' + holder if holder else 'a reader'})"
+                         f", which is using that folder now; wait for it to end, or choose another folder") from None
+    except OSError as e:  # a read-only parent folder
+        f.close()
+        raise SystemExit(f"{who}: cannot lock {path} ({e.strerror})") from None
+    if not shared:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{who} pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
     _LOCKS[path] = f
+
+
+def folder_lock(folder, who, shared=False):
+    """The one lock of a folder, PARENT/.NAME.lock beside it (a folder swapped whole keeps it): prepare_data.py --out and
+    train.py --out hold it exclusively, train.py --data and evaluate.py --ckpt shared, so no one writes a folder another
+    process reads or writes."""
+    parent, base = os.path.split(os.path.realpath(folder))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"{who}: cannot make {parent} ({e.strerror})") from None
+    hold_lock(os.path.join(parent, f".{base}.lock"), who, shared)
+
+
+def check_writable(folder, who):
+    """An unwritable output folder is an error now, before the work, not after it."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        atomic_write(os.path.join(folder, ".write_test"), b"")
+        os.unlink(os.path.join(folder, ".write_test"))
+    except OSError as e:
+        raise SystemExit(f"{who}: cannot write into {folder} ({e.strerror})") from None
 
 
 def pyplot():
@@ -207,28 +234,40 @@ def boolean(raw):
 
 
 def apply_overrides(config, argv):
-    """nanoGPT-style configurator: `config` is a dict of defaults (usually the script's globals).
+    """nanoGPT-style configurator: `config` is a dict of defaults (train.py's config block, nothing else: module
+    constants are not settable).
 
-    argv items: a config file (`config/foo.py`, executed, may set any known key), `--key value` or
-    `--key=value`. Values are cast to the default's type; unknown keys are an error."""
+    argv items: a config file (`config/foo.py`, executed, may set any known key with a value of that key's type), or
+    `--key value` / `--key=value`, cast to the default's type (an int key takes no 8.5; a text key no None). Unknown
+    keys and wrong types are errors naming the key, and the file and line for a config file. -> the resolved config."""
     i, known = 0, {k for k, v in config.items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "text"}
 
-    def set_key(key, raw):
-        if key not in known:
-            raise SystemExit(f"unknown config key --{key}; known keys: {', '.join(sorted(known))}")
+    def unknown(key, where):
+        raise SystemExit(f"{where}unknown config key {key}; known keys: {', '.join(sorted(known))}")
+
+    def from_text(key, raw):
         default = config[key]
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise SystemExit(f"--{key} expects true/false, got {raw!r}")
-            value = boolean(raw)
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            return boolean(raw)
+        if isinstance(default, (int, float)):
             try:
-                value = type(default)(raw) if not (isinstance(default, int) and "." in raw) else float(raw)
+                return type(default)(raw)
             except ValueError:
-                raise SystemExit(f"--{key} expects a {type(default).__name__}, got {raw!r}") from None
-        else:
-            value = None if raw.lower() == "none" and default is None else raw
-        config[key] = value
+                raise SystemExit(f"--{key} expects {kinds[type(default)]}, got {raw!r}") from None
+        if raw.lower() == "none":
+            raise SystemExit(f"--{key} None: give '' for none (None would be taken as a name)")
+        return raw
+
+    def from_file(key, value, where):
+        default = config[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not (type(value) is type(default) or (default is None and isinstance(value, str))):
+            raise SystemExit(f"{where}{key} = {value!r}: expected {kinds[type(default)]} (like its default {default!r})")
+        return value
 
     while i < len(argv):
         arg = argv[i]
@@ -240,17 +279,41 @@ def apply_overrides(config, argv):
                     raise SystemExit(f"{arg} needs a value")
                 key, raw = arg[2:], argv[i + 1]
                 i += 1
-            set_key(key, raw)
+            if key not in known:
+                unknown(f"--{key}", "")
+            config[key] = from_text(key, raw)
         else:
-            if not os.path.exists(arg):
+            if not os.path.isfile(arg):
                 raise SystemExit(f"config file {arg} not found")
-            file_cfg = {}
-            exec(open(arg).read(), {}, file_cfg)
-            for key, value in file_cfg.items():
-                if not key.startswith("_"):
-                    set_key(key, str(value))
+            file_cfg = run_config_file(arg)
+            for key, (value, line) in file_cfg.items():
+                where = f"{arg}:{line}: "
+                if key not in known:
+                    unknown(key, where)
+                config[key] = from_file(key, value, where)
         i += 1
     return {k: config[k] for k in sorted(known)}
+
+
+def run_config_file(path):
+    """Executes a config file -> {name: (value, line that set it)} of its public names; an error in it names the file
+    and line, not <string>."""
+    import ast
+    import traceback
+    src = open(path, encoding="utf-8").read()
+    try:
+        tree = ast.parse(src, path)
+        values = {}
+        exec(compile(tree, path, "exec"), {}, values)
+    except SyntaxError as e:
+        raise SystemExit(f"{path}:{e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the file raises, named with its line
+        line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == path), "?")
+        raise SystemExit(f"{path}:{line}: {type(e).__name__}: {e}") from None
+    lines = {t.id: node.lineno for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    return {k: (v, lines.get(k, "?")) for k, v in values.items() if not k.startswith("_")
+            and not callable(v) and type(v).__name__ != "module"}
 
 
 def run_subcommand(doc, commands, argv=None):

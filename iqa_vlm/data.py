@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 from collections import Counter, OrderedDict
 
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from iqa_vlm.common import atomic_write, atomic_write_json, atomic_write_jsonl, hold_lock, read_jsonl
+from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, check_writable, folder_lock, read_jsonl
 
 IGNORE = -100
 LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]  # 8 classes
@@ -292,36 +293,83 @@ def as_trained(record, system=None, image_first=False):
 
 
 # ----------------------------------------------------------------------------- prepared folders and instruction data
+PREPARED = ".prepared"  # prepare_data.py's marker in a folder it wrote: {"written_by", "files": the names it wrote there}
+# what a marker written before the manifest existed stands for
+LEGACY_FILES = {"train.jsonl", "val.jsonl", "test.jsonl", "official_val.jsonl", "meta.json", "images", "one_stage", "stage1",
+                "stage2"}
+RUN_MARKS = ("config.json", "trainable.safetensors", "resume.pt", "current", ".run")  # a train.py run (train.py --out)
+
+
+def prepared_files(out):
+    """The names prepare_data.py wrote in `out` (its marker's manifest), or None when `out` has no marker."""
+    path = os.path.join(out, PREPARED)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return set(json.load(f)["files"])
+    except (ValueError, KeyError, TypeError):
+        return set(LEGACY_FILES)
+
+
 def claim_output(out):
-    """prepare_data.py writes only into a folder that is absent, empty, or one it wrote itself (its .prepared marker):
-    it never deletes or overwrites what it did not write, and one writer at a time (a lock file .OUT.lock beside
-    it). -> out, marked."""
-    parent, base = os.path.split(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    hold_lock(os.path.join(parent, f".{base}.lock"), "prepare_data.py")  # beside OUT: the demo swaps OUT whole
+    """prepare_data.py writes only into a folder that is absent, or holds nothing but what it wrote there itself (its
+    marker's manifest): it never deletes or overwrites a file it did not write, a training run above all. One writer at
+    a time, and no writer while train.py reads the folder (common.folder_lock). Left-over temporary folders of an earlier
+    prepare into `out` (.OUT.partial-* and .OUT.old-*, with its marker) are removed; a user's OUT.partial is not ours. -> the real path of out, marked."""
+    out = os.path.realpath(out)  # a link to a folder: write the folder
+    folder_lock(out, "prepare_data.py")
+    parent, base = os.path.split(out)
+    for name in os.listdir(parent):
+        left = os.path.join(parent, name)
+        if name.startswith((f".{base}.partial-", f".{base}.old-")) and os.path.isfile(os.path.join(left, PREPARED)):
+            shutil.rmtree(left, ignore_errors=True)
     if os.path.isdir(out):
-        held = sorted(os.listdir(out))
-        if held and not os.path.exists(os.path.join(out, ".prepared")):
-            raise SystemExit(f"prepare_data.py: --out {out} holds files it did not write ({', '.join(held[:5])}"
-                             f"{', ...' if len(held) > 5 else ''}); give a new or empty folder")
-    elif os.path.exists(out):
+        held = set(os.listdir(out)) - {PREPARED}
+        foreign = sorted(held - (prepared_files(out) or set()))
+        if foreign:
+            run = [f for f in foreign if f in RUN_MARKS or f.startswith("checkpoint-")]
+            raise SystemExit(f"prepare_data.py: --out {out} holds " + (f"a training run ({', '.join(run[:4])})" if run else
+                             "files it did not write") + f": {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
+                             f"; give a new or empty folder")
+    elif os.path.lexists(out):
         raise SystemExit(f"prepare_data.py: --out {out} is a file, not a folder")
-    os.makedirs(out, exist_ok=True)
-    atomic_write(os.path.join(out, ".prepared"), "written by prepare_data.py\n")
+    check_writable(out, "prepare_data.py")
+    if prepared_files(out) is None:
+        record_written(out, [])
     return out
 
 
+def record_written(out, names, replace=False):
+    """Adds `names` (entries of `out`) to the manifest of what prepare_data.py wrote there; replace=True: they are all
+    of it now, and what the manifest listed besides (an earlier prepare's outputs) is removed."""
+    before = prepared_files(out) or set()
+    if replace:
+        for name in sorted(before - set(names)):
+            path = os.path.join(out, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+    files = sorted(set(names) | (set() if replace else before))
+    atomic_write_json(os.path.join(out, PREPARED), {"written_by": "prepare_data.py", "files": files})
+
+
 def write_splits(out, splits, meta):
-    """OUT/{train,val,test}.jsonl then OUT/meta.json last (a folder with meta.json is complete)."""
-    claim_output(out)
+    """OUT/{train,val,test}.jsonl then OUT/meta.json last (a folder with meta.json is complete); the files an earlier
+    prepare wrote there and this one does not are removed."""
+    out = claim_output(out)
     if os.path.exists(os.path.join(out, "meta.json")):
         os.unlink(os.path.join(out, "meta.json"))
+    names = [f"{name}.jsonl" for name in splits] + ["meta.json"]
+    record_written(out, names)  # listed before they exist: a crash leaves nothing unlisted
     for name, recs in splits.items():
         atomic_write_jsonl(os.path.join(out, f"{name}.jsonl"), recs)
     meta["counts"] = {name: {"n": len(recs), "by_source": dict(sorted(Counter(r["source"] for r in recs).items())),
                              "by_level": dict(Counter(r["level"] for r in recs if r.get("level")))}
                       for name, recs in splits.items()}
     atomic_write_json(os.path.join(out, "meta.json"), meta)
+    record_written(out, names, replace=True)
     print(f"wrote {', '.join(f'{len(r)} {n}' for n, r in splits.items())} records -> {out}")
     return meta
 

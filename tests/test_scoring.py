@@ -509,3 +509,15 @@ def test_level_rule_option_and_scale_check(tmp_path):
     with pytest.raises(ValueError, match=r"k\.csv.*0\.\.100 scale.*--level_rule eq1"):
         S.apply_level_rule([{"mos": 3.0}], info, "released")
     assert S.apply_level_rule([{"mos": 3.0, "level": "fair"}], info, "eq1")[0]["level"] == "fair"
+
+
+def test_paraphrases_are_q_aligns_nine_training_questions(tmp_path):
+    """--paraphrases true draws each training question from the nine of Q-Align's training data (verbatim excerpt of
+    Q-Future/Q-Align training_sft/train_koniq.json: one record per question); val/test ask Q-SiT's one question."""
+    doc = json.load(open(RELEASED / "train_koniq_qalign.excerpt.json"))
+    asked = {r["conversations"][0]["value"].replace("\n<|image|>", "") for r in doc["records"]}
+    assert len(asked) == 9 and asked == set(S.SCORE_PARAPHRASES) and S.SCORE_QUESTION in asked
+    import random
+    rng = random.Random(0)
+    drawn = {S.score_record("x", "x.png", "fair", "s", "r", rng)["conversations"][0]["value"] for _ in range(200)}
+    assert drawn == {q + "\n<image>" for q in S.SCORE_PARAPHRASES}

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import shutil
+import tempfile
 import time
 import zlib
 from collections import Counter
@@ -22,8 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from iqa_vlm import iqa_datasets as D
-from iqa_vlm.common import atomic_write, atomic_write_json, atomic_write_jsonl, read_jsonl
-from iqa_vlm.data import LABELS, claim_output, closed_set_meta, write_splits
+from iqa_vlm.common import UMASK, atomic_write_json, atomic_write_jsonl, read_jsonl
+from iqa_vlm.data import LABELS, claim_output, closed_set_meta, record_written, write_splits
 from iqa_vlm.studies.deqa import attach_soft_labels
 from iqa_vlm.studies.distortion import distortion_record, split_meta
 from iqa_vlm.studies.scoring import score_record
@@ -199,9 +200,31 @@ def make_demo(out, seed=0, size=32, crops_per_class=96, n_test_photos=4, dead_le
     pool = [p for p in DEMO_TEST_POOL if p in photos]
     test_photos = set(rng.choice([p for p in pool if p in color], n_test_photos // 2, replace=False)) | \
         set(rng.choice([p for p in pool if p not in color], n_test_photos - n_test_photos // 2, replace=False))
-    claim_output(out)  # replaced below only when it is prepare_data.py's own
-    tmp = out.rstrip("/") + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    out = claim_output(out)  # replaced below only when it holds nothing but what prepare_data.py wrote
+    parent, base = os.path.split(out)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.partial-")  # never a user's folder; removed if this fails
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it 0700; the data is as readable as the user's umask allows
+    try:
+        record_written(tmp, [])  # marks it ours: an interrupted one goes at the next prepare
+        meta, n_train, n_test = write_demo(tmp, seed, size, crops_per_class, dead_leaves, photos, color, test_photos)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # the folder appears complete or not at all: the old one (only prepare_data.py's files) is swapped out, then removed
+    old = None
+    if os.path.isdir(out):
+        old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+    print(f"demo: {n_train} train / {n_test} test images ({len(test_photos)} held-out photos: "
+          f"{', '.join(sorted(test_photos))}) -> {out} in {time.time() - t0:.1f}s")
+    return meta
+
+
+def write_demo(tmp, seed, size, crops_per_class, dead_leaves, photos, color, test_photos):
+    """The demo's images and records into `tmp` (make_demo swaps it in). -> (meta, n train, n test)"""
     os.makedirs(os.path.join(tmp, "images"))
     train, test, skipped = [], [], Counter()
     colour_boost = {held_out: sum((p in test_photos) == held_out for p in photos) /
@@ -235,13 +258,8 @@ def make_demo(out, seed=0, size=32, crops_per_class=96, n_test_photos=4, dead_le
     atomic_write_jsonl(os.path.join(tmp, "train.jsonl"), train)
     atomic_write_jsonl(os.path.join(tmp, "test.jsonl"), test)
     atomic_write_json(os.path.join(tmp, "meta.json"), meta)
-    atomic_write(os.path.join(tmp, ".prepared"), "written by prepare_data.py\n")
-    # the folder appears complete or not at all
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    print(f"demo: {len(train)} train / {len(test)} test images ({len(test_photos)} held-out photos: "
-          f"{', '.join(sorted(test_photos))}) -> {out} in {time.time() - t0:.1f}s")
-    return meta
+    record_written(tmp, ["images", "train.jsonl", "test.jsonl", "meta.json"])
+    return meta, len(train), len(test)
 
 
 # ----------------------------------------------------------------------------- views: scoring, interpreting

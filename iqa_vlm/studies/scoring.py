@@ -32,11 +32,14 @@ from iqa_vlm.studies.data_mix import uses_instruction
 from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_evaluated, to_device
 
 # ----------------------------------------------------------------------------- prompts (Q-Align form)
-# Q-Align's and Q-SiT's released scoring data ask one question; paraphrases of it are our option (--paraphrases)
+# Q-SiT's released scoring data ask one question, the one Q-Align evaluates with; Q-Align's training data
+# (Q-Future/Q-Align playground/data/training_sft/train_koniq.json) draw each record's question from these nine, about
+# equally often (--paraphrases true; its train_spaq.json uses seven of them, one record in seven asking two at once)
 SCORE_QUESTION = "How would you rate the quality of this image?"
-SCORE_PARAPHRASES = [SCORE_QUESTION, "Can you rate the quality of this image?", "How is the quality of this image?",
-                     "Please rate the quality of this image.", "What is the quality of this image?",
-                     "Rate the quality of the image."]
+SCORE_PARAPHRASES = ["What's your opinion on the quality of this picture?", "How do you assess the quality of this image?",
+                     "Could you evaluate the quality of this image?", "How would you judge the quality of this image?",
+                     "Rate the quality of this image.", "Can you rate the quality of this picture?", SCORE_QUESTION,
+                     "What is your quality rating for this image?", "What do you think about the quality of this image?"]
 # Q-SiT's scoring data opens the user turn with it (Q-Future/Q-SIT training_jsons/train_{koniq,spaq}_qsit.json:
 # "Assume you are an image quality evaluator. How would you rate the quality of this image?\n<image>")
 EVALUATOR_INSTRUCTION = "Assume you are an image quality evaluator."
@@ -128,7 +131,8 @@ def make_score(datasets, out, split="ref", seed=0, test_frac=0.2, val_frac=0.1, 
     metadata has it (its official validation set goes to official_val.jsonl, counted); the others are split test_frac
     by reference content (or randomly; test_frac 1: all of it tested, as Q-SiT tests LIVE-C, AGIQA-3K and KADID-10k).
     Then val_frac of each training part is held out for validation (Q-SiT: 10 %). LIVE Challenge's t1..t7 stay in train. Reference
-    images without a score are left out. One question (Q-Align's); paraphrases=True draws train questions (ours).
+    images without a score are left out. One question (Q-SiT's); paraphrases=True draws each training record's
+    question from Q-Align's nine (SCORE_PARAPHRASES), as Q-Align's training data.
     Every record also carries DeQA-Score's soft labels (deqa.attach_soft_labels; soft_density / soft_spread: per-source
     overrides {source: "pdf"|"cdf"}, {source: "std"|"var"}), counted per kind in meta.json. authors_mos {source: path
     of DeQA-Score's released mos.json}: the spread of each image from there (matched by file name, the unmatched

@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, read_json
-from iqa_vlm.data import LEVEL_PREFIX, LEVELS, claim_output, closed_set_meta, closed_set_token_ids, read_closed_set, encode_prompts, load_records, write_splits
+from iqa_vlm.data import LEVEL_PREFIX, LEVELS, claim_output, record_written, closed_set_meta, closed_set_token_ids, read_closed_set, encode_prompts, load_records, write_splits
 from iqa_vlm.metrics import closed_set_scores, mean_std, score_metrics
 from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_checkpoint, load_evaluated, to_device
 
@@ -199,9 +199,10 @@ def make_pathway(splits, out, meta):
             views["stage1"][name].append(stage1_record(r["id"], r["image"], parts["description"], **extra))
             views["stage2"][name].append(stage2_record(r["id"], parts["description"], **extra))
     n_in = sum(len(recs) for recs in splits.values())
-    claim_output(out)
+    out = claim_output(out)
     if os.path.exists(os.path.join(out, "meta.json")):
         os.unlink(os.path.join(out, "meta.json"))
+    record_written(out, list(VIEWS) + ["meta.json"])
     meta = {k: v for k, v in meta.items() if k not in closed_set_meta()}
     for v in VIEWS:  # stage 1's answers are descriptions: no closed set; the other two end in a level
         write_splits(os.path.join(out, v), views[v], {**meta, "task": "pathway", "view": v,
