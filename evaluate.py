@@ -23,15 +23,22 @@ qbench, describe (qbench.py): LLVisionQA accuracy (closed set over the option ma
 descriptions written out for a GPT judge.
 
 OUT is --out, else the checkpoint folder's eval/ (train.py --overwrite removes it with the run), else
-out/untuned_MODEL. Booleans are spelled true / false.
+out/untuned_MODEL; a --limit N run without --out writes to OUT/limitN/, never over a whole-split result. Before any
+model loads: the arguments, the run (shared-locked: train.py cannot replace it meanwhile), its data (the run's own data
+must be what it trained on: --allow_changed_data true to go on anyway) and that OUT is writable. Booleans are spelled
+true / false.
 """
+import os
+
 from iqa_vlm.studies import distortion
 from iqa_vlm.studies import prompting
 from iqa_vlm.studies import prompting_table
 from iqa_vlm.studies import qbench
 from iqa_vlm.studies import scoring
 from iqa_vlm.studies import two_stage
-from iqa_vlm.common import boolean, run_subcommand
+from iqa_vlm.common import boolean, check_writable, folder_lock, run_subcommand
+from iqa_vlm.model import eval_out, read_run_config
+from iqa_vlm.run_folder import check_data
 
 
 def common_args(p, several_ckpts=False):
@@ -48,6 +55,8 @@ def common_args(p, several_ckpts=False):
     p.add_argument("--limit", type=int, default=0, help="evaluate at most N records (0 = all)")
     p.add_argument("--allow_unfinished", type=boolean, default=False,
                    help="evaluate a run that did not finish (killed, diverged, periodic checkpoint); its JSON says so")
+    p.add_argument("--allow_changed_data", type=boolean, default=False,
+                   help="evaluate on the run's data although it changed since training (a warning, not an error)")
 
 
 def distortion_args(p):
@@ -92,6 +101,7 @@ def describe_args(p):
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--allow_unfinished", type=boolean, default=False)
+    p.add_argument("--allow_changed_data", type=boolean, default=False)
 
 
 def prompting_args(p):
@@ -130,6 +140,7 @@ def prompting_table_args(p):
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--max_new_tokens", type=int, default=0)
     p.add_argument("--allow_unfinished", type=boolean, default=False)
+    p.add_argument("--allow_changed_data", type=boolean, default=False)
     p.add_argument("--prompts", default="paper", choices=list(prompting.PROMPT_SETS))
     p.add_argument("--aggregation", default="thurstone", choices=list(prompting.AGGREGATIONS))
     p.add_argument("--unparsed", default="random", choices=["random", "drop"])
@@ -174,8 +185,46 @@ COMMANDS = {
 }
 
 
+POSITIVE = ("batch_size", "sessions", "repeats", "latency_n")
+NOT_NEGATIVE = ("limit", "max_new_tokens", "rounds")
+
+
+def at_the_door(command, fn):
+    """The checks every evaluation shares, before any model loads (see the module's docstring)."""
+    def run(**kw):
+        who = f"evaluate.py {command}"
+        allow_changed = kw.pop("allow_changed_data", False)
+        for key in POSITIVE + NOT_NEGATIVE:
+            if kw.get(key) is not None and (kw[key] < 0 or kw[key] == 0 and key in POSITIVE):
+                raise SystemExit(f"{who}: --{key} {kw[key]}: expected a count {'> 0' if key in POSITIVE else '>= 0'}")
+        ckpts = kw.get("ckpts") or ([kw["ckpt"]] if kw.get("ckpt") else [])
+        if ckpts and kw.get("model"):
+            raise SystemExit(f"{who}: give --ckpt (a run, whose config.json names its model) or --model, not both")
+        for key in ("data", "fr_data"):
+            dirs = [os.path.realpath(d) for d in (kw.get(key) or "").split(",") if d]
+            if len(set(dirs)) < len(dirs):
+                raise SystemExit(f"{who}: --{key} {kw[key]} names a folder twice (its records would count twice)")
+        for ckpt in ckpts:
+            cfg = read_run_config(ckpt, who)
+            folder_lock(ckpt, "evaluate.py", shared=True)
+            own = [os.path.realpath(d) for d in cfg.get("data", "").split(",") if d]
+            given = [os.path.realpath(d) for d in (kw.get("data") or "").split(",") if d]
+            if not given or set(given) <= set(own):  # the run's own data: it must be what the run trained on
+                check_data(cfg.get("data_fingerprint"), f"{who} --ckpt {ckpt}", allow_changed)
+        if kw.get("limit") and not kw.get("out") and ckpts:
+            kw["out"] = os.path.join(eval_out(None, ckpts[0], None), f"limit{kw['limit']}")
+        targets = [kw["out"]] if kw.get("out") else [eval_out(None, c, None) for c in ckpts] or \
+            ([eval_out(None, None, kw["model"])] if kw.get("model") else [])
+        for folder in targets:
+            check_writable(folder, who)
+        return fn(**kw)
+    run.__doc__ = fn.__doc__
+    return run
+
+
 def main(argv=None):
-    return run_subcommand(__doc__, COMMANDS, argv)
+    return run_subcommand(__doc__, {name: (at_the_door(name, fn), args, text) for name, (fn, args, text) in COMMANDS.items()},
+                          argv)
 
 
 if __name__ == "__main__":

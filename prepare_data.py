@@ -56,6 +56,9 @@ def main(argv=None):
     ap.add_argument("--image_root", default=None, help="folder the --llava_json / --qbench_json image paths are relative to "
                                                         "(default: its folder)")
     ap.add_argument("--qbench_json", default=None, help="--task qbench: llvisionqa_dev.json or llvisionqa_test.json as released")
+    ap.add_argument("--max_chars", type=int, default=32000,
+                    help="--llava_json: records with more text than this are left out, counted in meta.json (our limit: "
+                         "about 8k tokens; train.py also refuses a record longer than its model's context)")
     ap.add_argument("--exclude_test", default=None,
                     help="--llava_json: leave out every instruction record whose image is also in these prepared folders' "
                          "test sets (comma-separated), matched by file name and by content hash; counted in meta.json")
@@ -110,7 +113,7 @@ def main(argv=None):
         if not args.out:
             ap.error("--out is required with --llava_json")
         return make_instruct(args.llava_json, args.out, args.image_root, {"interpret": "describe", "general": "vqa"}[args.task],
-                             args.seed, args.val_frac, args.exclude_test)
+                             args.seed, args.val_frac, args.exclude_test, args.max_chars)
     if args.demo:
         if args.task not in ("score", "interpret") or not args.out:
             ap.error("--demo DIR takes --task score or --task interpret, and --out")
@@ -154,6 +157,8 @@ def check_arguments(args, ap):
         args.val_frac = 0.1 if args.task == "score" and not args.demo else 0.05
     if not 0 <= args.val_frac < 1:
         ap.error(f"--val_frac {args.val_frac}: expected a share of the training part in [0, 1)")
+    if args.max_chars < 1:
+        ap.error(f"--max_chars {args.max_chars}: expected a positive count")
     if args.image_size < 8 or args.crops_per_class < 4:
         ap.error(f"--image_size {args.image_size} / --crops_per_class {args.crops_per_class}: expected at least 8 / 4")
     if args.skip_bad_images and not args.check_images:
@@ -167,7 +172,7 @@ def main_pathway(args, ap):
     if args.demo:  # the interpret view's records (image paths relative to a view folder: the three are siblings)
         splits, meta = demo_view_records(args.demo, os.path.join(args.out, "one_stage"), "interpret", args.seed, args.val_frac)
         return make_pathway(splits, args.out, {**meta, "source": "demo: templated descriptions of distortion and severity"})
-    records, report = read_instruction(args.llava_json, args.image_root, task="reason")
+    records, report = read_instruction(args.llava_json, args.image_root, task="reason", max_chars=args.max_chars)
     if args.exclude_test:
         records, report["excluded_test_images"] = exclude_test_images(records, args.exclude_test)
     print(f"{args.llava_json}: {report['kept']} of {report['entries']} conversations read, {report['missing_images']} "

@@ -31,24 +31,25 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
 
 import torch
 
-from iqa_vlm.common import CHECKPOINT_PREFIX, EVAL_DIR, apply_overrides, atomic_write, hold_lock, read_json, setup_distributed, write_checkpoint
+from iqa_vlm.common import CHECKPOINT_PREFIX, apply_overrides, folder_lock, read_json, setup_distributed, write_checkpoint
 from iqa_vlm.data import LABELS, LEVELS, as_trained, closed_set_token_ids, load_records, read_closed_set
 from iqa_vlm.studies.deqa import deqa_batch_loss
 from iqa_vlm.loader import AUGMENTS, EpochBatches, batch_loader, pair_pools
 from iqa_vlm.level_ce import backend, level_cross_entropy
-from iqa_vlm.model import (SupervisedLogits, enable_checkpointing, export_checkpoint, load_model, load_trained_tensors,
+from iqa_vlm.model import (SupervisedLogits, enable_checkpointing, export_checkpoint, export_problem, load_model, load_trained_tensors,
                    parse_trainable, set_trainable)
-from iqa_vlm.studies.data_mix import Mixer
+from iqa_vlm.run_folder import absolute_dirs, claim_run, data_fingerprint, read_resume
+from iqa_vlm.studies.data_mix import Mixer, parse_mix
 from iqa_vlm.studies.scoring import EVALUATOR_INSTRUCTION
 
 # ----------------------------------------------------------------------------- config (defaults: a real 7B fine-tune)
+_before_config = set(globals())
 model = "tiny"                 # 'tiny' (the CPU demo's model), 'tiny:FAMILY', a Hugging Face id, or a local path
 data = "data/demo"             # prepared folder(s), comma-separated
 out = "out/run"                # output folder
@@ -124,8 +125,13 @@ system_prompt = ""             # a system turn put first in every training sampl
 image_first = False            # move the image placeholder ahead of the question in training samples ("<image>\n" +
                                # question), as Q-Align's and DeQA-Score's training code does
 init = ""                      # start from a previous run's trained tensors (its trainable.safetensors, base model from its config.json)
+allow_changed_data = False     # --resume on data that changed since the run began (a new prepare): warn, not refuse
 # -----------------------------------------------------------------------------
-config = apply_overrides(globals(), sys.argv[1:])
+config = apply_overrides({k: v for k, v in globals().items() if k not in _before_config}, sys.argv[1:])
+globals().update(config)
+# every folder as an absolute path: config.json then names the data wherever an evaluation runs from
+data, init, interpret_val = (absolute_dirs(v) for v in (data, init, interpret_val))
+config.update(data=data, init=init, interpret_val=interpret_val)
 
 # ----------------------------------------------------------------------------- arguments checked at the door
 def require(ok, message):
@@ -156,8 +162,15 @@ require(not interpret_val or os.path.isfile(os.path.join(interpret_val, "val.jso
         f"--interpret_val {interpret_val}: no val.jsonl there (prepare_data.py --task qbench writes one)")
 require(not interpret_val or mix, "--interpret_val replaces the interpreting source's validation set of a --mix: give --mix")
 require(not (resume and overwrite), "--resume true continues OUT's run and --overwrite true replaces it: give one")
+require(not (resume and fsdp), "--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
+require(dry_run or all(os.path.isdir(d) for d in data.split(",")), "--data " + ", ".join(
+    d for d in data.split(",") if not os.path.isdir(d)) + ": no such folder (prepare_data.py writes one)")
+require(not init or os.path.isdir(init), f"--init {init}: no such folder (expected a train.py output folder)")
+require(not export or not export_problem(export), export_problem(export) if export else "")
 try:
     parse_trainable(trainable)
+    if mix:
+        parse_mix(mix)
 except ValueError as e:
     raise SystemExit(f"train.py: {e}") from None
 
@@ -209,34 +222,22 @@ if init:
         raise SystemExit(f"--init {init} was trained from {init_cfg['model']!r}, not --model {model!r}")
     model = config["model"] = init_cfg["model"]
 
-# ----------------------------------------------------------------------------- model and data
+# ----------------------------------------------------------------------------- --dry_run: the memory estimate alone
 if dry_run:  # no weights are loaded: the model is built on the meta device from its config
     from iqa_vlm.memory_plan import dry_run_report
     dry_run_report(model, trainable, batch_size=batch_size * (2 if fidelity else 1), seq_len=seq_len, grad_ckpt=grad_ckpt,
                    lora=lora, lora_targets=lora_targets, gpu_mem=gpu_mem, trust_remote_code=trust_remote_code)
     sys.exit(0)
-frozen_dtype = {"auto": torch.bfloat16 if on_gpu else torch.float32, "float32": torch.float32,
-                "bfloat16": torch.bfloat16}[weights_dtype]
-vlm, processor = load_model(model, dtype=frozen_dtype, device=device, trust_remote_code=trust_remote_code)
-try:
-    parts = set_trainable(vlm, trainable, verbose=master, lora=lora, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                          lora_targets=lora_targets)
-except ValueError as e:
-    raise SystemExit(f"train.py: {e}") from None
-for p in vlm.parameters():  # trained tensors in float32 (AdamW on bf16 weights loses small updates); autocast runs bf16
-    if p.requires_grad:
-        p.data = p.data.float()
-init_names = set()
-if init:  # after the float32 copies are made, so the tensors trained here start from the init's exact values
-    try:
-        init_names = set(load_trained_tensors(vlm, os.path.join(init, "trainable.safetensors"), model))
-    except KeyError as e:  # LoRA adapters rename the layers they wrap (q_proj.weight -> q_proj.base_layer.weight)
-        raise SystemExit(f"--init {init}: {e.args[0]}" + (" (--lora renames the llm layers' weights; give the llm "
-                         "parts the init trained no --lora)" if lora else "")) from None
-    print0(f"--init {init}: {len(init_names)} trained tensors loaded (its trainable {init_cfg.get('trainable')!r}, "
-           f"stage {init_cfg.get('stage', 0)}); saved again with this run's")
-if grad_ckpt:
-    enable_checkpointing(vlm)
+# ----------------------------------------------------------------------------- the output folder, resume, the data
+# all checked before the model loads: a mistake costs seconds, not the minutes a 7B takes to load
+if master:
+    claim_run(out, data, resume, overwrite)
+if ddp:
+    torch.distributed.barrier()
+for d in data.split(","):  # no prepare_data.py may rewrite a folder this run reads
+    folder_lock(d, "train.py", shared=True)
+resume_state = read_resume(out, config, world_size, allow_changed_data, print0) if resume else None
+data_fingerprint_now = data_fingerprint(data)
 mixer = None
 if mix:  # named sources sampled by weight per epoch, validation sets, --balance (data_mix.Mixer)
     held_out = load_records(interpret_val, "val") if interpret_val else None
@@ -244,12 +245,18 @@ if mix:  # named sources sampled by weight per epoch, validation sets, --balance
     if not held_out and interpret_val or unanswered:
         raise SystemExit(f"--interpret_val {interpret_val}: val.jsonl has {len(held_out)} records, {len(unanswered)} without an "
                          f"answer (e.g. {unanswered[:2]}): a validation loss needs answers (LLVisionQA-dev, not -test)")
-    mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, val_max=val_max, score_instruction=EVALUATOR_INSTRUCTION,
-                  interpret_val=held_out)
+    try:
+        mixer = Mixer(data, mix, seed=seed, val_frac=val_frac, val_max=val_max, score_instruction=EVALUATOR_INSTRUCTION,
+                      interpret_val=held_out)
+    except ValueError as e:
+        raise SystemExit(f"train.py: {e}") from None
     print0(mixer.describe())
 elif balance:
     raise SystemExit("--balance needs --mix (e.g. --mix score:1.0,interpret:1.0)")
-train_records = mixer.records if mixer else load_records(data, "train")
+try:
+    train_records = mixer.records if mixer else load_records(data, "train")
+except (OSError, ValueError) as e:
+    raise SystemExit(f"train.py: {e}") from None
 if system_prompt or image_first:  # in place: a mixer's epoch order indexes this list
     train_records[:] = [as_trained(r, system_prompt, image_first) for r in train_records]
 if stage:
@@ -276,10 +283,44 @@ if deqa_losses:  # DeQA-Score: soft labels and/or pairs need scoring records wit
             pools = pair_pools(train_records)
         except ValueError as e:
             raise SystemExit(f"train.py: --fidelity: {e}") from None
+
+# ----------------------------------------------------------------------------- the model
+frozen_dtype = {"auto": torch.bfloat16 if on_gpu else torch.float32, "float32": torch.float32,
+                "bfloat16": torch.bfloat16}[weights_dtype]
+vlm, processor = load_model(model, dtype=frozen_dtype, device=device, trust_remote_code=trust_remote_code)
+try:
+    parts = set_trainable(vlm, trainable, verbose=master, lora=lora, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                          lora_targets=lora_targets)
+except ValueError as e:
+    raise SystemExit(f"train.py: {e}") from None
+for p in vlm.parameters():  # trained tensors in float32 (AdamW on bf16 weights loses small updates); autocast runs bf16
+    if p.requires_grad:
+        p.data = p.data.float()
+init_names = set()
+if init:  # after the float32 copies are made, so the tensors trained here start from the init's exact values
+    try:
+        init_names = set(load_trained_tensors(vlm, os.path.join(init, "trainable.safetensors"), model))
+    except KeyError as e:  # LoRA adapters rename the layers they wrap (q_proj.weight -> q_proj.base_layer.weight)
+        raise SystemExit(f"--init {init}: {e.args[0]}" + (" (--lora renames the llm layers' weights; give the llm "
+                         "parts the init trained no --lora)" if lora else "")) from None
+    print0(f"--init {init}: {len(init_names)} trained tensors loaded (its trainable {init_cfg.get('trainable')!r}, "
+           f"stage {init_cfg.get('stage', 0)}); saved again with this run's")
+if grad_ckpt:
+    enable_checkpointing(vlm)
+if deqa_losses:
     try:  # the level words and their answer prefix, as the score folders' meta.json records them
         level_ids = torch.tensor(closed_set_token_ids(processor, *read_closed_set(data, expect=LEVELS)), device=device)
     except (OSError, ValueError) as e:
         raise SystemExit(f"train.py: --score_loss {score_loss} --fidelity {fidelity}: {e}") from None
+context = getattr(vlm.config.get_text_config(), "max_position_embeddings", 0)
+if context:  # a record longer than the model's context would fail (or take all memory) at its batch, hours in
+    tokenizer = getattr(processor, "tokenizer", processor)
+    too_long = [r.get("id") for r in train_records  # only records of more than context/2 bytes can exceed it: tokenize those
+                if sum(len(t["value"].encode()) for t in r["conversations"]) > context // 2
+                and len(tokenizer("\n".join(t["value"] for t in r["conversations"]))["input_ids"]) > context]
+    require(not too_long, f"{len(too_long)} of {len(train_records)} training records in {data} are longer than {model}'s "
+            f"context ({context} tokens), e.g. {too_long[:3]}; prepare_data.py leaves out records over "
+            f"--max_chars characters")
 print0(f"{len(train_records)} training records from {data}; {world_size} process(es) x {batch_size}"
        f"{' pairs' if fidelity else ''} x {grad_accum} accum; loss kernel: {backend(device)}; data loader workers: {workers}"
        + (f"; score loss {score_loss}, fidelity {fidelity}, next-token weight {next_token_weight}" if deqa_losses else ""))
@@ -360,56 +401,10 @@ def lr_factor(step, elapsed_min):
     return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-# ----------------------------------------------------------------------------- the output folder
-# a finished (or interrupted) run is never overwritten by surprise; the evaluations of a replaced run (OUT/eval/) would
-# sit beside weights they were not computed from, so they go with it
-RUN_FILES = ("config.json", "trainable.safetensors", "resume.pt")
-if master:
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"train.py: cannot make --out {out} ({e.strerror})") from None
-    hold_lock(os.path.join(out, ".lock"), "train.py")  # two runs started into one folder: the second stops here
-    held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
-    if held and not resume and not overwrite:
-        raise SystemExit(f"train.py: --out {out} holds a run ({', '.join(held)}); continue it with --resume true, "
-                         f"replace it with --overwrite true, or choose another --out")
-    if overwrite:
-        for name in os.listdir(out):
-            path = os.path.join(out, name)
-            if (name.startswith(CHECKPOINT_PREFIX) or name == EVAL_DIR) and os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            elif name in RUN_FILES or name in ("log.jsonl", "loss.png", "current"):
-                os.unlink(path)
-    try:  # an unwritable --out fails now, not at the first save hours later
-        atomic_write(os.path.join(out, ".write_test"), b"")
-        os.unlink(os.path.join(out, ".write_test"))
-    except OSError as e:
-        raise SystemExit(f"train.py: --out {out} is not writable ({e.strerror})") from None
-
-# ----------------------------------------------------------------------------- resume
+# ----------------------------------------------------------------------------- resume (checked before the model loaded)
 step, epoch, batch_in_epoch, elapsed_before, log = 0, 0, 0, 0.0, []
-if resume and fsdp:
-    raise SystemExit("--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
-# what a resumed run may not change: it would no longer be the run it continues (max_steps / max_minutes / epochs may grow)
-FIXED_ON_RESUME = ("model", "data", "trainable", "lr", "lr_encoder", "batch_size", "grad_accum", "lora", "lora_alpha",
-                   "lora_targets", "mix", "stage", "seed", "label_smoothing", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "augment", "init", "world_size",
-                   "balance", "balance_lambda", "balance_step", "balance_tol", "interpret_val", "score_loss", "kl_weight",
-                   "fidelity", "next_token_weight")
-if resume:
-    state_path = os.path.join(out, "resume.pt")
-    if not os.path.exists(state_path):
-        raise SystemExit(f"--resume: {state_path} not found (a run folder written by train.py holds it)")
-    before = read_json(os.path.join(out, "config.json"))
-    now = {**config, "world_size": world_size}  # each rank's slice of the data depends on it
-    changed = [f"--{k} {before.get(k)!r} -> {now[k]!r}" for k in FIXED_ON_RESUME if k in before and before[k] != now[k]]
-    if changed:
-        raise SystemExit(f"--resume {out}: the run was made with other settings ({'; '.join(changed)}); resume with its "
-                         f"own, or start a new run (--out DIR, or --overwrite true)")
-    try:
-        state = torch.load(state_path, map_location=device, weights_only=False)
-    except Exception as e:  # truncated or not a torch file
-        raise SystemExit(f"--resume: cannot read {state_path} ({type(e).__name__}: {e})") from None
+if resume_state is not None:
+    state = resume_state
     load_trained_tensors(vlm, os.path.join(out, "trainable.safetensors"), model)
     optimizer.load_state_dict(state["optimizer"])
     step, epoch, batch_in_epoch, elapsed_before = state["step"], state["epoch"], state["batch_in_epoch"], state["elapsed_min"]
@@ -418,10 +413,11 @@ if resume:
         mixer.restore(log)  # the balanced mix and its reference λ, from the last balance record
     rng = state.get("rng", {}).get(rank)
     if rng:  # the augmentation draws continue where they stopped: a resumed CPU run equals an uninterrupted one
-        torch.set_rng_state(rng["torch"].cpu())  # map_location moved them to the device; RNG states live on the CPU
+        torch.set_rng_state(rng["torch"].cpu())
         random.setstate(rng["python"])
         if on_gpu and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"].cpu())
+    del state, resume_state
     print0(f"resumed from {out} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
 
 
@@ -449,12 +445,17 @@ def save(final=False):
                 "elapsed_min": elapsed_min, "log": log, "rng": dict(enumerate(rngs))}, buf)
     run_config = {**config, "base_model": model, "parts": list(parts), "labels": LABELS, "world_size": world_size,
                   "init_trainable": init_cfg.get("trainable"), "init_tensors": len(init_names),
+                  "data_fingerprint": data_fingerprint_now,
                   "steps_done": step, "finished": final,
                   "trainable_params": sum(p.numel() for p in vlm.parameters() if p.requires_grad)}
-    write_checkpoint(out, {"trainable.safetensors": save(tensors), "resume.pt": buf.getvalue(),
-                           "log.jsonl": "".join(json.dumps(r) + "\n" for r in log).encode(),
-                           "config.json": (json.dumps(run_config, indent=2) + "\n").encode()},
-                     f"{CHECKPOINT_PREFIX}{step:08d}-{time.time_ns()}")
+    try:
+        write_checkpoint(out, {"trainable.safetensors": save(tensors), "resume.pt": buf.getvalue(),
+                               "log.jsonl": "".join(json.dumps(r) + "\n" for r in log).encode(),
+                               "config.json": (json.dumps(run_config, indent=2) + "\n").encode()},
+                         f"{CHECKPOINT_PREFIX}{step:08d}-{time.time_ns()}")
+    except OSError as e:  # a full or failing disk: the half-written folder is gone, the last checkpoint stays current
+        raise SystemExit(f"train.py: saving step {step} to {out} failed ({e.strerror}); its last checkpoint (step "
+                         f"{saved_step}) stays current: free space, then continue with --resume true") from None
     saved_step = step
 
 

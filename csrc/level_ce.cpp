@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -39,6 +40,24 @@
 namespace iqa_vlm {
 namespace {
 
+// Error messages are built here as one std::string (std::to_string, snprintf; no std::ostream) and handed to TORCH_CHECK
+// whole, which passes a lone string through c10::str untouched. c10::str streams every other argument through an
+// ostringstream, and one torch build (2.11 + cu130, extension built with g++ 13.3) crashed with SIGSEGV there while
+// formatting an int64 into an out-of-range message.
+std::string S(int64_t v) { return std::to_string(v); }
+std::string S(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+std::string S(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+std::string S(at::ScalarType t) { return c10::toString(t); }
+std::string S(const at::Device& d) { return d.str(); }
+
 // ----------------------------------------------------------------------------- input checks
 
 DType dtype_of(const at::Tensor& t) {
@@ -47,7 +66,7 @@ DType dtype_of(const at::Tensor& t) {
     case at::kBFloat16: return DType::BF16;
     case at::kHalf: return DType::F16;
     default:
-      TORCH_CHECK_TYPE(false, "level_ce: logits must be float32, bfloat16 or float16, got ", t.scalar_type());
+      TORCH_CHECK_TYPE(false, "level_ce: logits must be float32, bfloat16 or float16, got " + S(t.scalar_type()));
   }
   return DType::F32;
 }
@@ -55,37 +74,38 @@ DType dtype_of(const at::Tensor& t) {
 // Metadata checks (shape, dtype, device, contiguity) for every op.
 void check_meta(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& level_ids,
                 double label_smoothing) {
-  TORCH_CHECK(logits.dim() == 2, "level_ce: logits must be 2-D [N, V], got shape ", logits.sizes());
+  TORCH_CHECK(logits.dim() == 2, "level_ce: logits must be 2-D [N, V], got shape " + S(logits.sizes()));
   dtype_of(logits);
   TORCH_CHECK(logits.is_contiguous(), "level_ce: logits must be contiguous");
   TORCH_CHECK(logits.size(1) >= 1, "level_ce: logits must have at least one column (V >= 1)");
   TORCH_CHECK(target.dim() == 1 && target.size(0) == logits.size(0),
-              "level_ce: target must be 1-D of length N=", logits.size(0), ", got shape ", target.sizes());
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "level_ce: target must be int64, got ", target.scalar_type());
-  TORCH_CHECK(target.device() == logits.device(), "level_ce: target must be on the logits' device ",
-              logits.device(), ", got ", target.device());
-  TORCH_CHECK(level_ids.dim() == 1, "level_ce: level_ids must be 1-D [K], got shape ", level_ids.sizes());
-  TORCH_CHECK_TYPE(level_ids.scalar_type() == at::kLong, "level_ce: level_ids must be int64, got ",
-                   level_ids.scalar_type());
+              "level_ce: target must be 1-D of length N=" + S(logits.size(0)) + ", got shape " + S(target.sizes()));
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "level_ce: target must be int64, got " + S(target.scalar_type()));
+  TORCH_CHECK(target.device() == logits.device(), "level_ce: target must be on the logits' device " +
+              S(logits.device()) + ", got " + S(target.device()));
+  TORCH_CHECK(level_ids.dim() == 1, "level_ce: level_ids must be 1-D [K], got shape " + S(level_ids.sizes()));
+  TORCH_CHECK_TYPE(level_ids.scalar_type() == at::kLong, "level_ce: level_ids must be int64, got " +
+                   S(level_ids.scalar_type()));
   TORCH_CHECK(level_ids.numel() == 0 || level_ids.device() == logits.device(),
-              "level_ce: level_ids must be on the logits' device ", logits.device(), ", got ", level_ids.device());
+              "level_ce: level_ids must be on the logits' device " + S(logits.device()) + ", got " +
+              S(level_ids.device()));
   TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing < 1.0,
-                    "level_ce: label_smoothing must be in [0, 1), got ", label_smoothing);
+                    "level_ce: label_smoothing must be in [0, 1), got " + S(label_smoothing));
 }
 
 void check_level_values(const int64_t* ids, int64_t K, int64_t V) {
   std::unordered_set<int64_t> seen;
   for (int64_t k = 0; k < K; ++k) {
-    TORCH_CHECK_VALUE(ids[k] >= 0 && ids[k] < V, "level_ce: level_ids[", k, "]=", ids[k],
-                      " is out of range [0, ", V, ")");
-    TORCH_CHECK_VALUE(seen.insert(ids[k]).second, "level_ce: level_ids has duplicate id ", ids[k]);
+    TORCH_CHECK_VALUE(ids[k] >= 0 && ids[k] < V, "level_ce: level_ids[" + S(k) + "]=" + S(ids[k]) +
+                      " is out of range [0, " + S(V) + ")");
+    TORCH_CHECK_VALUE(seen.insert(ids[k]).second, "level_ce: level_ids has duplicate id " + S(ids[k]));
   }
 }
 
 void check_target_values(const int64_t* t, int64_t N, int64_t V, int64_t ignore_index) {
   for (int64_t i = 0; i < N; ++i)
-    TORCH_CHECK_VALUE(t[i] == ignore_index || (t[i] >= 0 && t[i] < V), "level_ce: target[", i, "]=", t[i],
-                      " is out of range [0, ", V, ") and is not ignore_index=", ignore_index);
+    TORCH_CHECK_VALUE(t[i] == ignore_index || (t[i] >= 0 && t[i] < V), "level_ce: target[" + S(i) + "]=" + S(t[i]) +
+                      " is out of range [0, " + S(V) + ") and is not ignore_index=" + S(ignore_index));
 }
 
 // Value checks. CPU: plain loops. CUDA: level ids and the count of bad targets come back in one
@@ -103,8 +123,8 @@ void check_values(const at::Tensor& target, const at::Tensor& level_ids, int64_t
   if (h[K] > 0) {
     const int64_t i = bad.nonzero().select(1, 0)[0].item<int64_t>();
     const int64_t ti = target[i].item<int64_t>();
-    TORCH_CHECK_VALUE(false, "level_ce: target[", i, "]=", ti, " is out of range [0, ", V,
-                      ") and is not ignore_index=", ignore_index);
+    TORCH_CHECK_VALUE(false, "level_ce: target[" + S(i) + "]=" + S(ti) + " is out of range [0, " + S(V) +
+                      ") and is not ignore_index=" + S(ignore_index));
   }
   check_level_values(h, K, V);
 }
@@ -116,12 +136,12 @@ at::Tensor prep_target_probs(const c10::optional<at::Tensor>& tp, const at::Tens
   const at::Tensor& P = *tp;
   TORCH_CHECK_VALUE(!smooth_levels, "level_ce: target_probs cannot be combined with smoothing over the levels");
   TORCH_CHECK_VALUE(K >= 1, "level_ce: target_probs needs level_ids (K >= 1)");
-  TORCH_CHECK(P.dim() == 2 && P.size(0) == logits.size(0) && P.size(1) == K, "level_ce: target_probs must be [N, K] = [",
-              logits.size(0), ", ", K, "], got shape ", P.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(P.scalar_type()), "level_ce: target_probs must be floating point, got ",
-                   P.scalar_type());
-  TORCH_CHECK(P.device() == logits.device(), "level_ce: target_probs must be on the logits' device ", logits.device(),
-              ", got ", P.device());
+  TORCH_CHECK(P.dim() == 2 && P.size(0) == logits.size(0) && P.size(1) == K, "level_ce: target_probs must be [N, K] = [" +
+              S(logits.size(0)) + ", " + S(K) + "], got shape " + S(P.sizes()));
+  TORCH_CHECK_TYPE(at::isFloatingType(P.scalar_type()), "level_ce: target_probs must be floating point, got " +
+                   S(P.scalar_type()));
+  TORCH_CHECK(P.device() == logits.device(), "level_ce: target_probs must be on the logits' device " +
+              S(logits.device()) + ", got " + S(P.device()));
   return P.to(at::kFloat).contiguous();
 }
 
@@ -132,7 +152,7 @@ void check_probs_values(const at::Tensor& P) {
   if (bad.any().item<bool>()) {
     const auto at_ = bad.nonzero()[0].cpu();
     const int64_t i = at_[0].item<int64_t>(), k = at_[1].item<int64_t>();
-    TORCH_CHECK_VALUE(false, "level_ce: target_probs[", i, ", ", k, "]=", P[i][k].item<float>(),
+    TORCH_CHECK_VALUE(false, "level_ce: target_probs[" + S(i) + ", " + S(k) + "]=" + S(P[i][k].item<double>()) +
                       " must be finite and >= 0");
   }
 }
@@ -154,8 +174,8 @@ LevelCEParams make_params(const at::Tensor& logits, const at::Tensor& target, co
 }
 
 at::Tensor prep_grad_loss(const at::Tensor& grad_loss, const at::Tensor& logits) {
-  TORCH_CHECK(grad_loss.numel() == logits.size(0), "level_ce: grad_loss must have N=", logits.size(0),
-              " elements, got shape ", grad_loss.sizes());
+  TORCH_CHECK(grad_loss.numel() == logits.size(0), "level_ce: grad_loss must have N=" + S(logits.size(0)) +
+              " elements, got shape " + S(grad_loss.sizes()));
   TORCH_CHECK(grad_loss.device() == logits.device(), "level_ce: grad_loss must be on the logits' device");
   return grad_loss.reshape({-1}).to(at::kFloat).contiguous();  // autograd may hand an expanded scalar
 }
@@ -197,7 +217,7 @@ CpuKernels pick_cpu_kernels() {
   if (!want.empty()) {
     for (const auto& k : ks)
       if (want == k.name) return k;
-    TORCH_CHECK(false, "level_ce: CPU kernel ", want, " was not compiled");
+    TORCH_CHECK(false, "level_ce: CPU kernel " + want + " was not compiled");
   }
   static const std::string cap = at::get_cpu_capability();
   const int rank = cap == "AVX512" ? 2 : cap == "AVX2" ? 1 : 0;
@@ -292,7 +312,7 @@ void bwd_inplace_cpu(const at::Tensor& grad_loss, at::Tensor& logits, const at::
 #ifdef WITH_CUDA
 
 void check_cuda_launch(int err, const char* what) {
-  TORCH_CHECK(err == 0, "level_ce: CUDA ", what, " kernel launch failed: ",
+  TORCH_CHECK(err == 0, std::string("level_ce: CUDA ") + what + " kernel launch failed: " +
               cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
@@ -333,8 +353,8 @@ void bwd_cuda_into(const at::Tensor& grad_loss, const at::Tensor& logits, const 
   const auto g = prep_grad_loss(grad_loss, logits);
   const auto target = target_.contiguous();
   const auto level_ids = level_ids_.to(logits.device()).contiguous();
-  TORCH_CHECK(level_ids.numel() <= 8192, "level_ce: the CUDA backward supports at most 8192 level_ids, got ",
-              level_ids.numel());
+  TORCH_CHECK(level_ids.numel() <= 8192, "level_ce: the CUDA backward supports at most 8192 level_ids, got " +
+              S(level_ids.numel()));
   if (logits.size(0) == 0) return;
   LevelCEParams p = make_params(logits, target, level_ids, label_smoothing, smooth_levels, ignore_index);
   const auto P = prep_target_probs(target_probs, logits, p.K, smooth_levels);  // values checked by the forward

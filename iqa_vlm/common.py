@@ -155,14 +155,18 @@ def write_checkpoint(out, files, name):
     once the switch is made."""
     folder, tmp = os.path.join(out, name), os.path.join(out, name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for file, data in files.items():
-        with open(os.path.join(tmp, file), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    fsync_dir(tmp)
-    os.replace(tmp, folder)
+    try:  # a full disk: the half-written folder goes at once, so it does not keep the disk full for the next try
+        os.makedirs(tmp)
+        for file, data in files.items():
+            with open(os.path.join(tmp, file), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_dir(tmp)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for file in files:  # the links first: once `current` exists, the folder is recognisably a run
         path = os.path.join(out, file)
         if not os.path.islink(path):  # a plain file of a run written before checkpoints were folders

@@ -41,8 +41,9 @@ def load_records(data_dirs, split):
             raise FileNotFoundError(f"{path} not found: --data expects folders written by prepare_data.py "
                                     f"(train.jsonl, test.jsonl, meta.json)")
         for i, r in enumerate(read_jsonl(path), 1):
-            if "conversations" not in r:
-                raise ValueError(f"{path}:{i}: record has no 'conversations' field")
+            problem = record_problem(r) if isinstance(r, dict) else "expected a JSON object"
+            if problem:
+                raise ValueError(f"{path}:{i}: {problem}")
             for key in ("image", "ref_image"):  # ref_image: the reference of a distorted image (FR), where known
                 if r.get(key):
                     r[key] = r[key] if os.path.isabs(r[key]) else os.path.join(d, r[key])
@@ -51,13 +52,48 @@ def load_records(data_dirs, split):
 
 
 def load_image(path):
+    """An image file -> 8-bit RGB as it is meant to be seen: EXIF orientation applied (PIL's exif_transpose, as viewers
+    and browsers show a phone photo), 16-bit and 32-bit gray images scaled to 8 bits (PIL's convert would clip them:
+    a 16-bit PNG came out nearly white)."""
+    from PIL import ImageOps
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                import numpy as np
+                arr = np.asarray(im, dtype=np.float64)
+                full = 1.0 if im.mode == "F" and arr.max(initial=0) <= 1 else 65535.0
+                im = Image.fromarray(np.clip(np.round(arr / full * 255), 0, 255).astype(np.uint8), "L")
             return im.convert("RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
     except Exception as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
+
+
+def record_problem(r):
+    """What is wrong with a record's fields, or None: conversations a list of {from, value} turns with known roles and
+    text values, image a path (text) or absent, exactly one <image> tag when it has an image and none when not."""
+    conv = r.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        return "'conversations' must be a non-empty list of {from, value} turns"
+    for k, t in enumerate(conv):
+        if not isinstance(t, dict) or not isinstance(t.get("value"), str):
+            return f"turn {k}: expected {{from, value}} with value text, got {str(t)[:60]!r}"
+        if t.get("from") not in ROLES:
+            return f"turn {k}: role {t.get('from')!r}, expected human/gpt (or user/assistant, system)"
+    for key in ("image", "ref_image"):
+        if r.get(key) is not None and not isinstance(r[key], str):
+            return f"'{key}' must be a path (text), got {type(r[key]).__name__}"
+    tags = sum(t["value"].count("<image>") for t in conv)
+    if r.get("image") and tags != 1:
+        return f"{tags} <image> tags for one image (expected exactly one, in a human turn)"
+    if not r.get("image") and tags:
+        return f"{tags} <image> tag(s) but no image"
+    return None
 
 
 def to_messages(conversations, has_image):
@@ -374,7 +410,10 @@ def write_splits(out, splits, meta):
     return meta
 
 
-def read_instruction(path, image_root=None, task="describe", source=None):
+MAX_CHARS = 32000  # a record's text; real instruction data stays far below (our choice: ~8k tokens, a VLM's context)
+
+
+def read_instruction(path, image_root=None, task="describe", source=None, max_chars=MAX_CHARS):
     """Instruction data in LLaVA JSON form (a list of {id, image, conversations}; also JSONL) -> records in the
     project's JSONL form, every turn of multi-turn conversations kept. Image paths are resolved against
     image_root (default: the JSON's folder) and made absolute. Records whose image is missing are dropped and
@@ -395,7 +434,7 @@ def read_instruction(path, image_root=None, task="describe", source=None):
         raise ValueError(f"{path}: expected a JSON list of {{id, image, conversations}}, found {type(entries).__name__}")
     image_root = os.path.abspath(image_root or os.path.dirname(os.path.abspath(path)))
     source = source or os.path.splitext(os.path.basename(path))[0]
-    roles = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
+    roles = ROLES
     records, missing, skipped, turns, found = [], [], Counter(), Counter(), 0
     for i, e in enumerate(entries, 1):
         where = f"{path} entry {i}"
@@ -410,6 +449,11 @@ def read_instruction(path, image_root=None, task="describe", source=None):
             skipped["no answer turn"] += 1
             continue
         image = e.get("image")
+        if not (image is None or isinstance(image, str) or isinstance(image, list) and all(isinstance(x, str) for x in image)):
+            raise ValueError(f"{where}: 'image' must be a path or a list of paths, got {type(image).__name__}")
+        if sum(len(t["value"]) for t in conv) > max_chars:  # one runaway record would take all memory at its batch
+            skipped[f"over {max_chars} characters"] += 1
+            continue
         if isinstance(image, list):
             if len(image) != 1:
                 skipped["several images"] += 1
@@ -480,10 +524,10 @@ def exclude_test_images(records, test_dirs):
     return kept, report
 
 
-def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=0.05, exclude_test=None):
+def make_instruct(path, out, image_root=None, task="describe", seed=0, val_frac=0.05, exclude_test=None, max_chars=MAX_CHARS):
     """LLaVA-form instruction data -> OUT/train.jsonl, val.jsonl (val_frac, seeded), an empty test.jsonl; with
     exclude_test, records whose image is in those folders' test sets are left out first (exclude_test_images)."""
-    records, report = read_instruction(path, image_root, task)
+    records, report = read_instruction(path, image_root, task, max_chars=max_chars)
     if exclude_test:
         records, report["excluded_test_images"] = exclude_test_images(records, exclude_test)
     rng, splits = random.Random(f"{seed}:{path}"), {"train": [], "val": [], "test": []}

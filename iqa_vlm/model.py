@@ -405,17 +405,56 @@ def load_trained_tensors(model, weights, model_name):
     return sorted(state)
 
 
+EXPORTED = ".exported"  # the marker of a folder export_checkpoint wrote (it replaces only such a folder)
+
+
+def export_problem(out_dir):
+    """Why `out_dir` cannot take an export, or None: it must be absent, empty, or an earlier export."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, EXPORTED)):
+        return f"--export {out_dir} holds files it did not write; give a new or empty folder"
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        return f"--export {out_dir} is a file, not a folder"
+    return None
+
+
 def export_checkpoint(ckpt_dir, out_dir):
     """A train.py output folder -> a plain Hugging Face folder (save_pretrained): the base model with the
-    trained tensors in place and LoRA merged, loadable by from_pretrained with no code from this repo."""
+    trained tensors in place and LoRA merged, loadable by from_pretrained with no code from this repo. Written into a
+    temporary folder beside it, its files given the umask's modes, then swapped in whole."""
+    import shutil
+    import tempfile
+    from iqa_vlm.common import UMASK
+    problem = export_problem(out_dir)
+    if problem:
+        raise SystemExit(f"export: {problem}")
     model, processor, cfg = load_checkpoint(ckpt_dir)
     if cfg.get("lora"):
         merge_lora(model)
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)
+    out_dir = os.path.realpath(out_dir)
+    parent, base = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.partial-")
     try:
-        processor.save_pretrained(out_dir)
-    except Exception as e:  # the tiny test processors are assembled here and may not serialise; real ones do
-        print(f"export: processor not saved ({type(e).__name__}: {e}); load it from {cfg['model']}")
+        model.save_pretrained(tmp)
+        try:
+            processor.save_pretrained(tmp)
+        except Exception as e:  # the tiny test processors are assembled here and may not serialise; real ones do
+            print(f"export: processor not saved ({type(e).__name__}: {e}); load it from {cfg['model']}")
+        with open(os.path.join(tmp, EXPORTED), "w") as f:
+            f.write(f"exported from {os.path.abspath(ckpt_dir)}\n")
+        for root, dirs, files in os.walk(tmp):  # save_pretrained's temporary files are 0600: the umask decides
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~UMASK)
+            os.chmod(root, 0o777 & ~UMASK)
+        old = None
+        if os.path.isdir(out_dir):
+            old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(f"exported {ckpt_dir} ({cfg['model']} + {cfg['trainable']}{' LoRA merged' if cfg.get('lora') else ''}) -> {out_dir}")
     return out_dir

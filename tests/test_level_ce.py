@@ -424,3 +424,61 @@ def test_extension_sources_have_distinct_stems():
     stems = [os.path.splitext(f)[0] for f in sources]
     assert "level_ce_cuda.cu" in sources
     assert len(stems) == len(set(stems)), sorted(sources)
+
+
+OP_ERRORS = r'''
+import torch, iqa_vlm.level_ce  # noqa: F401  (registers torch.ops.iqa_vlm)
+from iqa_vlm import _C
+fwd, bwd = torch.ops.iqa_vlm.level_ce_fwd, torch.ops.iqa_vlm.level_ce_bwd
+x, t, L = torch.randn(4, 10), torch.tensor([0, 1, -100, 9]), torch.tensor([1, 2])
+lse = fwd(x, t, L, 0.0, False, -100)[2]
+P = torch.full((4, 2), 0.5)
+cases = [
+    lambda: fwd(x.long(), t, L, 0.0, False, -100), lambda: fwd(torch.randn(5), t, L, 0.0, False, -100),
+    lambda: fwd(torch.randn(4, 20)[:, ::2], t, L, 0.0, False, -100), lambda: fwd(torch.randn(4, 0), t, L, 0.0, False, -100),
+    lambda: fwd(x, t[:3], L, 0.0, False, -100), lambda: fwd(x, t.float(), L, 0.0, False, -100),
+    lambda: fwd(x, t, L[None], 0.0, False, -100), lambda: fwd(x, t, L.float(), 0.0, False, -100),
+    lambda: fwd(x, t, L, 1.5, False, -100), lambda: fwd(x, t, torch.tensor([1, 2**40]), 0.0, False, -100),
+    lambda: fwd(x, t, torch.tensor([3, 3]), 0.0, False, -100), lambda: fwd(x, torch.tensor([0, 1, 2**40, 9]), L, 0.0, False, -100),
+    lambda: fwd(x, t, L, 0.0, True, -100, False, P), lambda: fwd(x, t, L[:0], 0.0, False, -100, False, P),
+    lambda: fwd(x, t, L, 0.0, False, -100, False, P[:, :1]), lambda: fwd(x, t, L, 0.0, False, -100, False, P.long()),
+    lambda: fwd(x, t, L, 0.0, False, -100, False, P - 1),
+    lambda: bwd(torch.ones(3), x, t, L, lse, 0.0, False, -100), lambda: bwd(torch.ones(4), x, t, L, lse[:2], 0.0, False, -100),
+]
+for case in cases:
+    try:
+        case()
+        print("NO ERROR")
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        print(str(e).splitlines()[0])
+_C.set_cpu_kernel("no_such_kernel")
+try:
+    fwd(x, t, L, 0.0, False, -100)
+except RuntimeError as e:
+    print(str(e).splitlines()[0])
+'''
+OP_MESSAGES = ["logits must be float32, bfloat16 or float16, got Long", "logits must be 2-D [N, V], got shape [5]",
+               "logits must be contiguous", "at least one column", "target must be 1-D of length N=4, got shape [3]",
+               "target must be int64, got Float", "level_ids must be 1-D [K], got shape [1, 2]",
+               "level_ids must be int64, got Float", "label_smoothing must be in [0, 1), got 1.5",
+               "level_ids[1]=1099511627776 is out of range [0, 10)", "level_ids has duplicate id 3",
+               "target[2]=1099511627776 is out of range [0, 10) and is not ignore_index=-100",
+               "target_probs cannot be combined", "target_probs needs level_ids (K >= 1)",
+               "target_probs must be [N, K] = [4, 2], got shape [4, 1]", "target_probs must be floating point, got Long",
+               "target_probs[0, 0]=-0.5 must be finite and >= 0", "grad_loss must have N=4 elements, got shape [3]",
+               "lse must be the contiguous float32 [N] tensor", "CPU kernel no_such_kernel was not compiled"]
+
+
+@needs_ext
+def test_every_error_message_of_the_op_is_raised_whole():
+    """Each check of csrc/level_ce.cpp, called on the raw ops in a process of its own: the message comes back whole, with
+    its numbers (int64 beyond 32 bits included), and the process does not crash while formatting it."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", OP_ERRORS], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == len(OP_MESSAGES), r.stdout
+    for line, msg in zip(lines, OP_MESSAGES):
+        assert msg in line, (line, msg)

@@ -346,12 +346,12 @@ def test_one_writer_per_folder(demo, tmp_path):
     from iqa_vlm import common
     out = tmp_path / "run"
     out.mkdir()
-    common.hold_lock(out / ".lock", "test")  # as a running train.py holds it
+    common.folder_lock(out, "test")  # as a running train.py holds it (OUT's lock, beside it)
     try:
         r = run_train("--data", str(demo), "--out", str(out), "--max_steps", "1", "--batch_size", "4")
         assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr and not (out / "config.json").exists()
     finally:
-        common._LOCKS.pop(str(out / ".lock")).close()
+        common._LOCKS.pop(str(tmp_path / ".run.lock")).close()
     common.hold_lock(tmp_path / ".data.lock", "test")  # as a running prepare_data.py --out tmp/data holds it
     try:
         r = subprocess.run([sys.executable, "prepare_data.py", "--out", str(tmp_path / "data"), "--crops_per_class", "4"],
