@@ -16,9 +16,9 @@ from iqa_vlm.data import PREPARED
 RUN_MARK = ".run"
 RUN_FILES = ("config.json", "trainable.safetensors", "resume.pt")
 LINKED = RUN_FILES + ("log.jsonl",)  # OUT/<name> -> current/<name>
-# what a resumed run may change: how long it runs, how often it logs and saves, how it loads data; everything else
-# would make it another run than the one it continues (config.json keeps the first values)
-MAY_CHANGE_ON_RESUME = {"max_steps", "max_minutes", "epochs", "resume", "overwrite", "log_every", "ckpt_every",
+# what a resumed run may change: where it is (a moved or copied folder), how long it runs, how often it logs and saves,
+# how it loads data; any other change would make it another run than the one it continues
+MAY_CHANGE_ON_RESUME = {"out", "max_steps", "max_minutes", "epochs", "resume", "overwrite", "log_every", "ckpt_every",
                         "ckpt_minutes", "num_workers", "num_threads", "check_ddp_sync", "export", "dry_run", "gpu_mem",
                         "seq_len", "allow_changed_data", "trust_remote_code"}
 DATA_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "official_val.jsonl", "meta.json")
