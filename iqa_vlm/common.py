@@ -121,6 +121,15 @@ def folder_lock(folder, who, shared=False):
     hold_lock(os.path.join(parent, f".{base}.lock"), who, shared)
 
 
+def release_folder_lock(folder):
+    """Drops this process's lock of `folder` (a prepare called as a library is done with its folder; a script's locks
+    simply end with it)."""
+    parent, base = os.path.split(os.path.realpath(folder))
+    f = _LOCKS.pop(os.path.join(parent, f".{base}.lock"), None)
+    if f:
+        f.close()
+
+
 def check_writable(folder, who):
     """An unwritable output folder is an error now, before the work, not after it."""
     try:

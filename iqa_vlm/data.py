@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, check_writable, folder_lock, read_jsonl
+from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, check_writable, folder_lock, read_jsonl, release_folder_lock
 
 IGNORE = -100
 LABELS = ["blur", "noise", "brightness", "compression", "contrast", "colorfulness", "jitter", "clean"]  # 8 classes
@@ -406,6 +406,7 @@ def write_splits(out, splits, meta):
                       for name, recs in splits.items()}
     atomic_write_json(os.path.join(out, "meta.json"), meta)
     record_written(out, names, replace=True)
+    release_folder_lock(out)
     print(f"wrote {', '.join(f'{len(r)} {n}' for n, r in splits.items())} records -> {out}")
     return meta
 

@@ -97,9 +97,9 @@ def test_train_evaluate_resume(demo, tmp_path):
     tensors = load_file(out / "trainable.safetensors")
     assert tensors and all(k.startswith(("model.vision_tower", "model.multi_modal_projector")) for k in tensors)
     sh("evaluate.py", "distortion", "--ckpt", str(out), "--limit", "16", "--batch_size", "8")
-    res = json.load(open(out / "eval" / "eval_distortion.json"))  # a run's evaluations go to RUN/eval/
+    res = json.load(open(out / "eval" / "limit16" / "eval_distortion.json"))  # RUN/eval/, a --limit run in limitN/
     assert res["n"] == 16 and 0 <= res["accuracy"] <= 1 and len(res["confusion"]) == 8
-    assert sum(map(sum, res["confusion"])) == 16 and os.path.getsize(out / "eval" / "confusion.png") > 1000
+    assert sum(map(sum, res["confusion"])) == 16 and os.path.getsize(out / "eval" / "limit16" / "confusion.png") > 1000
     # resume continues from step 3, with the optimizer and data position
     log = sh("train.py", "--data", str(demo), "--out", str(out), "--max_steps", "5", "--batch_size", "4", "--resume", "true", "--log_every", "1")
     assert "resumed from" in log and "at step 3" in log
@@ -254,7 +254,7 @@ def test_evaluation_refuses_an_unfinished_run_unless_asked(demo, tmp_path):
     assert r.returncode != 0 and "an unfinished run" in r.stderr
     sh("evaluate.py", "distortion", "--ckpt", str(out), "--limit", "4", "--allow_unfinished", "true", "--generate", "false",
        "--tta", "true")  # the probabilities averaged over the 8 flips/rotations
-    saved = json.load(open(out / "eval" / "eval_distortion.json"))
+    saved = json.load(open(out / "eval" / "limit4" / "eval_distortion.json"))
     assert saved["unfinished_checkpoint"] is True and saved["tta"] is True and saved["n"] == 4
 
 

@@ -235,7 +235,8 @@ def test_exclude_test_images_by_name_and_content(tmp_path):
     test_dir.mkdir(), imgs.mkdir()
     for i in range(3):
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(test_dir / f"t{i}.png")
-    (test_dir / "test.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "image": f"t{i}.png", "conversations": []}) + "\n"
+    (test_dir / "test.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "image": f"t{i}.png", "conversations": [
+        {"from": "human", "value": "<image>\nRate it."}, {"from": "gpt", "value": "Fine."}]}) + "\n"
                                                  for i in range(3)))
     (imgs / "t0.png").write_bytes(b"a different file with a test image's name")  # same name
     (imgs / "copy.png").write_bytes((test_dir / "t1.png").read_bytes())          # same content, another name

@@ -296,7 +296,9 @@ def mini_demo(folder, n=24):
     recs = []
     for i, p in enumerate(paths):
         label, sev = ("clean", 0) if i % 4 == 0 else ("blur", 1 + i % 5)
-        recs.append({"id": f"demo/{i}", "image": f"images/im{i}.png", "conversations": [], "task": "distortion",
+        conv = [{"from": "human", "value": "<image>\nWhat distortion does this image have?"},
+                {"from": "gpt", "value": f"The image has some {label}."}]
+        recs.append({"id": f"demo/{i}", "image": f"images/im{i}.png", "conversations": conv, "task": "distortion",
                      "label": label, "source": "demo", "ref": f"p{i % 3}", "severity": sev, "mos": round(1 + (i % 9) / 2, 2)})
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:18]))
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[18:]))

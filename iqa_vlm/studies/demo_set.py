@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from iqa_vlm import iqa_datasets as D
-from iqa_vlm.common import UMASK, atomic_write_json, atomic_write_jsonl, read_jsonl
+from iqa_vlm.common import UMASK, atomic_write_json, release_folder_lock, atomic_write_jsonl, read_jsonl
 from iqa_vlm.data import LABELS, claim_output, closed_set_meta, record_written, write_splits
 from iqa_vlm.studies.deqa import attach_soft_labels
 from iqa_vlm.studies.distortion import distortion_record, split_meta
@@ -218,6 +218,7 @@ def make_demo(out, seed=0, size=32, crops_per_class=96, n_test_photos=4, dead_le
     os.replace(tmp, out)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+    release_folder_lock(out)
     print(f"demo: {n_train} train / {n_test} test images ({len(test_photos)} held-out photos: "
           f"{', '.join(sorted(test_photos))}) -> {out} in {time.time() - t0:.1f}s")
     return meta

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from iqa_vlm import iqa_datasets as D
 from iqa_vlm import iqa_io
-from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot, read_json
+from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, atomic_write_png, pyplot, read_json, release_folder_lock
 from iqa_vlm.data import LABELS, claim_output, record_written, closed_set_meta, closed_set_token_ids, encode_prompts, load_image, load_records, read_closed_set
 from iqa_vlm.level_ce import level_cross_entropy
 from iqa_vlm.model import (eval_device, eval_out, image_inputs, last_token_logits, lm_readout, load_checkpoint,
@@ -113,6 +113,7 @@ def make_distortion(datasets, out, split="random", seed=0, test_frac=0.2, check_
     atomic_write_jsonl(os.path.join(out, "test.jsonl"), test)
     atomic_write_json(os.path.join(out, "meta.json"), meta)
     record_written(out, names, replace=True)
+    release_folder_lock(out)
     print(f"wrote {len(train)} train / {len(test)} test records -> {out}")
     return meta
 

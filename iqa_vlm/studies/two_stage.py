@@ -43,7 +43,7 @@ from collections import Counter
 import torch
 from tqdm import tqdm
 
-from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, read_json
+from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, read_json, release_folder_lock
 from iqa_vlm.data import LEVEL_PREFIX, LEVELS, claim_output, record_written, closed_set_meta, closed_set_token_ids, read_closed_set, encode_prompts, load_records, write_splits
 from iqa_vlm.metrics import closed_set_scores, mean_std, score_metrics
 from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_checkpoint, load_evaluated, to_device
@@ -213,6 +213,7 @@ def make_pathway(splits, out, meta):
     meta = {**meta, "task": "pathway", **closed_set_meta(), "views": {v: os.path.join(out, v) for v in VIEWS}, "split": report,
             "counts": {v: {name: len(recs) for name, recs in views[v].items()} for v in VIEWS}}
     atomic_write_json(os.path.join(out, "meta.json"), meta)
+    release_folder_lock(out)
     print(f"pathway: {report['kept']} of {n_in} records split into description + conclusion "
           f"(conclusion last {position['last']}, second to last {position['second to last']}); excluded "
           f"{dict(excluded) or 'none'} -> {out}/{{{','.join(VIEWS)}}}, {out}/meta.json")
