@@ -6,6 +6,7 @@
     python evaluate.py score --ckpt out/A --ckpt out/B --data data/score --logistic true --out out/table
     python evaluate.py prompting --protocol double --prompting cot --model tiny --data data/demo --limit 32
     python evaluate.py prompting-table --model tiny --data data/demo --limit 32     # all nine systems, Table 1's shape
+    python evaluate.py prompting --model api:gpt-4o --api_base https://api.openai.com/v1 --data data/score --limit 150
     python evaluate.py two-stage --ckpt out/pw_stage2 --describer out/pw_stage1 --data data/demo_pathway
     python evaluate.py two-stage --pipeline one_stage --ckpt out/pw_one_stage --data data/demo_pathway
     python evaluate.py instability --sessions 3 --repeats 5 --temperature 0.5 --ckpt out/pw_stage2 --data data/demo_pathway
@@ -116,6 +117,21 @@ def prompting_args(p):
     p.add_argument("--rounds", type=int, default=0, help="queries per image (0: double 4, multiple 2)")
     p.add_argument("--icl_split", default="train", help="split the icl worked example comes from")
     prompting_choices(p)
+    api_args(p)
+
+
+def api_args(p):
+    p.add_argument("--api_base", default=None, help="--model api:MODEL: the OpenAI-compatible endpoint, e.g. "
+                   "https://api.openai.com/v1 or http://localhost:8000/v1 (vLLM)")
+    p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="the environment variable holding the key (never "
+                   "printed or written)")
+    p.add_argument("--api_concurrency", type=int, default=4, help="requests in flight at most")
+    p.add_argument("--api_retries", type=int, default=6, help="retries of a 429/5xx/timeout (exponential backoff, jitter)")
+    p.add_argument("--no_cache", type=boolean, default=False, help="send every request again (default: answers already "
+                   "in OUT/api_cache/ are reused)")
+    p.add_argument("--api_temperature", type=float, default=None, help="default: the API's own (the authors set none)")
+    p.add_argument("--api_detail", default=None, choices=["low", "high", "auto"],
+                   help="the images' detail setting (default: none sent, as the authors' code)")
 
 
 def prompting_choices(p):
@@ -144,6 +160,7 @@ def prompting_table_args(p):
     p.add_argument("--prompts", default="paper", choices=list(prompting.PROMPT_SETS))
     p.add_argument("--aggregation", default="thurstone", choices=list(prompting.AGGREGATIONS))
     p.add_argument("--unparsed", default="random", choices=["random", "drop"])
+    api_args(p)
 
 
 def pathway_args(p):
@@ -185,8 +202,8 @@ COMMANDS = {
 }
 
 
-POSITIVE = ("batch_size", "sessions", "repeats", "latency_n")
-NOT_NEGATIVE = ("limit", "max_new_tokens", "rounds")
+POSITIVE = ("batch_size", "sessions", "repeats", "latency_n", "api_concurrency")
+NOT_NEGATIVE = ("limit", "max_new_tokens", "rounds", "api_retries")
 
 
 def at_the_door(command, fn):
@@ -213,8 +230,7 @@ def at_the_door(command, fn):
                 check_data(cfg.get("data_fingerprint"), f"{who} --ckpt {ckpt}", allow_changed)
         if kw.get("limit") and not kw.get("out") and ckpts:
             kw["out"] = os.path.join(eval_out(None, ckpts[0], None), f"limit{kw['limit']}")
-        targets = [kw["out"]] if kw.get("out") else [eval_out(None, c, None) for c in ckpts] or \
-            ([eval_out(None, None, kw["model"])] if kw.get("model") else [])
+        targets = [kw["out"]] if kw.get("out") else [eval_out(None, c, None) for c in ckpts]
         for folder in targets:
             check_writable(folder, who)
         return fn(**kw)

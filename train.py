@@ -165,6 +165,8 @@ require(not (resume and overwrite), "--resume true continues OUT's run and --ove
 require(not (resume and fsdp), "--resume with --fsdp is not supported: resume.pt holds rank 0's optimizer shard only")
 require(dry_run or all(os.path.isdir(d) for d in data.split(",")), "--data " + ", ".join(
     d for d in data.split(",") if not os.path.isdir(d)) + ": no such folder (prepare_data.py writes one)")
+require(len({os.path.realpath(d) for d in data.split(",")}) == len(data.split(",")),
+        f"--data {data} names a folder twice (its records would train twice as often)")
 require(not init or os.path.isdir(init), f"--init {init}: no such folder (expected a train.py output folder)")
 require(not export or not export_problem(export), export_problem(export) if export else "")
 try:

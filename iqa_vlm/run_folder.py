@@ -117,6 +117,7 @@ def claim_run(out, data, resume, overwrite):
     if os.path.isfile(os.path.join(out, PREPARED)):
         raise SystemExit(f"train.py: --out {out} is a data folder prepare_data.py wrote; choose another --out")
     folder_lock(out, "train.py")  # two runs into one folder, or a prepare or an evaluation there: refused
+    check_writable(out, "train.py")  # made if new; an unwritable --out fails now, not at the first save hours later
     held = is_run(out)
     if held and not resume and not overwrite:
         raise SystemExit(f"train.py: --out {out} holds a run ({', '.join(sorted(held)[:4])}); continue it with --resume "
@@ -135,7 +136,6 @@ def claim_run(out, data, resume, overwrite):
         if not os.path.isfile(os.path.join(out, "resume.pt")):
             raise SystemExit(f"train.py: --resume: {os.path.join(out, 'resume.pt')} not found (a run folder written by "
                              f"train.py holds it)")
-    check_writable(out, "train.py")
     atomic_write_json(os.path.join(out, RUN_MARK), {"written_by": "train.py"})
 
 

@@ -114,6 +114,7 @@ def test_overwrite_keeps_the_users_own_checkpoint_folder(demo, tmp_path):
     shutil.copytree(out / "current", out / "checkpoint-keep")
     ok(TR(demo, out, "--max_steps", "1", "--overwrite", "true"))
     assert (out / "checkpoint-keep" / "trainable.safetensors").exists()
+    ok(TR(demo, tmp_path / "new" / "nested", "--max_steps", "1", "--overwrite", "true"))  # nothing to replace: a new run
 
 
 # ----------------------------------------------------------------------------- silently wrong
@@ -315,3 +316,26 @@ def test_unwritable_outputs_fail_before_the_work(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "atomic_write", read_only)
     with pytest.raises(SystemExit, match="cannot write into .*Read-only file system"):
         common.check_writable(str(tmp_path / "o"), "evaluate.py distortion")
+
+
+def test_a_prepare_that_fails_midway_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    from iqa_vlm.studies import demo_set
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(demo_set, "write_demo", disk_full)
+    with pytest.raises(OSError):
+        demo_set.make_demo(str(tmp_path / "X"), crops_per_class=4, dead_leaves=0)
+    assert not list(tmp_path.glob(".X.partial-*"))
+
+
+def test_a_record_longer_than_the_models_context_stops_before_the_first_step(demo, tmp_path):
+    long = tmp_path / "L"
+    long.mkdir()
+    rec = json.loads(open(demo / "train.jsonl").readline())
+    rec["image"] = str(demo / rec["image"])
+    rec["conversations"][-1]["value"] = "blur " * 700  # 700 words of the tiny vocabulary: past its 512 positions
+    (long / "train.jsonl").write_text(json.dumps(rec) + "\n")
+    shutil.copy(demo / "meta.json", long / "meta.json")
+    refused(TR(long, tmp_path / "R", "--max_steps", "1"), "longer than tiny's context (512 tokens)")
+    refused(TR(f"{demo},{demo}/.", tmp_path / "R", "--max_steps", "1"), "names a folder twice")

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from iqa_vlm.api_model import AUTHORS_MAX_TOKENS, ApiModel, is_api
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl
 from iqa_vlm.data import load_image, load_records
 from iqa_vlm.metrics import plcc, srcc
@@ -477,12 +478,20 @@ def aggregate(protocol, records, queries, prompts, answers, reference=False, pro
     return rows, per_image
 
 
+def open_api(model, out, api_base=None, api_key_env="OPENAI_API_KEY", api_concurrency=4, api_retries=6, no_cache=False,
+             api_temperature=None, api_detail=None):
+    """--model api:MODEL: the hosted model (api_model.ApiModel), its responses cached in OUT/api_cache/."""
+    return ApiModel(model, api_base, api_key_env, None if no_cache else os.path.join(out, "api_cache"), api_concurrency,
+                    api_retries, temperature=api_temperature, detail=api_detail)
+
+
 def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None, model=None, data=None, split="test",
              out=None, batch_size=32, limit=0, seed=0, max_new_tokens=0, rounds=0, icl_split="train", prompts="paper",
-             aggregation="thurstone", unparsed="random", bt_prior=BT_PRIOR, allow_unfinished=False, loaded=None):
-    """evaluate.py prompting: one protocol x prompting style, NR or FR (`reference`), on a checkpoint or an untuned
-    model. Writes OUT/eval_prompting_{tag}.json, answers_prompting_{tag}.jsonl and scores_prompting_{tag}.jsonl.
-    loaded: (model, processor) already in memory (prompting_table runs 18 systems on one load)."""
+             aggregation="thurstone", unparsed="random", bt_prior=BT_PRIOR, allow_unfinished=False, loaded=None, **api):
+    """evaluate.py prompting: one protocol x prompting style, NR or FR (`reference`), on a checkpoint, an untuned model
+    or a hosted one (--model api:MODEL and the api_* options of open_api). Writes OUT/eval_prompting_{tag}.json,
+    answers_prompting_{tag}.jsonl and scores_prompting_{tag}.jsonl. loaded: (model, processor) already in memory
+    (prompting_table runs 18 systems on one load; (ApiModel, None) for a hosted model)."""
     if protocol not in N_IMAGES or prompting not in PROMPTINGS:
         raise SystemExit(f"--protocol must be one of {list(N_IMAGES)} and --prompting one of {list(PROMPTINGS)}")
     if prompts not in PROMPT_SETS or aggregation not in AGGREGATIONS or unparsed not in ("random", "drop"):
@@ -502,10 +511,16 @@ def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None
         raise SystemExit(f"{len(records)} records with an image and a MOS in {data_dirs} ({split}); "
                          f"the {protocol} protocol needs at least {N_IMAGES[protocol]}")
     device, dtype = eval_device()
-    vlm, processor = loaded or load_evaluated(ckpt, model, device, dtype, allow_unfinished=True)[:2]  # checked above
+    hosted = is_api(model)
+    if hosted:  # the key is checked now, before any image is read
+        vlm, processor = loaded or (open_api(model, out, **api), None)
+        device = "api"
+    else:
+        vlm, processor = loaded or load_evaluated(ckpt, model, device, dtype, allow_unfinished=True)[:2]  # checked above
     per_prompt = (N_IMAGES[protocol] + reference) * (2 if prompting == "icl" else 1)
     try:
-        check_multi_image(processor, per_prompt, name)
+        if not hosted:
+            check_multi_image(processor, per_prompt, name)
     except ValueError as e:
         raise SystemExit(f"--protocol {protocol} --prompting {prompting}: {e}") from None
     example = None
@@ -520,11 +535,11 @@ def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None
                          f"has {N_IMAGES[protocol]} images")
     built = [build_prompt(protocol, prompting, [records[i]["image"] for i in q],
                           records[q[0]]["ref_image"] if reference else None, example, prompts) for q in queries]
-    max_new = max_new_tokens or MAX_NEW_TOKENS[prompting]
+    max_new = max_new_tokens or (AUTHORS_MAX_TOKENS if hosted else MAX_NEW_TOKENS[prompting])
     print(f"{name}: {protocol} stimulus, {prompting} prompting, {'FR' if reference else 'NR'}, {prompts} prompts: "
           f"{len(records)} images, {len(queries)} queries of {per_prompt} images, max_new_tokens {max_new}", file=sys.stderr)
     t0 = time.time()
-    answers = generate_answers(vlm, processor, built, batch_size, max_new, device)
+    answers = vlm.answer(built, max_new) if hosted else generate_answers(vlm, processor, built, batch_size, max_new, device)
     seconds = time.time() - t0
     rows, per_image = aggregate(protocol, records, queries, built, answers, reference, prompts, aggregation, unparsed,
                                 bt_prior, seed)
@@ -540,7 +555,8 @@ def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None
               "unparsed_answers": "replaced by seeded random answers (the authors' fallback)" if unparsed == "random" else "dropped",
               "unparsed_examples": [row["answer"] for row in rows if row["parsed"] is None][:5], "aggregation": how,
               "target": "mos_norm (else mos)", "per_source": per_source, "example": example,
-              "prompt_example": content_text(built[0][0]), "seconds": round(seconds, 1), "device": device}
+              "prompt_example": content_text(built[0][0]), "seconds": round(seconds, 1), "device": device,
+              **({"api_usage": vlm.usage()} if hosted else {})}
     os.makedirs(out, exist_ok=True)
     atomic_write_jsonl(os.path.join(out, f"answers_prompting_{tag}.jsonl"), rows)
     atomic_write_jsonl(os.path.join(out, f"scores_prompting_{tag}.jsonl"), per_image)
@@ -550,5 +566,7 @@ def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None
                      f"{fmt(m['plcc_per_ref'])})" if reference else "") + f" ({m['n_scored']}/{m['n_images']} scored)"
                      for s, m in per_source.items())
     print(f"{tag}: {len(rows)} queries, parsed {n_parsed}, unparsed {len(rows) - n_parsed}; {text}; "
-          f"{seconds:.1f}s -> {out}/eval_prompting_{tag}.json")
+          f"{seconds:.1f}s -> {out}/eval_prompting_{tag}.json" + (f"; API tokens {result['api_usage']['total_tokens']} "
+          f"({result['api_usage']['requests_sent']} requests sent, {result['api_usage']['cache_hits']} from the cache)"
+          if hosted else ""))
     return result

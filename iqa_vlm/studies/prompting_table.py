@@ -15,6 +15,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from iqa_vlm.api_model import is_api
 from iqa_vlm.studies import prompting as P
 from iqa_vlm.common import atomic_write_json
 from iqa_vlm.expert_iqa import EXPERTS, fr_scores
@@ -42,13 +43,17 @@ def fmt(v):
 
 
 def table(ckpt=None, model=None, data=None, fr_data=None, split="test", out=None, limit=150, seed=0, batch_size=8,
-          prompts="paper", aggregation="thurstone", unparsed="random", max_new_tokens=0, allow_unfinished=False):
-    """evaluate.py prompting-table: the nine systems on `data` (NR) and on `fr_data` (FR), one model load."""
+          prompts="paper", aggregation="thurstone", unparsed="random", max_new_tokens=0, allow_unfinished=False, **api):
+    """evaluate.py prompting-table: the nine systems on `data` (NR) and on `fr_data` (FR), one model load (or one
+    hosted model, --model api:MODEL with the api_* options of prompting.open_api)."""
     if not data and not fr_data:
         raise SystemExit("give --data (NR folders) and/or --fr_data (FR folders: records with ref_image)")
     out = out or os.path.join("out", "prompting_table_" + os.path.basename((ckpt or model).rstrip("/")))
     device, dtype = eval_device()
-    vlm, processor, _, name = load_evaluated(ckpt, model, device, dtype, allow_unfinished)
+    if is_api(model):
+        (vlm, processor), name = (P.open_api(model, out, **api), None), model
+    else:
+        vlm, processor, _, name = load_evaluated(ckpt, model, device, dtype, allow_unfinished)
     results, columns = {}, []
     for reference, dirs in ((True, fr_data), (False, data)):
         if not dirs:
