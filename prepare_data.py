@@ -202,5 +202,5 @@ def main_pathway(args, ap):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as e:  # DatasetError and friends: the message names file and line
+    except (ValueError, OSError) as e:  # DatasetError and friends name file and line; OSError: a disk full or read-only
         raise SystemExit(f"prepare_data.py: error: {e}")
