@@ -24,7 +24,8 @@ qbench, describe (qbench.py): LLVisionQA accuracy (closed set over the option ma
 descriptions written out for a GPT judge.
 
 OUT is --out, else the checkpoint folder's eval/ (train.py --overwrite removes it with the run), else
-out/untuned_MODEL; a --limit N run without --out writes to OUT/limitN/, never over a whole-split result. Before any
+out/untuned_MODEL; a --limit N run without --out writes to OUT/limitN/, never over a whole-split result (not the
+prompting study's, whose --limit is its sample size). Before any
 model loads: the arguments, the run (shared-locked: train.py cannot replace it meanwhile), its data (the run's own data
 must be what it trained on: --allow_changed_data true to go on anyway) and that OUT is writable. Booleans are spelled
 true / false.
@@ -228,7 +229,8 @@ def at_the_door(command, fn):
             given = [os.path.realpath(d) for d in (kw.get("data") or "").split(",") if d]
             if not given or set(given) <= set(own):  # the run's own data: it must be what the run trained on
                 check_data(cfg.get("data_fingerprint"), f"{who} --ckpt {ckpt}", allow_changed)
-        if kw.get("limit") and not kw.get("out") and ckpts:
+        if kw.get("limit") and not kw.get("out") and ckpts and not command.startswith("prompting"):  # the study's
+            # --limit is its sample size (the authors': 150), not a partial run
             kw["out"] = os.path.join(eval_out(None, ckpts[0], None), f"limit{kw['limit']}")
         targets = [kw["out"]] if kw.get("out") else [eval_out(None, c, None) for c in ckpts]
         for folder in targets:

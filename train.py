@@ -127,7 +127,8 @@ image_first = False            # move the image placeholder ahead of the questio
 init = ""                      # start from a previous run's trained tensors (its trainable.safetensors, base model from its config.json)
 allow_changed_data = False     # --resume on data that changed since the run began (a new prepare): warn, not refuse
 # -----------------------------------------------------------------------------
-config = apply_overrides({k: v for k, v in globals().items() if k not in _before_config}, sys.argv[1:])
+DEFAULTS = {k: v for k, v in globals().items() if k not in _before_config and not k.startswith("_")}
+config = apply_overrides(dict(DEFAULTS), sys.argv[1:])
 globals().update(config)
 # every folder as an absolute path: config.json then names the data wherever an evaluation runs from
 data, init, interpret_val = (absolute_dirs(v) for v in (data, init, interpret_val))
@@ -238,7 +239,7 @@ if ddp:
     torch.distributed.barrier()
 for d in data.split(","):  # no prepare_data.py may rewrite a folder this run reads
     folder_lock(d, "train.py", shared=True)
-resume_state = read_resume(out, config, world_size, allow_changed_data, print0) if resume else None
+resume_state = read_resume(out, config, world_size, allow_changed_data, print0, DEFAULTS) if resume else None
 data_fingerprint_now = data_fingerprint(data)
 mixer = None
 if mix:  # named sources sampled by weight per epoch, validation sets, --balance (data_mix.Mixer)

@@ -7,11 +7,12 @@ labelled image/jpeg (their label: servers decode the bytes, not the label); max_
 `detail` (the API's defaults) unless --api_temperature / --api_detail are given.
 
 The key is read from the environment (OPENAI_API_KEY, or the variable --api_key_env names); it is sent in the
-Authorization header and never printed, logged, cached or written to an output. Responses are cached under the run's
-output folder (api_cache/, one JSON file per request, named by the SHA-256 of the request without the key), so a re-run
-or a resumed run sends only what is not yet answered; --api_cache false sends everything. 429, 5xx, timeouts and
+Authorization header and never printed, logged, cached or written to an output. Responses that hold an answer are
+cached under the run's output folder (api_cache/, one JSON file per request, named by the SHA-256 of the endpoint,
+model, texts, image files' SHA-256 and parameters), so a re-run or a resumed run sends only what is not yet answered;
+--no_cache true sends everything. 429, 5xx, timeouts and
 dropped connections are retried with exponential backoff and full jitter, at most --api_retries times; any other 4xx
-stops the run with the server's message. At most --api_concurrency requests are in flight.
+(and a 429 for an exhausted quota) stops the run with the server's message. At most --api_concurrency requests are in flight.
 
 A small client on the standard library (urllib, a thread pool) rather than the openai package: one endpoint and one
 request shape, while the cache, the retry policy and the key's handling must be this study's own either way, and the
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json
+from iqa_vlm.data import load_image
 
 PREFIX = "api:"
 AUTHORS_MAX_TOKENS = 2000  # their payload's max_tokens
@@ -44,12 +46,19 @@ def is_api(model):
 
 
 def encode_image(path):
-    """An image file -> the data URL the authors' code sends: RGB, PNG bytes, base64, labelled image/jpeg."""
-    from PIL import Image
-    with Image.open(path) as im:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="png")
+    """An image file -> the data URL the authors' code sends: RGB, PNG bytes, base64, labelled image/jpeg. Read as the
+    local models read it (data.load_image: EXIF orientation applied, 16-bit scaled)."""
+    buf = io.BytesIO()
+    load_image(path).save(buf, format="png")
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def to_request(model, content, image_paths, max_tokens, temperature=None, detail=None):
@@ -81,6 +90,9 @@ class ApiModel:
                  timeout=120.0, temperature=None, detail=None):
         if not api_base:
             raise SystemExit("--model api:MODEL needs --api_base URL (e.g. https://api.openai.com/v1 or a vLLM server's)")
+        if not api_base.startswith(("http://", "https://")):
+            raise SystemExit(f"--api_base {api_base}: expected a URL starting with http:// or https:// (e.g. "
+                             f"https://api.openai.com/v1)")
         self.model = name[len(PREFIX):] if is_api(name) else name
         self.url = api_base.rstrip("/") + "/chat/completions"
         self._key = os.environ.get(key_env)
@@ -94,21 +106,29 @@ class ApiModel:
         self._lock = threading.Lock()
 
     def _post(self, body):
+        import http.client
         data = json.dumps(body).encode()
         for attempt in range(self.retries + 1):
             req = urllib.request.Request(self.url, data=data, method="POST", headers={
                 "Content-Type": "application/json", "Authorization": f"Bearer {self._key}"})
+            wait = None
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode())
+                    raw = resp.read().decode(errors="replace")
+                try:
+                    return json.loads(raw)
+                except json.JSONDecodeError:
+                    raise ApiError(f"{self.url}: a response that is not JSON: {raw[:300]!r}") from None
             except urllib.error.HTTPError as e:
                 text = e.read().decode(errors="replace")[:500]
-                if e.code not in RETRY_STATUS:
+                if e.code not in RETRY_STATUS or "insufficient_quota" in text:  # a quota does not come back by waiting
                     raise ApiError(f"{self.url}: HTTP {e.code}: {text}") from None
-                why = f"HTTP {e.code}"
+                why = f"HTTP {e.code}: {text[:200]}"
                 wait = e.headers.get("Retry-After") if e.headers else None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                why, wait = f"{type(e).__name__}", None
+            except urllib.error.URLError as e:
+                why = f"{type(e).__name__}: {e.reason}"
+            except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
+                why = f"{type(e).__name__}: {e}"
             if attempt == self.retries:
                 raise ApiError(f"{self.url}: gave up after {self.retries + 1} attempts (last: {why})")
             delay = float(wait) if wait and wait.replace(".", "", 1).isdigit() else \
@@ -116,8 +136,15 @@ class ApiModel:
             time.sleep(min(delay, 60.0))
         raise AssertionError("unreachable")
 
-    def _one(self, body):
-        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    def _one(self, prompt, max_tokens):
+        """One prompt: its answer from the cache, else from the server. The cache key is the request without its image
+        bytes: the endpoint, the model, the texts, each image file's SHA-256 and the parameters; the images are
+        encoded only when a request is sent."""
+        content, paths = prompt[0], prompt[1]
+        desc = {"url": self.url, "model": self.model, "max_tokens": max_tokens, "temperature": self.temperature,
+                "detail": self.detail, "content": [item.get("text", "<image>") for item in content],
+                "images": [file_sha256(p) for p in paths]}
+        key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
         path = os.path.join(self.cache_dir, key + ".json") if self.cache_dir else None
         if path and os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
@@ -125,27 +152,27 @@ class ApiModel:
             with self._lock:
                 self.cached += 1
         else:
-            response = self._post(body)
-            if path:
-                atomic_write_json(path, response)
+            response = self._post(to_request(self.model, content, paths, max_tokens, self.temperature, self.detail))
             with self._lock:
                 self.sent += 1
+        try:
+            answer = response["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise ApiError(f"{self.url}: a response without choices[0].message.content: {str(response)[:300]}") from None
+        if path and not os.path.isfile(path):  # only a response that holds an answer is kept
+            atomic_write_json(path, response)
         with self._lock:
             for k in self.tokens:
                 self.tokens[k] += int((response.get("usage") or {}).get(k) or 0)
-        try:
-            return response["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise ApiError(f"{self.url}: a response without choices[0].message.content: {str(response)[:300]}") from None
+        return answer
 
     def answer(self, prompts, max_tokens=AUTHORS_MAX_TOKENS):
         """prompts: [(content, image paths, ...)] as prompting.build_prompt makes them -> [answer text]."""
-        bodies = [to_request(self.model, p[0], p[1], max_tokens, self.temperature, self.detail) for p in prompts]
-        answers = [None] * len(bodies)
+        answers = [None] * len(prompts)
         pool = ThreadPoolExecutor(self.concurrency)
         try:
-            with tqdm(total=len(bodies), desc=f"api {self.model}", unit="req") as bar:  # its rate: requests/s
-                futures = {pool.submit(self._one, b): i for i, b in enumerate(bodies)}
+            with tqdm(total=len(prompts), desc=f"api {self.model}", unit="req") as bar:  # its rate: requests/s
+                futures = {pool.submit(self._one, p, max_tokens): i for i, p in enumerate(prompts)}
                 for fut in as_completed(futures):
                     answers[futures[fut]] = fut.result().strip()
                     bar.update(1)

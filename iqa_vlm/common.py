@@ -83,25 +83,33 @@ _LOCKS = {}
 def hold_lock(path, who, shared=False):
     """A lock on the file `path`, held until the process exits (the OS drops it then, even after kill -9, so a crash never
     leaves a stale lock): exclusive for a writer, shared for a reader (readers share it; a writer and anyone else
-    exclude each other). A refused caller stops, naming the last writer that held it."""
+    exclude each other). A refused caller stops, naming the last writer that held it. A reader that cannot create or
+    open the lock file (a read-only mount, another user's folder) reads without it, and says so."""
     import fcntl
     import socket
     path = os.path.abspath(path)
     if path in _LOCKS:
         return
-    f = open(path, "a+")
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        try:
+            f = open(path, "r")  # flock works on a file opened for reading
+        except OSError:
+            if shared:
+                print(f"{who}: note: cannot lock {path} ({e.strerror}); reading without a lock", file=sys.stderr)
+                return
+            raise SystemExit(f"{who}: cannot lock {path} ({e.strerror})") from None
     try:
         fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
         holder = f.read().strip()
         f.close()
-        raise SystemExit(f"{who}: {path} is held by another process ({'the last writer: ' + holder if holder else 'a reader'})"
-                         f", which is using that folder now; wait for it to end, or choose another folder") from None
-    except OSError as e:  # a read-only parent folder
-        f.close()
-        raise SystemExit(f"{who}: cannot lock {path} ({e.strerror})") from None
-    if not shared:
+        raise SystemExit(f"{who}: {path} is held by another process, which is using that folder now"
+                         f"{' (the last writer there: ' + holder + ')' if holder else ''}; retry when it has ended, or "
+                         f"choose another folder") from None
+    if not shared and f.mode == "a+":
         f.seek(0)
         f.truncate()
         f.write(f"{who} pid {os.getpid()} on {socket.gethostname()}\n")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 from collections import Counter, OrderedDict
@@ -331,8 +332,8 @@ def as_trained(record, system=None, image_first=False):
 # ----------------------------------------------------------------------------- prepared folders and instruction data
 PREPARED = ".prepared"  # prepare_data.py's marker in a folder it wrote: {"written_by", "files": the names it wrote there}
 # what a marker written before the manifest existed stands for
-LEGACY_FILES = {"train.jsonl", "val.jsonl", "test.jsonl", "official_val.jsonl", "meta.json", "images", "one_stage", "stage1",
-                "stage2"}
+LEGACY_FILES = {"train.jsonl", "val.jsonl", "test.jsonl", "official_val.jsonl", "meta.json"}  # files only: never a folder
+OWN_ENTRY = re.compile(r"^\.[^/]+\.(lock|partial-\w+|old-\w+)$")  # a subfolder's lock, a temporary folder: not data
 RUN_MARKS = ("config.json", "trainable.safetensors", "resume.pt", "current", ".run")  # a train.py run (train.py --out)
 
 
@@ -361,7 +362,7 @@ def claim_output(out):
         if name.startswith((f".{base}.partial-", f".{base}.old-")) and os.path.isfile(os.path.join(left, PREPARED)):
             shutil.rmtree(left, ignore_errors=True)
     if os.path.isdir(out):
-        held = set(os.listdir(out)) - {PREPARED}
+        held = {n for n in os.listdir(out) if n != PREPARED and not OWN_ENTRY.match(n)}
         foreign = sorted(held - (prepared_files(out) or set()))
         if foreign:
             run = [f for f in foreign if f in RUN_MARKS or f.startswith("checkpoint-")]

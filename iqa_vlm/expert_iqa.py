@@ -13,7 +13,8 @@ parameters or network weights that their libraries download; none can be fetched
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+
+from iqa_vlm.data import load_image
 
 EXPERTS = ("psnr", "ssim", "ms_ssim")
 MS_SSIM_WEIGHTS = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
@@ -21,8 +22,7 @@ MS_SSIM_WEIGHTS = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
 
 def _rgb01(path):
     """[1, 3, H, W] float64 on [0, 1]."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+    arr = np.asarray(load_image(path), dtype=np.float64) / 255.0  # read as every model reads it (EXIF, 16-bit)
     return torch.from_numpy(arr).permute(2, 0, 1)[None]
 
 

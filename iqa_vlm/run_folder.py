@@ -20,7 +20,7 @@ LINKED = RUN_FILES + ("log.jsonl",)  # OUT/<name> -> current/<name>
 # how it loads data; any other change would make it another run than the one it continues
 MAY_CHANGE_ON_RESUME = {"out", "max_steps", "max_minutes", "epochs", "resume", "overwrite", "log_every", "ckpt_every",
                         "ckpt_minutes", "num_workers", "num_threads", "check_ddp_sync", "export", "dry_run", "gpu_mem",
-                        "seq_len", "allow_changed_data", "trust_remote_code"}
+                        "seq_len", "allow_changed_data", "trust_remote_code", "grad_ckpt", "eval_every"}
 DATA_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "official_val.jsonl", "meta.json")
 
 
@@ -72,20 +72,28 @@ def check_data(recorded, who, allow_changed=False, say=print):
     say("warning: " + message + " (--allow_changed_data true: going on)")
 
 
-def resume_changes(before, now):
-    """['--key OLD -> NEW', ...] for every setting a resume may not change; a key the first run recorded and this one
-    lacks, or the reverse, is a change too."""
+def resume_changes(before, now, defaults=None):
+    """['--key OLD -> NEW', ...] for every setting a resume may not change. A key the run's config.json lacks counts as
+    its default (a run made before the key existed); set otherwise, it is a change."""
     def norm(key, value):
         return absolute_dirs(value) if key in ("data", "init", "interpret_val") and isinstance(value, str) else value
     keys = set(now) - MAY_CHANGE_ON_RESUME
     missing = object()
-    return [f"--{k} {'(absent)' if before.get(k, missing) is missing else repr(before[k])} -> {now[k]!r}"
-            for k in sorted(keys) if norm(k, before.get(k, missing)) != norm(k, now[k])]
+    out = []
+    for k in sorted(keys):
+        was = before.get(k, missing)
+        if was is missing and defaults is not None and k in defaults and norm(k, defaults[k]) == norm(k, now[k]):
+            continue
+        if was is missing or norm(k, was) != norm(k, now[k]):
+            out.append(f"--{k} {'(absent)' if was is missing else repr(was)} -> {now[k]!r}")
+    return out
 
 
 def is_run(out):
+    """What makes `out` a run: its files, its link, its checkpoint folders (a marker alone is a run that failed before
+    its first save: a plain retry may go ahead)."""
     names = os.listdir(out) if os.path.isdir(out) else []
-    return [n for n in names if n in RUN_FILES or n in (RUN_MARK, "current") or CHECKPOINT_NAME.match(n)]
+    return [n for n in names if n in RUN_FILES or n == "current" or CHECKPOINT_NAME.match(n)]
 
 
 def relink(out):
@@ -93,6 +101,10 @@ def relink(out):
     complete checkpoint folder again. -> that folder's name, or None when the links are there."""
     if os.path.islink(os.path.join(out, "current")):
         return None
+    if os.path.lexists(os.path.join(out, "current")):
+        raise SystemExit(f"train.py: --resume: {os.path.join(out, 'current')} is a folder, not the link train.py writes "
+                         f"(a copy that followed links?); move it away and resume again: the newest checkpoint folder "
+                         f"is taken")
     done = sorted(n for n in os.listdir(out) if CHECKPOINT_NAME.match(n) and not n.endswith(".partial")
                   and all(os.path.isfile(os.path.join(out, n, f)) for f in RUN_FILES))
     if not done:
@@ -139,12 +151,13 @@ def claim_run(out, data, resume, overwrite):
     atomic_write_json(os.path.join(out, RUN_MARK), {"written_by": "train.py"})
 
 
-def read_resume(out, config, world_size, allow_changed_data, say=print):
-    """The checks of --resume that need no model: the settings and the data are the run's, resume.pt is readable and
-    whole. -> its state (memory-mapped: read once, moved to the device by the optimizer)."""
+def read_resume(out, config, world_size, allow_changed_data, say=print, defaults=None):
+    """The checks of --resume that need no model: the settings and the data are the run's, resume.pt is
+    readable, with every entry train.py writes. -> its state (memory-mapped: read once, moved to the device by the
+    optimizer)."""
     import torch
     before = read_json(os.path.join(out, "config.json"))
-    changed = resume_changes(before, {**config, "world_size": world_size})
+    changed = resume_changes(before, {**config, "world_size": world_size}, {**(defaults or {}), "world_size": 1})
     if changed:
         raise SystemExit(f"train.py: --resume {out}: the run was made with other settings ({'; '.join(changed)}); "
                          f"resume with its own, or start a new run (--out DIR, or --overwrite true)")

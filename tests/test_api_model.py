@@ -62,6 +62,7 @@ class Server:
 
     def close(self):
         self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_throttling_and_server_errors_are_retried_a_bounded_number_of_times(serv
     assert api.answer([(content, images[:1])])[0].startswith("The image")
     assert len(server.requests) == 3  # two refusals, then the answer
     server.fail, n = 100, len(server.requests)
-    with pytest.raises(SystemExit, match=f"gave up after 4 attempts \\(last: HTTP {status}\\)"):
+    with pytest.raises(SystemExit, match=f"gave up after 4 attempts \\(last: HTTP {status}: .*injected"):
         api_model.ApiModel("api:m", server.base, retries=3).answer([(content, images[:1])])
     assert len(server.requests) - n == 4
 
@@ -173,3 +174,21 @@ def test_the_command_line_takes_the_api_options(server, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": KEY})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "API tokens 642 (6 requests sent, 0 from the cache)" in r.stdout and KEY not in r.stdout + r.stderr
+
+
+def test_bad_endpoints_and_answers_are_one_line_errors(server, images, tmp_path):
+    with pytest.raises(SystemExit, match="expected a URL starting with http"):
+        api_model.ApiModel("api:m", "api.openai.com/v1")
+    content = [{"type": "text", "text": "Rate."}, {"type": "image"}]
+    server.fail, server.status = 1, 429
+    server_quota = Server(fail=1, status=429)
+    server_quota.close()
+    with pytest.raises(SystemExit, match="gave up after 1 attempts \\(last: URLError"):
+        api_model.ApiModel("api:m", server_quota.base, retries=0).answer([(content, images[:1])])
+    cache = tmp_path / "cache"
+    api = api_model.ApiModel("api:m", server.base, cache_dir=str(cache), retries=2)
+    assert api.answer([(content, images[:1])])[0].startswith("The image") and len(list(cache.iterdir())) == 1
+    other = api_model.ApiModel("api:m", server.base.replace("/v1", "/v2"), cache_dir=str(cache))
+    n = len(server.requests)
+    other.answer([(content, images[:1])])  # another endpoint: its own cache entry, a request sent
+    assert len(server.requests) == n + 1 and len(list(cache.iterdir())) == 2

@@ -339,3 +339,35 @@ def test_a_record_longer_than_the_models_context_stops_before_the_first_step(dem
     shutil.copy(demo / "meta.json", long / "meta.json")
     refused(TR(long, tmp_path / "R", "--max_steps", "1"), "longer than tiny's context (512 tokens)")
     refused(TR(f"{demo},{demo}/.", tmp_path / "R", "--max_steps", "1"), "names a folder twice")
+
+
+def test_a_pathway_folder_is_prepared_again_and_a_failed_first_run_can_be_retried(demo, tmp_path):
+    import prepare_data
+    pw = tmp_path / "PW"
+    for seed in ("0", "1"):  # the views' locks sit inside PW; they are not data, so a second prepare goes ahead
+        prepare_data.main(["--task", "pathway", "--demo", str(demo), "--out", str(pw), "--seed", seed])
+    assert json.load(open(pw / "one_stage" / "meta.json"))["task"] == "pathway"
+    out = tmp_path / "R"
+    run_folder.claim_run(str(out), str(demo), False, False)  # a run that failed before its first save leaves its marker
+    assert (out / ".run").exists() and run_folder.is_run(str(out)) == []
+    common._LOCKS.pop(str(tmp_path / ".R.lock")).close()
+
+
+def test_a_reader_without_a_writable_lock_file_reads_without_it(tmp_path, monkeypatch, capsys):
+    import builtins
+    real_open = builtins.open
+
+    def read_only(path, mode="r", *a, **k):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, mode, *a, **k)
+    monkeypatch.setattr(builtins, "open", read_only)
+    common.folder_lock(tmp_path / "data", "train.py", shared=True)
+    assert "reading without a lock" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="cannot lock .*Permission denied"):
+        common.folder_lock(tmp_path / "out", "train.py")
+
+
+def test_absent_keys_of_an_older_run_count_as_their_defaults():
+    assert run_folder.resume_changes({"seed": 1}, {"lr": 2e-5, "seed": 1}, {"lr": 2e-5}) == []
+    assert run_folder.resume_changes({"seed": 1}, {"lr": 0.5, "seed": 1}, {"lr": 2e-5}) == ["--lr (absent) -> 0.5"]

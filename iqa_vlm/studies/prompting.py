@@ -478,6 +478,12 @@ def aggregate(protocol, records, queries, prompts, answers, reference=False, pro
     return rows, per_image
 
 
+def default_out(model, kind="prompting"):
+    """out/prompting_NAME: a hosted model's folder is named api_..., apart from the local model of the same name."""
+    name = "api_" + model[len("api:"):].replace("/", "_") if is_api(model) else os.path.basename(model.rstrip("/"))
+    return os.path.join("out", f"{kind}_{name}")
+
+
 def open_api(model, out, api_base=None, api_key_env="OPENAI_API_KEY", api_concurrency=4, api_retries=6, no_cache=False,
              api_temperature=None, api_detail=None):
     """--model api:MODEL: the hosted model (api_model.ApiModel), its responses cached in OUT/api_cache/."""
@@ -502,7 +508,7 @@ def evaluate(protocol="single", prompting="standard", reference=False, ckpt=None
         name, data_dirs, out = f"{cfg['model']} [{cfg['trainable']}]", data or cfg["data"], eval_out(out, ckpt, None)
     elif model:
         name, data_dirs = model, data or "data/demo"
-        out = out or os.path.join("out", "prompting_" + os.path.basename(model.rstrip("/")))
+        out = out or default_out(model)
     else:
         raise SystemExit("give --ckpt DIR or --model NAME")
     tag = f"{protocol}_{prompting}{'_fr' if reference else ''}"

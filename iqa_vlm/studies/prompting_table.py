@@ -48,7 +48,8 @@ def table(ckpt=None, model=None, data=None, fr_data=None, split="test", out=None
     hosted model, --model api:MODEL with the api_* options of prompting.open_api)."""
     if not data and not fr_data:
         raise SystemExit("give --data (NR folders) and/or --fr_data (FR folders: records with ref_image)")
-    out = out or os.path.join("out", "prompting_table_" + os.path.basename((ckpt or model).rstrip("/")))
+    out = out or (os.path.join("out", "prompting_table_" + os.path.basename(ckpt.rstrip("/"))) if ckpt else
+                  P.default_out(model, "prompting_table"))
     device, dtype = eval_device()
     if is_api(model):
         (vlm, processor), name = (P.open_api(model, out, **api), None), model

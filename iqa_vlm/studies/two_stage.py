@@ -213,6 +213,7 @@ def make_pathway(splits, out, meta):
     meta = {**meta, "task": "pathway", **closed_set_meta(), "views": {v: os.path.join(out, v) for v in VIEWS}, "split": report,
             "counts": {v: {name: len(recs) for name, recs in views[v].items()} for v in VIEWS}}
     atomic_write_json(os.path.join(out, "meta.json"), meta)
+    record_written(out, list(VIEWS) + ["meta.json"], replace=True)  # an earlier prepare's other files there go
     release_folder_lock(out)
     print(f"pathway: {report['kept']} of {n_in} records split into description + conclusion "
           f"(conclusion last {position['last']}, second to last {position['second to last']}); excluded "
