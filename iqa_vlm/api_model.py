@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from tqdm import tqdm
 
 from iqa_vlm.common import atomic_write_json
-from iqa_vlm.data import load_image
+from iqa_vlm.data import file_digest, load_image
 
 PREFIX = "api:"
 AUTHORS_MAX_TOKENS = 2000  # their payload's max_tokens
@@ -52,13 +52,6 @@ def encode_image(path):
     load_image(path).save(buf, format="png")
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def to_request(model, content, image_paths, max_tokens, temperature=None, detail=None):
@@ -143,7 +136,7 @@ class ApiModel:
         content, paths = prompt[0], prompt[1]
         desc = {"url": self.url, "model": self.model, "max_tokens": max_tokens, "temperature": self.temperature,
                 "detail": self.detail, "content": [item.get("text", "<image>") for item in content],
-                "images": [file_sha256(p) for p in paths]}
+                "images": [file_digest(p) for p in paths]}
         key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
         path = os.path.join(self.cache_dir, key + ".json") if self.cache_dir else None
         if path and os.path.isfile(path):

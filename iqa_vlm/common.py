@@ -129,6 +129,19 @@ def folder_lock(folder, who, shared=False):
     hold_lock(os.path.join(parent, f".{base}.lock"), who, shared)
 
 
+def swap_in(tmp, out):
+    """Makes the finished folder `tmp` (beside `out`) the folder `out` at once: an old `out` is renamed away first, then
+    removed, so a reader finds the old folder or the new one, never a mix."""
+    parent, base = os.path.split(os.path.realpath(out))
+    old = None
+    if os.path.isdir(out):
+        old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def release_folder_lock(folder):
     """Drops this process's lock of `folder` (a prepare called as a library is done with its folder; a script's locks
     simply end with it)."""

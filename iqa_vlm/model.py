@@ -423,7 +423,7 @@ def export_checkpoint(ckpt_dir, out_dir):
     temporary folder beside it, its files given the umask's modes, then swapped in whole."""
     import shutil
     import tempfile
-    from iqa_vlm.common import UMASK
+    from iqa_vlm.common import UMASK, swap_in
     problem = export_problem(out_dir)
     if problem:
         raise SystemExit(f"export: {problem}")
@@ -446,13 +446,7 @@ def export_checkpoint(ckpt_dir, out_dir):
             for name in files:
                 os.chmod(os.path.join(root, name), 0o666 & ~UMASK)
             os.chmod(root, 0o777 & ~UMASK)
-        old = None
-        if os.path.isdir(out_dir):
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,13 +5,12 @@ folders (checkpoint-STEP-TIME, common.write_checkpoint) and the links through OU
 absolute path of every --data folder and a fingerprint of its split files and meta.json (size and SHA-256), so that a
 resume, or an evaluation on the run's own data, finds out when the data changed under it.
 """
-import hashlib
 import os
 import shutil
 
 from iqa_vlm.common import (CHECKPOINT_NAME, EVAL_DIR, atomic_write_json, check_writable, folder_lock, fsync_dir,
                             read_json)
-from iqa_vlm.data import PREPARED
+from iqa_vlm.data import PREPARED, file_digest
 
 RUN_MARK = ".run"
 RUN_FILES = ("config.json", "trainable.safetensors", "resume.pt")
@@ -37,11 +36,7 @@ def data_fingerprint(spec):
         for name in DATA_FILES:
             path = os.path.join(folder, name)
             if os.path.isfile(path):
-                h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                files[name] = [os.path.getsize(path), h.hexdigest()]
+                files[name] = [os.path.getsize(path), file_digest(path)]
         out[folder] = files
     return out
 

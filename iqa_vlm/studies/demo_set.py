@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from iqa_vlm import iqa_datasets as D
-from iqa_vlm.common import UMASK, atomic_write_json, release_folder_lock, atomic_write_jsonl, read_jsonl
+from iqa_vlm.common import UMASK, atomic_write_json, release_folder_lock, swap_in, atomic_write_jsonl, read_jsonl
 from iqa_vlm.data import LABELS, claim_output, closed_set_meta, record_written, write_splits
 from iqa_vlm.studies.deqa import attach_soft_labels
 from iqa_vlm.studies.distortion import distortion_record, split_meta
@@ -210,14 +210,7 @@ def make_demo(out, seed=0, size=32, crops_per_class=96, n_test_photos=4, dead_le
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # the folder appears complete or not at all: the old one (only prepare_data.py's files) is swapped out, then removed
-    old = None
-    if os.path.isdir(out):
-        old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, out)  # the folder appears complete or not at all (the old one held only prepare_data.py's files)
     release_folder_lock(out)
     print(f"demo: {n_train} train / {n_test} test images ({len(test_photos)} held-out photos: "
           f"{', '.join(sorted(test_photos))}) -> {out} in {time.time() - t0:.1f}s")
