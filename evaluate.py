@@ -229,8 +229,8 @@ def at_the_door(command, fn):
             given = [os.path.realpath(d) for d in (kw.get("data") or "").split(",") if d]
             if not given or set(given) <= set(own):  # the run's own data: it must be what the run trained on
                 check_data(cfg.get("data_fingerprint"), f"{who} --ckpt {ckpt}", allow_changed)
-        if kw.get("limit") and not kw.get("out") and ckpts and not command.startswith("prompting"):  # the study's
-            # --limit is its sample size (the authors': 150), not a partial run
+        # a partial run never overwrites a whole one; the prompting study's --limit is its sample size (the authors': 150)
+        if kw.get("limit") and not kw.get("out") and ckpts and not command.startswith("prompting"):
             kw["out"] = os.path.join(eval_out(None, ckpts[0], None), f"limit{kw['limit']}")
         targets = [kw["out"]] if kw.get("out") else [eval_out(None, c, None) for c in ckpts]
         for folder in targets:

@@ -75,10 +75,8 @@ def load_image(path):
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
 
 
-def record_problem(r):
-    """What is wrong with a record's fields, or None: conversations a list of {from, value} turns with known roles and
-    text values, image a path (text) or absent, exactly one <image> tag when it has an image and none when not."""
-    conv = r.get("conversations")
+def turns_problem(conv):
+    """What is wrong with a conversation, or None: a non-empty list of {from, value} turns, known roles, text values."""
     if not isinstance(conv, list) or not conv:
         return "'conversations' must be a non-empty list of {from, value} turns"
     for k, t in enumerate(conv):
@@ -86,6 +84,16 @@ def record_problem(r):
             return f"turn {k}: expected {{from, value}} with value text, got {str(t)[:60]!r}"
         if t.get("from") not in ROLES:
             return f"turn {k}: role {t.get('from')!r}, expected human/gpt (or user/assistant, system)"
+    return None
+
+
+def record_problem(r):
+    """What is wrong with a record's fields, or None: conversations a list of {from, value} turns with known roles and
+    text values, image a path (text) or absent, exactly one <image> tag when it has an image and none when not."""
+    conv = r.get("conversations")
+    problem = turns_problem(conv)
+    if problem:
+        return problem
     for key in ("image", "ref_image"):
         if r.get(key) is not None and not isinstance(r[key], str):
             return f"'{key}' must be a path (text), got {type(r[key]).__name__}"
@@ -436,17 +444,14 @@ def read_instruction(path, image_root=None, task="describe", source=None, max_ch
         raise ValueError(f"{path}: expected a JSON list of {{id, image, conversations}}, found {type(entries).__name__}")
     image_root = os.path.abspath(image_root or os.path.dirname(os.path.abspath(path)))
     source = source or os.path.splitext(os.path.basename(path))[0]
-    roles = ROLES
     records, missing, skipped, turns, found = [], [], Counter(), Counter(), 0
     for i, e in enumerate(entries, 1):
         where = f"{path} entry {i}"
         conv = e.get("conversations") if isinstance(e, dict) else None
-        if not isinstance(conv, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv):
-            raise ValueError(f"{where}: expected 'conversations', a list of {{from, value}} turns")
-        bad = [t.get("from") for t in conv if t.get("from") not in roles]
-        if bad:
-            raise ValueError(f"{where}: unknown role(s) {bad}; expected human/gpt (or user/assistant, system)")
-        conv = [{"from": roles[t["from"]], "value": t["value"]} for t in conv]
+        problem = turns_problem(conv) if conv != [] else None  # an empty one has no answer: counted below
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+        conv = [{"from": ROLES[t["from"]], "value": t["value"]} for t in conv]
         if not any(t["from"] == "gpt" for t in conv):
             skipped["no answer turn"] += 1
             continue
