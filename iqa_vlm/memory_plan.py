@@ -51,10 +51,13 @@ def _preset(name):
     if name == "mplug-owl2-7b":  # the native class (mplug_owl2.py) at the released sizes: its config's defaults
         from iqa_vlm import mplug_owl2
         return mplug_owl2.MPLUGOwl2Config()
+    if name == "internlm-xcomposer2-vl-7b":  # the native class (xcomposer2.py) at the released sizes: its config's defaults
+        from iqa_vlm import xcomposer2
+        return xcomposer2.XComposer2Config()
     return None
 
 
-PRESETS = ["llava-onevision-0.5b", "llava-onevision-7b", "qwen2.5-vl-7b", "mplug-owl2-7b"]
+PRESETS = ["llava-onevision-0.5b", "llava-onevision-7b", "qwen2.5-vl-7b", "mplug-owl2-7b", "internlm-xcomposer2-vl-7b"]
 
 
 def meta_model(name, trust_remote_code=False):

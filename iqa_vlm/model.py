@@ -47,6 +47,11 @@ FAMILIES = {
     "mplug_owl2": dict(model_types=("mplug_owl2",), encoder=["model.vision_model"], projector=["model.visual_abstractor"],
                        llm=["model.layers", "model.norm"], llm_layers="model.layers", head=["lm_head", "model.embed_tokens"],
                        image_features="model.get_image_features", final_norm="model.norm", lm_head="lm_head"),
+    # InternLM-XComposer2 (native, xcomposer2.py): released names; the vision parts sit beside the decoder `model`, so the
+    # whole VLM up to the final norm is the method `backbone`, not `model`. Partial LoRA adapters belong to llm.
+    "xcomposer2": dict(model_types=("internlmxcomposer2",), encoder=["vit"], projector=["vision_proj"],
+                       llm=["model.layers", "model.norm"], llm_layers="model.layers", head=["output", "model.tok_embeddings"],
+                       image_features="get_image_features", final_norm="model.norm", lm_head="output", backbone="backbone"),
 }
 PART_NAMES = ("encoder", "projector", "llm", "head")
 
@@ -60,6 +65,12 @@ def family_of(model):
     known = sorted(t for fam in FAMILIES.values() for t in fam["model_types"])
     raise ValueError(f"unknown model family: config.model_type={model_type!r}. Known model types: {known}. "
                      f"Top-level modules found: {top}. Add an entry to FAMILIES in model.py.")
+
+
+def backbone(model):
+    """The callable that runs the whole VLM on a processor's output up to the final norm (last_hidden_state): `model.model`
+    for most families."""
+    return get_module(model, FAMILIES[family_of(model)].get("backbone", "model"))
 
 
 def get_module(model, path):
@@ -173,14 +184,19 @@ def add_lora(model, rank, alpha, dropout=0.0, layer_range=None, targets_regex=""
     if b >= len(layers):
         raise ValueError(f"--lora on llm:{a}-{b}: the language model has {len(layers)} layers (0..{len(layers) - 1})")
     targets = [f"{layers_path}.{i}.{n}" for i in range(a, b + 1) for n, m in layers[i].named_modules()
-               if isinstance(m, torch.nn.Linear) and (not targets_regex or re.search(targets_regex, n))]
+               if isinstance(m, torch.nn.Linear) and not n.endswith(PLORA_ADAPTERS)
+               and (not targets_regex or re.search(targets_regex, n))]
     if not targets:
         raise ValueError(f"--lora_targets {targets_regex!r} matches no linear layer of the language model (names like "
                          f"{[n for n, m in layers[a].named_modules() if isinstance(m, torch.nn.Linear)][:4]})")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules="|".join(re.escape(t) for t in targets))  # a regex: exactly these modules
     inject_adapter_in_model(config, model)
-    return {n: p for n, p in model.named_parameters() if "lora_" in n}
+    return {n: p for n, p in model.named_parameters() if LORA_PARAM.search(n)}
+
+
+PLORA_ADAPTERS = ("Plora_A", "Plora_B")  # InternLM-XComposer2's own adapters: LoRA goes on their base layer only
+LORA_PARAM = re.compile(r"\.lora_[AB]\.")  # peft's adapter tensors (`...wqkv.lora_A.default.weight`), not Plora_A
 
 
 def merge_lora(model):
@@ -228,7 +244,7 @@ class SupervisedLogits(torch.nn.Module):
         self.vlm = vlm
 
     def forward(self, labels, **inputs):
-        hidden = self.vlm.model(**inputs).last_hidden_state
+        hidden = backbone(self.vlm)(**inputs).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE  # position t predicts token t+1
         return self.vlm.lm_head(hidden[:, :-1][keep]), targets[keep]
@@ -237,7 +253,7 @@ class SupervisedLogits(torch.nn.Module):
 # ----------------------------------------------------------------------------- pieces for analyses
 def last_token_logits(model, enc, last):
     """Next-token logits at each row's `last` position (the LM head on those rows only)."""
-    hidden = model.model(**enc).last_hidden_state
+    hidden = backbone(model)(**enc).last_hidden_state
     return model.lm_head(hidden[torch.arange(hidden.shape[0]), last.to(hidden.device)])
 
 
@@ -319,10 +335,14 @@ def load_model(name="tiny", dtype=torch.float32, device="cpu", trust_remote_code
 
 def load_released(name, dtype, trust_remote_code):
     """A published checkpoint (hub id or folder) with its processor, each through the class its authors' code uses."""
-    from iqa_vlm import mplug_owl2  # here, not at the top: it imports transformers' model machinery (~6 s), which --help never needs
+    from iqa_vlm import mplug_owl2, xcomposer2  # here, not at the top: transformers' model machinery (~6 s), which --help never needs
     if mplug_owl2.is_mplug_owl2(name):
         model = mplug_owl2.MPLUGOwl2LlamaForCausalLM.from_pretrained(name, dtype=dtype)
         processor = mplug_owl2.load_processor(name, model.config)
+    elif xcomposer2.is_xcomposer2(name):
+        model = xcomposer2.XComposer2ForCausalLM.from_pretrained(name, dtype=dtype)
+        processor = xcomposer2.load_processor(name, model.config)
+        model.generation_config.eos_token_id = xcomposer2.stop_ids(processor.tokenizer)
     else:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)

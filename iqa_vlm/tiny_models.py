@@ -298,8 +298,23 @@ def _mplug_owl2(f):
     return config, mplug_owl2.MPLUGOwl2Processor(tok, ip, config.num_visual_tokens, config.image_token_index), tok
 
 
+def _xcomposer2(f):
+    """InternLM-XComposer2 (native, xcomposer2.py): CLIP ViT 32 px / patch 8 (16 visual tokens), a 2-layer decoder with
+    4 query heads on 2 key-value heads (the fused qkv's grouping), Partial LoRA of rank 4 and alpha 8 (scaling 2)."""
+    from iqa_vlm import xcomposer2 as X
+    tok = _tokenizer([X.TURN_START, X.TURN_END], {})
+    config = X.XComposer2Config(vocab_size=len(tok), hidden_size=H, intermediate_size=2 * H, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                initializer_range=0.2, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id, img_size=32, plora_rank=4, plora_alpha=8,
+                                vision_config=_vit("clip").to_dict())
+    processor = X.XComposer2Processor(tok, X.image_processor_for(32), config.num_visual_tokens, config.image_token_index,
+                                      config.prompt_max_length)
+    return config, processor, tok
+
+
 _BUILDERS = {**dict.fromkeys(("llava_next", "llava_onevision"), _llava_next_onevision),
-             "mplug_owl2": _mplug_owl2,
+             "mplug_owl2": _mplug_owl2, "xcomposer2": _xcomposer2,
              **dict.fromkeys(("qwen2_vl", "qwen2_5_vl", "qwen3_vl"), _qwen_vl),
              **dict.fromkeys(("idefics3", "smolvlm"), _idefics3_smolvlm),
              **dict.fromkeys(("gemma3", "paligemma", "internvl"), _gemma_paligemma_internvl)}
@@ -318,13 +333,16 @@ def build_tiny(family, seed=0):
     config, processor, tok = _BUILDERS[f](f)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = (T.AutoModelForCausalLM if f == "mplug_owl2" else T.AutoModelForImageTextToText).from_config(config)
+        model = (T.AutoModelForCausalLM if f in ("mplug_owl2", "xcomposer2") else T.AutoModelForImageTextToText).from_config(config)
         if f == "gemma3":  # transformers starts this projection at zero: no gradient would reach the encoder
             torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.2)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
+    if f == "xcomposer2":
+        from iqa_vlm.xcomposer2 import stop_ids
+        model.generation_config.eos_token_id = stop_ids(tok)
     return model, processor
 
 
 TINY_FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
-                 "gemma3", "paligemma", "internvl", "mplug_owl2"]
+                 "gemma3", "paligemma", "internvl", "mplug_owl2", "xcomposer2"]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from iqa_vlm.data import LEVELS, closed_set_token_ids, encode_batch, encode_prompts
 from iqa_vlm.level_ce import level_cross_entropy
-from iqa_vlm.model import FAMILIES, SupervisedLogits, enable_checkpointing, family_of, part_params, set_trainable
+from iqa_vlm.model import FAMILIES, LORA_PARAM, SupervisedLogits, backbone, enable_checkpointing, family_of, part_params, set_trainable
 from iqa_vlm.metrics import closed_set_scores
 from iqa_vlm.data import LEVEL_PREFIX
 from iqa_vlm.studies.scoring import score_record
@@ -18,9 +18,10 @@ from iqa_vlm.tiny_models import TINY_FAMILIES, build_tiny
 
 # tensors that get no gradient by design: pooling heads and norms that serve only a pooled output the VLM ignores
 # mPLUG-Owl2: the last decoder layer's visual-branch MLP norm shapes only the visual positions' final states, which no
-# supervised position reads
+# supervised position reads; InternLM-XComposer2: the last layer's Partial LoRA after attention (wo, MLP) likewise
 NO_GRAD_BY_DESIGN = re.compile(r"post_layernorm\.(weight|bias)|vision_tower\.head\.|vision_tower\.layernorm|"
-                               r"layers\.1\.post_attention_layernorm\.multiway\.1\.")
+                               r"layers\.1\.post_attention_layernorm\.multiway\.1\.|"
+                               r"layers\.1\.(attention\.wo|feed_forward\.w[123])\.Plora_")
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +116,12 @@ def test_grad_ckpt_with_frozen_encoder_still_trains_llm(family, images):
 def test_lora_trains_only_the_adapters_and_the_chosen_parts(family, images):
     model, processor = tiny(family)
     expected, changed, no_grad = train_step(model, processor, records(images), "projector,llm:1-1", lora=4, grad_ckpt=True)
-    lora_names = {n for n in expected if "lora_" in n}
+    lora_names = {n for n in expected if LORA_PARAM.search(n)}
     assert lora_names and all(".layers.1." in n for n in lora_names)  # adapters on layer 1 only
     # lora_B starts at zero, so lora_A gets no gradient on the first step (by LoRA's design); B and the projector move
     assert changed == expected - no_grad and no_grad <= {n for n in lora_names if "lora_A" in n}, (family, sorted(no_grad)[:4])
     assert any("lora_B" in n for n in changed) and not any(".base_layer." in n for n in changed)
-    assert {n for n in expected if "lora_" not in n} == set(part_params(model)["projector"])
+    assert {n for n in expected if not LORA_PARAM.search(n)} == set(part_params(model)["projector"])
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -143,7 +144,7 @@ def test_closed_set_probs_match_a_manual_forward(family, images):
     level_ids = closed_set_token_ids(processor, LEVELS, LEVEL_PREFIX)
     enc, last = encode_prompts(processor, records(images), answer_prefix=LEVEL_PREFIX)
     with torch.no_grad():
-        hidden = model.model(**enc).last_hidden_state
+        hidden = backbone(model)(**enc).last_hidden_state
         probs, score, _ = closed_set_scores(model.lm_head(hidden[torch.arange(len(last)), last]), level_ids)
         full = model(**enc).logits.double()
     manual = torch.softmax(full[torch.arange(len(last)), last][:, level_ids], -1)

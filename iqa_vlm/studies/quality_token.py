@@ -18,7 +18,7 @@ from iqa_vlm.common import atomic_write_json, atomic_write_jsonl, atomic_write_p
 from iqa_vlm.data import (LEVEL_PREFIX, LEVELS, answer_prefix_text, closed_set_token_ids, load_image, read_closed_set, to_messages,
                           tokenize_batch)
 from iqa_vlm.metrics import closed_set_scores
-from iqa_vlm.model import FAMILIES, eval_device, family_of, get_module, lm_readout, load_evaluated, to_device
+from iqa_vlm.model import FAMILIES, backbone, eval_device, family_of, get_module, lm_readout, load_evaluated, to_device
 from iqa_vlm.studies.two_stage import (CONCLUSION_PREFIX, describe_prompt, eval_records, generate, split_feedback,
                        stage2_record, strip_conclusion)
 
@@ -253,9 +253,11 @@ def token_parts(tokenizer, item, input_ids, image_token_id):
     plain = tokenizer(item["text"], return_offsets_mapping=True)
     ids, d0, d1, ans = input_ids.tolist(), *item["desc_span"], item["answer_start"]
     parts, j = [], 0
-    if ids and ids[0] == tokenizer.bos_token_id and plain["input_ids"][:1] != [tokenizer.bos_token_id]:
-        parts, j = ["prompt"], 1  # a processor that writes the BOS itself (mPLUG-Owl2's)
+    bos = tokenizer.bos_token_id
     for tid, (a, b) in zip(plain["input_ids"], plain["offset_mapping"]):
+        while j < len(ids) and ids[j] == bos != tid:  # a processor that writes BOS itself: mPLUG-Owl2 at the start,
+            parts.append("prompt")                   # InternLM-XComposer2 before every text part
+            j += 1
         if tid == image_token_id:
             start = j
             while j < len(ids) and ids[j] == image_token_id:
@@ -277,7 +279,7 @@ def token_parts(tokenizer, item, input_ids, image_token_id):
 @torch.no_grad()
 def quality_attention(model, enc):
     """Attention of the last position (the quality token) to every position, mean over heads: [layers, T]."""
-    out = model.model(**enc, output_attentions=True)
+    out = backbone(model)(**enc, output_attentions=True)
     if not out.attentions or out.attentions[0] is None:
         raise SystemExit("the model returned no attention weights (eager attention could not be set)")
     return torch.stack([a[0, :, -1, :].float().mean(0) for a in out.attentions])
