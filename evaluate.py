@@ -36,6 +36,7 @@ from iqa_vlm.studies import distortion
 from iqa_vlm.studies import prompting
 from iqa_vlm.studies import prompting_table
 from iqa_vlm.studies import qbench
+from iqa_vlm.studies import scorer
 from iqa_vlm.studies import scoring
 from iqa_vlm.studies import two_stage
 from iqa_vlm.common import boolean, check_writable, folder_lock, run_subcommand
@@ -77,9 +78,19 @@ def score_args(p):
                    help="start the question with Q-SiT's 'Assume you are an image quality evaluator.' (auto: if the run "
                         "used a --mix)")
     p.add_argument("--table", default=None, help="where the cross-dataset table JSON goes (default OUT/score_table.json)")
-    p.add_argument("--prompt", default="qalign", choices=list(scoring.PROMPTS),
-                   help="qalign: the records' question, 'The quality of the image is' in the answer (what train.py teaches); "
-                        "qsit: Q-SiT's released evaluation prompt")
+    p.add_argument("--prompt", default="auto", choices=["auto", *scoring.PROMPTS],
+                   help="qalign: the records' question, 'The quality of the image is' in the answer (what train.py teaches, "
+                        "Q-Align's paper evaluation); qsit: Q-SiT's released evaluation prompt; scorer: the released "
+                        "mPLUG-Owl2 scorers' prompt (Q-Align/OneAlign, DeQA-Score); auto: qalign on --data, with --images "
+                        "the checkpoint's own (scorer.auto_prompt)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals of SRCC/PLCC/KRCC (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    p.add_argument("--images", default=None,
+                   help="score these images instead of --data (a folder, searched recursively; a glob; a text file with "
+                        "one path per line): --out FILE.csv, one row per image")
+    p.add_argument("--batch_invariant", type=boolean, default=False,
+                   help="with --images: one image per prefill, so that no score depends on its batch even by rounding")
+    p.add_argument("--workers", type=int, default=2, help="with --images: DataLoader workers decoding images")
 
 
 def qbench_args(p):
@@ -190,9 +201,22 @@ def instability_args(p):
 
 
 # subcommand -> (what it runs, its arguments, one line of help)
+def score(images=None, ckpts=(), batch_invariant=False, workers=2, **kw):
+    if not images:
+        return scoring.evaluate(ckpts=ckpts, **kw)
+    if len(ckpts) > 1:
+        raise SystemExit("evaluate.py score --images: give one --ckpt (or --model)")
+    return scorer.score_images(images, kw["out"], ckpts[0] if ckpts else None, kw.get("model"), kw["prompt"],
+                               kw["batch_size"], batch_invariant, workers, kw["allow_unfinished"])
+
+
+score.__doc__ = scoring.evaluate.__doc__ + "\n\nWith --images:\n" + scorer.__doc__
+
+
 COMMANDS = {
     "distortion": (distortion.evaluate, distortion_args, "name the distortion: closed-set accuracy, confusion matrix"),
-    "score": (scoring.evaluate, score_args, "quality scores: SRCC/PLCC per source, the cross-dataset table"),
+    "score": (score, score_args,
+              "quality scores: SRCC/PLCC/KRCC per source, the cross-dataset table; --images: a CSV of any images' scores"),
     "prompting": (prompting.evaluate, prompting_args, "prompting study: one protocol x prompting style, NR or FR"),
     "prompting-table": (prompting_table.table, prompting_table_args,
                         "prompting study: all nine systems (NR and FR) in Table 1's shape, expert FR baselines"),
@@ -204,7 +228,7 @@ COMMANDS = {
 
 
 POSITIVE = ("batch_size", "sessions", "repeats", "latency_n", "api_concurrency")
-NOT_NEGATIVE = ("limit", "max_new_tokens", "rounds", "api_retries")
+NOT_NEGATIVE = ("limit", "max_new_tokens", "rounds", "api_retries", "bootstrap", "workers")
 
 
 def at_the_door(command, fn):
@@ -232,7 +256,14 @@ def at_the_door(command, fn):
         # a partial run never overwrites a whole one; the prompting study's --limit is its sample size (the authors': 150)
         if kw.get("limit") and not kw.get("out") and ckpts and not command.startswith("prompting"):
             kw["out"] = os.path.join(eval_out(None, ckpts[0], None), f"limit{kw['limit']}")
-        targets = [kw["out"]] if kw.get("out") else [eval_out(None, c, None) for c in ckpts]
+        if kw.get("images"):  # its --out is a CSV file
+            if kw.get("data"):
+                raise SystemExit(f"{who}: give --images (score any images) or --data (evaluate against MOS), not both")
+            if not (kw.get("out") or "").lower().endswith(".csv"):
+                raise SystemExit(f"{who}: --images writes a CSV: give --out FILE.csv")
+            targets = [os.path.dirname(os.path.abspath(kw["out"]))]
+        else:
+            targets = [kw["out"]] if kw.get("out") else [eval_out(None, c, None) for c in ckpts]
         for folder in targets:
             check_writable(folder, who)
         return fn(**kw)

@@ -234,7 +234,7 @@ def encode_prompts(processor, records, answer_prefix=None, suffix=None, padding_
             convs = [{"from": convs[0]["from"], "value": convs[0]["value"] + "\n" + suffix}]
         msgs = to_messages(system + convs, bool(r.get("image")))
         if r.get("image"):
-            img = load_image(r["image"])
+            img = r["image"] if isinstance(r["image"], Image.Image) else load_image(r["image"])  # a path, or decoded
             images.append(transform(img) if transform else img)  # e.g. test-time flips (distortion --tta)
         texts.append(answer_prefix_text(processor, msgs, prefix) if prefix
                      else render(processor, msgs, add_generation_prompt=True) + after_prompt)

@@ -3,9 +3,11 @@ logistic fit of the IQA literature), per-source tables, mean and sample standard
 
     from iqa_vlm.metrics import closed_set_scores, srcc, plcc, score_metrics
     probs, score, nll = closed_set_scores(logits, level_ids, target)   # probs @ [1..K], through the fused op
-    srcc(pred, mos), plcc(pred, mos), plcc(pred, mos, logistic=True)
+    srcc(pred, mos), plcc(pred, mos), plcc(pred, mos, logistic=True), krcc(pred, mos)
+    bootstrap_ci(pred, mos, srcc)                                      # seeded 95 % percentile interval
 """
 import statistics
+import warnings
 
 import numpy as np
 import torch
@@ -44,6 +46,33 @@ def srcc(pred, mos):
     from scipy.stats import spearmanr
     pred, mos, ok = _valid(pred, mos)
     return float(spearmanr(pred, mos)[0]) if ok else None
+
+
+def krcc(pred, mos):
+    """Kendall rank correlation (tau-b, which counts ties as scipy does); None when undefined."""
+    from scipy.stats import kendalltau
+    pred, mos, ok = _valid(pred, mos)
+    return float(kendalltau(pred, mos)[0]) if ok else None
+
+
+def bootstrap_ci(pred, mos, statistic, n_resamples=1000, seed=0, level=0.95):
+    """Percentile bootstrap interval of statistic(pred, mos) over images resampled with replacement (pairs kept
+    together): scipy.stats.bootstrap with a seeded generator, so a run repeats exactly. -> [low, high], or None when
+    the statistic is undefined on the sample or on a resample (a constant draw)."""
+    from scipy.stats import DegenerateDataWarning, bootstrap
+    pred, mos, ok = _valid(pred, mos)
+    if not ok or statistic(pred, mos) is None:
+        return None
+
+    def stat(p, m):
+        v = statistic(p, m)
+        return np.nan if v is None else v
+    with warnings.catch_warnings():  # a constant resample makes the interval undefined: None below says so
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        res = bootstrap((pred, mos), stat, paired=True, vectorized=False, n_resamples=n_resamples, confidence_level=level,
+                        method="percentile", rng=np.random.default_rng(seed))
+    low, high = res.confidence_interval
+    return None if np.isnan(low) or np.isnan(high) else [float(low), float(high)]
 
 
 def logistic4(x, b1, b2, b3, b4):
@@ -88,17 +117,24 @@ def plcc(pred, mos, logistic=False):
     return float(pearsonr(pred, mos)[0])
 
 
-def score_metrics(preds, logistic=False):
-    """Per-source and overall metrics of prediction dicts (score, mos, level, nll) -> {source: {...}}."""
+def score_metrics(preds, logistic=False, bootstrap=0, seed=0):
+    """Per-source and overall metrics of prediction dicts (score, mos, level, nll) -> {source: {...}}: SRCC, PLCC,
+    KRCC (and PLCC after the logistic fit); with bootstrap=B each also gets a 95 % interval from B resamples
+    (`<metric>_ci`, seeded)."""
     out = {}
     sources = sorted({p["source"] for p in preds})
     for name in sources + (["all"] if len(sources) > 1 else []):
         part = [p for p in preds if name == "all" or p["source"] == name]
         score, mos = [p["score"] for p in part], [p["mos"] for p in part]
-        m = {"n": len(part), "srcc": srcc(score, mos), "plcc": plcc(score, mos)}
+        m = {"n": len(part), "srcc": srcc(score, mos), "plcc": plcc(score, mos), "krcc": krcc(score, mos)}
         if logistic:
             m["plcc_logistic"] = plcc(score, mos, logistic=True)
-        lv = [p for p in part if p.get("level") in LEVELS]
+        if bootstrap:
+            stats = {"srcc": srcc, "plcc": plcc, "krcc": krcc,
+                     **({"plcc_logistic": lambda p, q: plcc(p, q, logistic=True)} if logistic else {})}
+            for key, fn in stats.items():
+                m[f"{key}_ci"] = bootstrap_ci(score, mos, fn, bootstrap, seed)
+        lv = [p for p in part if p.get("level") in LEVELS and len(p["probs"]) == len(LEVELS)]
         if lv:
             m["level_accuracy"] = sum(LEVELS[int(np.argmax(p["probs"]))] == p["level"] for p in lv) / len(lv)
         nll = [p["nll"] for p in part if p.get("nll") is not None]

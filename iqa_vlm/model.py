@@ -343,6 +343,7 @@ def load_released(name, dtype, trust_remote_code):
         model = xcomposer2.XComposer2ForCausalLM.from_pretrained(name, dtype=dtype)
         processor = xcomposer2.load_processor(name, model.config)
         model.generation_config.eos_token_id = xcomposer2.stop_ids(processor.tokenizer)
+        model.generation_config.use_cache = True  # the release's config.json says false, which would recompute every step
     else:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)

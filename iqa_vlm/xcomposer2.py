@@ -10,19 +10,25 @@ Parameter names are those of the released checkpoint (`model.tok_embeddings`, `m
 `vision_proj.0|2`), so its `pytorch_model-*.bin` shards load unchanged. Architecture (from the authors' released
 modeling code, Dong et al., "InternLM-XComposer2"):
   vision   CLIP ViT-L/14 at 490 px (35 x 35 = 1225 patch tokens), the output of its last layer without the post-LayerNorm,
-           CLS dropped; transformers' CLIPVisionModel, whose post-LayerNorm the released weights do not have (Identity);
+           CLS dropped; transformers' CLIPVisionModel, its post-LayerNorm (never applied there) left out;
   projector  Linear(1024, 4096) -> GELU -> Linear(4096, 4096) on every patch token;
   decoder  InternLM2 (LLaMA-like: RMSNorm, rotate-half RoPE with theta 1e6, grouped-query attention, SwiGLU, no biases),
            its qkv fused per key-value head as (kv head, [its query heads..., k, v], head_dim); every linear layer is a
            Partial LoRA: W x, plus B(A x) * alpha / r on the image tokens only (r = alpha = 256 in the release).
 The processor expands each `<ImageHere>` of the prompt into 1225 copies of an image token whose positions the model fills
-with the visual tokens and marks for Partial LoRA. Prompt ids are those of the authors' `chat()`: the prompt is split at
-each `<ImageHere>` and every non-empty text part is tokenized on its own, with a BOS in front.
+with the visual tokens and marks for Partial LoRA. Prompt ids are those of the authors' `chat()` with an image: the
+prompt is split at each `<ImageHere>` and every non-empty text part is tokenized on its own, with a BOS in front.
 
-Differences from the authors' code, all outside their single-prompt use: positions come from the attention mask (theirs
-are 0..L-1 whatever the padding, so their left-padded rows are wrong; with right padding or none the two agree);
-a prompt longer than the release's `max_length` (4096) is refused, where theirs is cut; positions past
-max_position_embeddings (32768), where their dynamic NTK scaling starts, are refused (not ported).
+Differences from the authors' code:
+  - attention runs through SDPA, theirs eagerly: logits agree to 1e-5 in fp32, not bit for bit (in bf16, by a bf16 step);
+  - positions come from the attention mask (theirs are 0..L-1 whatever the padding, so their left-padded rows are
+    shifted; with right padding or none the two agree);
+  - a prompt longer than the release's `max_length` (4096) is refused, where theirs is cut; positions past
+    max_position_embeddings (32768), where their dynamic NTK scaling starts, are refused (not ported);
+  - a text-only prompt gets one BOS (their chat() writes a literal <s> before the tokenizer's, so two);
+  - the ViT's post-LayerNorm, which their code builds but never applies (and the release does not carry), is left out.
+Generation with several images in one row and num_beams or num_return_sequences > 1 is not supported (transformers
+repeats the pixel values image by image, not row by row); greedy and sampled decoding of one answer per row are.
 """
 import os
 import re
@@ -115,7 +121,7 @@ class PLoRALinear(nn.Linear):
 
     def forward(self, x, im_mask=None):
         y = super().forward(x)
-        if im_mask is not None and im_mask.any():
+        if im_mask is not None:  # the model passes None when no token is an image token
             delta = self.Plora_B(self.Plora_A(self.lora_dropout(x[im_mask]))) * self.lora_scaling
             return y.index_put((im_mask,), y[im_mask] + delta)
         if self.training and self.Plora_A.weight.requires_grad:  # a zero update: the adapters join the graph (DDP)
@@ -211,6 +217,8 @@ class XComposer2Model(XComposer2PreTrainedModel):
     def forward(self, inputs_embeds, im_mask=None, attention_mask=None, position_ids=None, cache=None, use_cache=None,
                 output_attentions=False, output_hidden_states=False):
         B, L, _ = inputs_embeds.shape
+        if im_mask is not None and not im_mask.any():
+            im_mask = None  # checked once here, not in each of the 5 x layers Partial LoRA layers (a GPU sync each)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
@@ -251,7 +259,7 @@ class XComposer2ForCausalLM(XComposer2PreTrainedModel, GenerationMixin):
         self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.vit = nn.Module()
         self.vit.vision_tower = nn.ModuleDict({"vision_model": CLIPVisionModel(config.vision_config)})
-        self.vit.vision_tower.vision_model.post_layernorm = nn.Identity()  # not in the release: trained as Identity
+        self.vit.vision_tower.vision_model.post_layernorm = nn.Identity()  # never applied by the release's code, not in it
         width = config.vision_config.hidden_size
         self.vision_proj = nn.Sequential(nn.Linear(width, config.hidden_size), nn.GELU(),
                                          nn.Linear(config.hidden_size, config.hidden_size))
@@ -339,8 +347,9 @@ class XComposer2Processor:
         self.tokenizer, self.image_processor, self.sentencepiece = tokenizer, image_processor, sentencepiece
         self.num_visual_tokens, self.image_token_id, self.max_length = num_visual_tokens, image_token_index, max_length
         self.meta_instruction = meta_instruction
-        # special: skipped when decoding; <ImageHere> gets the next free id, image_token_index, as in the model's ids
-        tokenizer.add_special_tokens({"additional_special_tokens": [TURN_START, TURN_END, IMAGE_TOKEN]})
+        # <ImageHere> gets the next free id, image_token_index, as in the model's ids; the turn markers stay pieces of the
+        # text (the SentencePiece model's own), so that the tokenizer's ids of a text equal the prompt's
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
         self._special_set = {tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token} - {None}
         self._specials = re.compile("(" + "|".join(map(re.escape, sorted(self._special_set, key=len, reverse=True))) + ")")
 
@@ -408,6 +417,35 @@ class XComposer2Processor:
                 f.write(self.sentencepiece.serialized_model_proto())
 
 
+def tokenizer_class():
+    """The release's tokenizer (remote code there) on transformers' SentencePiece backend: text split at <s>, </s>,
+    <unk> (and <ImageHere>), every other stretch encoded by the SentencePiece model as it is (its turn markers are its
+    own pieces), BOS in front; decoding by SentencePiece (byte pieces joined), and with skip_special_tokens the turn
+    markers dropped too, as the release's chat() cuts its answer at them."""
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+
+    class InternLM2Tokenizer(SentencePieceBackend):
+        def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
+            return [self.bos_token_id] + token_ids_0 + ([self.bos_token_id] + token_ids_1 if token_ids_1 else [])
+
+        def convert_tokens_to_string(self, tokens):
+            out, piece = [], []
+            for t in tokens:
+                if t in self.all_special_tokens:
+                    out += [self.sp_model.decode(piece), t]
+                    piece = []
+                else:
+                    piece.append(t)
+            return "".join(out + [self.sp_model.decode(piece)])
+
+        def _decode(self, token_ids, skip_special_tokens=False, **kwargs):
+            if skip_special_tokens:
+                markers = {self.sp_model.piece_to_id(TURN_START), self.sp_model.piece_to_id(TURN_END)}
+                token_ids = [t for t in ([token_ids] if isinstance(token_ids, int) else token_ids) if t not in markers]
+            return super()._decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
+    return InternLM2Tokenizer
+
+
 def image_processor_for(img_size):
     """The release's preprocessing (it ships no preprocessor_config.json): resize to img_size x img_size with PIL's
     bicubic filter, scale to [0, 1], normalise with CLIP's mean and std."""
@@ -423,12 +461,11 @@ def load_processor(folder, config):
     (or an export's preprocessor_config.json)."""
     import sentencepiece
     from transformers import CLIPImageProcessorPil
-    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
     from transformers.utils import cached_file
     model_file = cached_file(folder, "tokenizer.model", _raise_exceptions_for_missing_entries=False)
     if model_file:
-        tokenizer = SentencePieceBackend(vocab_file=model_file, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                         pad_token="</s>", padding_side="right", clean_up_tokenization_spaces=False)
+        tokenizer = tokenizer_class()(vocab_file=model_file, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                      pad_token="</s>", padding_side="right", clean_up_tokenization_spaces=False)
         spm = sentencepiece.SentencePieceProcessor(model_file=model_file)
     else:  # an export of a model whose tokenizer is not SentencePiece (the tiny test model's)
         from transformers import AutoTokenizer

@@ -184,27 +184,47 @@ def test_chat_template_is_the_conversation_of_the_authors_code(sp_folder):
 
 
 # ============================================================================ a checkpoint folder in the released layout
-@needs_reference
-@torch.no_grad()
-def test_released_layout_folder_scores_as_the_reference(sp_folder, tmp_path):
-    folder, sp = sp_folder
-    ref = R.build(seed=4, vocab_size=sp.get_piece_size())
-    ckpt = tmp_path / "one-align-tiny"
-    ckpt.mkdir()
+def released_folder(sp_folder, folder, seed=4):
+    """A checkpoint folder in the released layout (config.json, tokenizer files, preprocessor_config.json, two .bin
+    shards and their index) holding the reference's weights. -> (folder, reference model, its image processor)."""
+    sp_dir, sp = sp_folder
+    ref = R.build(seed=seed, vocab_size=sp.get_piece_size())
+    folder.mkdir()
     for name in ("tokenizer.model", "tokenizer_config.json"):
-        (ckpt / name).write_bytes((folder / name).read_bytes())
-    (ckpt / "config.json").write_text(json.dumps(R.config_dict(sp.get_piece_size())))
+        (folder / name).write_bytes((sp_dir / name).read_bytes())
+    (folder / "config.json").write_text(json.dumps(R.config_dict(sp.get_piece_size())))
     from transformers import CLIPImageProcessorPil
     ip = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, resample=3,
                                image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
-    ip.save_pretrained(ckpt)
+    ip.save_pretrained(folder)
     state = ref.state_dict()
     names = sorted(state)
     shards = {"pytorch_model-00001-of-00002.bin": names[:len(names) // 2], "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
     for shard, keys in shards.items():
-        torch.save({k: state[k] for k in keys}, ckpt / shard)
-    (ckpt / "pytorch_model.bin.index.json").write_text(json.dumps(
+        torch.save({k: state[k] for k in keys}, folder / shard)
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
         {"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}))
+    return folder, ref, ip
+
+
+def reference_score(ref, ip, sp, prompt, image, words=("excellent", "good", "fair", "poor", "bad"),
+                    weights=(5.0, 4.0, 3.0, 2.0, 1.0)):
+    """A released scorer's score of one PIL image by the reference model, as those scorers compute it: the prompt's ids
+    by tokenizer_image_token, expand2square, the level ids as tokenizer(word).input_ids[1], softmax @ weights (by
+    default Q-Align's on 1..5)."""
+    level_ids = [SlowLlama(sp)(w).input_ids[1] for w in words]
+    ids = torch.tensor([R.tokenizer_image_token(prompt, SlowLlama(sp))])
+    pixels = ip(images=[R.expand2square(image.convert("RGB"), tuple(int(x * 255) for x in ip.image_mean))],
+                return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = ref(input_ids=ids, images=pixels, use_cache=False).logits[0, -1, level_ids]
+    return float(torch.softmax(logits, -1) @ torch.tensor(weights))
+
+
+@needs_reference
+@torch.no_grad()
+def test_released_layout_folder_scores_as_the_reference(sp_folder, tmp_path):
+    ckpt, ref, ip = released_folder(sp_folder, tmp_path / "one-align-tiny")
     model, processor = load_model(str(ckpt))
     model.eval()
     assert isinstance(model, M.MPLUGOwl2LlamaForCausalLM)
@@ -213,13 +233,8 @@ def test_released_layout_folder_scores_as_the_reference(sp_folder, tmp_path):
         photo(w, h, seed=i).save(tmp_path / f"{i}.png")
         records.append(score_record(f"x/{i}", str(tmp_path / f"{i}.png"), "good", "x", str(i)))
     preds = eval_score(model, processor, records, batch_size=2)
-    level_ids = [SlowLlama(sp)(w).input_ids[1] for w in ["excellent", "good", "fair", "poor", "bad"]]  # Q-Align's id_[1]
-    ids = torch.tensor([R.tokenizer_image_token(PROMPTS[0], SlowLlama(sp))])
     for p, r in zip(preds, records):
-        img = Image.open(r["image"]).convert("RGB")
-        pixels = ip(images=[R.expand2square(img, tuple(int(x * 255) for x in ip.image_mean))], return_tensors="pt")["pixel_values"]
-        logits = ref(input_ids=ids, images=pixels, use_cache=False).logits[0, -1, level_ids]
-        want = float(torch.softmax(logits, -1) @ torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0]))  # Q-Align's score, 1..5
+        want = reference_score(ref, ip, sp_folder[1], PROMPTS[0], Image.open(r["image"]))
         assert abs(p["score"] - want) < 1e-3, (p["score"], want)
 
 

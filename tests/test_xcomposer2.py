@@ -54,8 +54,7 @@ def sp_model(request, tmp_path_factory):
 
 def processor_for(model_file, config):
     import sentencepiece
-    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
-    tok = SentencePieceBackend(vocab_file=model_file, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    tok = X.tokenizer_class()(vocab_file=model_file, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
     return X.XComposer2Processor(tok, X.image_processor_for(config.img_size), config.num_visual_tokens,
                                  config.image_token_index, config.prompt_max_length,
                                  sentencepiece.SentencePieceProcessor(model_file=model_file))
@@ -149,8 +148,8 @@ def test_a_right_padded_batch_equals_each_prompt_alone(pair):
 
 @needs_reference
 def test_loss_and_gradients_equal_the_reference(pair):
-    """A training step's loss and the gradients of every tensor (Partial LoRA, ViT, projector) match; eval mode, so
-    that Partial LoRA's dropout is off on both sides."""
+    """A training step's loss and the gradients of every decoder tensor (Partial LoRA included), the LM head and the
+    final norm match; eval mode, so that Partial LoRA's dropout is off on both sides."""
     ref, nat = pair
     pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     ids = torch.tensor([[1, 40, 41] + [nat.config.image_token_index] * nat.config.num_visual_tokens + [1, 42, 43, 44, 45]])
@@ -190,9 +189,30 @@ def test_prompt_ids_are_bos_and_sentencepiece_per_part(sp_model):
     assert sp.piece_to_id(X.TURN_END) in want and sp.piece_to_id(X.TURN_START) in want  # atomic pieces
     no_system = X.XComposer2Processor(proc.tokenizer, proc.image_processor, n, img, sentencepiece=sp, meta_instruction=None)
     assert no_system.apply_chat_template([{"role": "user", "content": "hi"}]) == f"{X.TURN_START}user\nhi{X.TURN_END}\n"
-    # decoding drops the turn markers, which end an answer
-    assert proc.tokenizer.decode(sp.encode("The quality is good") + [sp.piece_to_id(X.TURN_END)],
-                                 skip_special_tokens=True).strip() == "The quality is good"
+    # the tokenizer's ids of a text are the prompt's (training finds each answer's tokens by them), BOS in front
+    turn = f"{X.TURN_START}assistant\nThe quality is good.{X.TURN_END}\n"
+    assert proc.tokenizer(parts[2] + turn)["input_ids"] == [1] + proc.encode_text(parts[2] + turn)
+    assert proc.tokenizer(X.IMAGE_TOKEN + "Rate")["input_ids"][:2] == [1, img]  # <ImageHere>: the image token's id
+    # decoding is SentencePiece's (byte pieces joined), and drops the turn markers, which end an answer
+    answer = "The quality is good.\n浦语 ☃"
+    ids = sp.encode(answer) + [sp.piece_to_id(X.TURN_END)]
+    assert any(sp.id_to_piece(i).startswith("<0x") for i in ids)  # the snowman is not in the vocabulary: bytes
+    assert proc.tokenizer.decode(ids, skip_special_tokens=True) == sp.decode(ids[:-1]) == answer
+
+
+def test_training_batches_with_the_release_tokenizer(sp_model, tmp_path):
+    """The answer's tokens are found in the processed ids (labels on exactly the answer); a text-only batch (two-stage
+    stage 2) starts with BOS."""
+    from iqa_vlm.data import encode_batch, tokenize_batch
+    from iqa_vlm.studies.scoring import score_record
+    proc = processor_for(sp_model, native_config())
+    photo(40, 30).save(tmp_path / "a.png")
+    rec = score_record("x/0", str(tmp_path / "a.png"), "good", "x", "0")
+    batch = encode_batch(proc, [rec])
+    labels = batch["labels"][0]
+    answer = rec["conversations"][1]["value"]  # labelled through the turn's end marker and newline, as the release's
+    assert proc.tokenizer.decode(labels[labels != -100]) == answer + X.TURN_END + "\n"  # training targets are
+    assert tokenize_batch(proc, ["The quality is good."], [])["input_ids"][0, 0].item() == 1
 
 
 def test_pixel_values_are_the_release_preprocessing():
@@ -247,6 +267,7 @@ def test_released_layout_folder_loads_without_remote_code(sp_model, tmp_path):
     assert isinstance(model, X.XComposer2ForCausalLM) and model.config.prompt_max_length == 4096
     assert isinstance(proc, X.XComposer2Processor) and proc.num_visual_tokens == 16
     assert model.generation_config.eos_token_id == [2, proc.sentencepiece.piece_to_id(X.TURN_END)]
+    assert model.generation_config.use_cache  # the released config.json says use_cache false
     enc = proc(text=[proc.apply_chat_template(TWO_IMAGES, add_generation_prompt=True)], images=[[photo(40, 30), photo(30, 40, 1)]])
     with torch.no_grad():
         want = source.to(torch.bfloat16).float()(**enc).logits  # the weights as stored (bf16)

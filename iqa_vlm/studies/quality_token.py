@@ -251,6 +251,9 @@ def token_parts(tokenizer, item, input_ids, image_token_id):
     tokens with the image token expanded into a run, so the text is tokenized again with character offsets and
     aligned, run for run; a processor that changes the text otherwise is an error."""
     plain = tokenizer(item["text"], return_offsets_mapping=True)
+    if "offset_mapping" not in plain:
+        raise SystemExit(f"the attention analysis needs character offsets, which {type(tokenizer).__name__} (a slow "
+                         f"tokenizer) does not give")
     ids, d0, d1, ans = input_ids.tolist(), *item["desc_span"], item["answer_start"]
     parts, j = [], 0
     bos = tokenizer.bos_token_id

@@ -19,14 +19,15 @@ import time
 from collections import Counter
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from iqa_vlm import iqa_datasets as D
 from iqa_vlm import iqa_io
 from iqa_vlm.common import atomic_write_json, atomic_write_jsonl
 from iqa_vlm.studies.deqa import attach_soft_labels, read_authors_mos
-from iqa_vlm.data import (LEVEL_PREFIX, LEVELS, claim_output, closed_set_meta, closed_set_token_ids, encode_prompts, load_records,
-                          read_closed_set, with_instruction, write_splits)
+from iqa_vlm.data import (LEVEL_PREFIX, LEVELS, claim_output, closed_set_meta, closed_set_token_ids, encode_prompts, load_image,
+                          load_records, read_closed_set, tokenize_batch, with_instruction, write_splits)
 from iqa_vlm.metrics import closed_set_scores, plcc, score_metrics, srcc
 from iqa_vlm.studies.data_mix import uses_instruction
 from iqa_vlm.model import eval_device, eval_out, last_token_logits, load_evaluated, to_device
@@ -51,7 +52,16 @@ QSIT_QUESTION = ("Assume you are an image quality evaluator. \nYour rating shoul
                  "of this image?")
 QSIT_PREFIX = "The quality of this image is "
 QSIT_LEVEL_WORDS = ["Bad", "Poor", "Fair", "Good", "Excellent"]  # LEVELS' order, low to high
-PROMPTS = ("qalign", "qsit")
+# The released scorers of Q-Align / OneAlign (Q-Future/Q-Align q_align/evaluate/scorer.py, QAlignScorer) and DeQA-Score
+# (zhiyuanyou/DeQA-Score src/evaluate/scorer.py, Scorer): this one prompt as it stands (a newline, not the conversation's
+# space, before ASSISTANT), mPLUG-Owl2 only; the level read after its last word. evaluate.py score --prompt scorer.
+SCORER_PROMPT = "USER: How would you rate the quality of this image?\n<|image|>\nASSISTANT: The quality of the image is"
+# Q-Instruct's released scorer (Q-Future/Q-Instruct's scorer, boost off as its README calls it): three levels, read right
+# after "ASSISTANT: " (its trailing space kept). evaluate.py score --prompt qinstruct.
+QINSTRUCT_PROMPT = "USER: <|image|>Rate the quality of the image.\nASSISTANT: "
+QINSTRUCT_LEVEL_WORDS = ["poor", "average", "good"]  # low to high
+RAW_PROMPTS = {"scorer": (SCORER_PROMPT, LEVELS), "qinstruct": (QINSTRUCT_PROMPT, QINSTRUCT_LEVEL_WORDS)}
+PROMPTS = ("qalign", "qsit", "scorer", "qinstruct")
 
 # ----------------------------------------------------------------------------- level labels
 # The data Q-Align and Q-SiT trained and tested with (Q-Future/Q-Align playground/data/training_sft/train_{koniq,spaq}.json
@@ -201,37 +211,78 @@ def qsit_level_ids(processor):
     return ids
 
 
-@torch.no_grad()
-def eval_score(model, processor, records, batch_size=32, device="cpu", instruction=None, prompt="qalign",
-               answer_prefix=LEVEL_PREFIX):
-    """Scoring: closed-set softmax over the 5 level tokens (through the op, metrics.closed_set_scores) -> score =
-    probs @ [1..5]; one prediction dict per record. prompt qalign: the record's question, answer_prefix ("The quality
-    of the image is", as meta.json records it) teacher-forced in the answer (Q-Align's form, what train.py teaches);
-    qsit: Q-SiT's evaluation prompt (QSIT_*)."""
+def level_words(prompt):
+    """The closed set a prompt style reads, low to high."""
+    return RAW_PROMPTS[prompt][1] if prompt in RAW_PROMPTS else QSIT_LEVEL_WORDS if prompt == "qsit" else LEVELS
+
+
+def level_ids_for(processor, prompt, answer_prefix=LEVEL_PREFIX):
+    """The level tokens a prompt style reads, low to high (level_words)."""
     if prompt not in PROMPTS:
         raise SystemExit(f"--prompt must be one of {PROMPTS}, got {prompt!r}")
-    level_ids = qsit_level_ids(processor) if prompt == "qsit" else closed_set_token_ids(processor, LEVELS, answer_prefix)
+    if prompt == "qsit":
+        return qsit_level_ids(processor)
+    if prompt in RAW_PROMPTS:  # the released scorers' ids: tokenizer(word).input_ids[1], the word's first piece after BOS
+        sp, tok = getattr(processor, "sentencepiece", None), processor.tokenizer
+        words = RAW_PROMPTS[prompt][1]
+        ids = [sp.encode(w)[0] if sp is not None else tok(w, add_special_tokens=False)["input_ids"][0] for w in words]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"the level words {words} do not map to distinct first tokens: {ids}")
+        return ids
+    return closed_set_token_ids(processor, LEVELS, answer_prefix)
+
+
+def encode_for_score(processor, records, prompt, instruction=None, answer_prefix=LEVEL_PREFIX):
+    """(batch, index of each row's last token) for a prompt style (PROMPTS); a record's image is a path or a PIL image.
+    Right padding: a row's tokens never see the padding, so its score does not depend on its batch."""
+    if prompt == "qsit":
+        return encode_prompts(processor, [{**r, "conversations": [{"from": "human", "value": QSIT_QUESTION + "\n<image>"}]}
+                                          for r in records], after_prompt=QSIT_PREFIX)
+    if prompt in RAW_PROMPTS:
+        if getattr(processor, "image_token", None) != "<|image|>":
+            raise SystemExit(f"--prompt {prompt} is a released mPLUG-Owl2 scorer's prompt; this model's processor is "
+                             f"another family's")
+        images = [r["image"] if isinstance(r["image"], Image.Image) else load_image(r["image"]) for r in records]
+        enc = tokenize_batch(processor, [RAW_PROMPTS[prompt][0]] * len(records), images, "right", records)
+        return enc, enc["attention_mask"].sum(1) - 1
+    return encode_prompts(processor, [with_instruction(r, instruction) if instruction else r for r in records],
+                          answer_prefix=answer_prefix)
+
+
+@torch.no_grad()
+def level_probs(model, processor, records, prompt, level_ids, device="cpu", instruction=None, answer_prefix=LEVEL_PREFIX):
+    """One prefill of a batch -> (probs [N, K] low to high, score01 [N] = probs @ [0, 1/(K-1), .., 1], nll [N] of the
+    record's level or None), through the op (metrics.closed_set_scores). A K-level prompt's score on 1..5 is
+    1 + 4 score01 (for K = 5, probs @ [1..5])."""
+    enc, last = encode_for_score(processor, records, prompt, instruction, answer_prefix)
+    logits = last_token_logits(model, to_device(enc, model, device), last)
+    five = len(level_ids) == len(LEVELS)
+    target = [LEVELS.index(r["level"]) if five and r.get("level") in LEVELS else -1 for r in records]
+    probs, score, nll = closed_set_scores(logits, level_ids, target)
+    return probs, (score - 1) / (len(level_ids) - 1), nll
+
+
+def eval_score(model, processor, records, batch_size=32, device="cpu", instruction=None, prompt="qalign",
+               answer_prefix=LEVEL_PREFIX):
+    """Scoring: closed-set softmax over the 5 level tokens -> score = probs @ [1..5]; one prediction dict per record.
+    prompt qalign: the record's question, answer_prefix ("The quality of the image is", as meta.json records it)
+    teacher-forced in the answer (Q-Align's evaluation form, what train.py teaches); qsit: Q-SiT's evaluation prompt
+    (QSIT_*); scorer, qinstruct: the released mPLUG-Owl2 scorers' prompts (RAW_PROMPTS)."""
+    level_ids = level_ids_for(processor, prompt, answer_prefix)
+    five = len(level_ids) == len(LEVELS)
     preds = []
     for start in tqdm(range(0, len(records), batch_size), desc="eval score", unit="batch"):
         recs = records[start:start + batch_size]
-        if prompt == "qsit":
-            enc, last = encode_prompts(processor, [{**r, "conversations": [{"from": "human", "value": QSIT_QUESTION + "\n<image>"}]}
-                                                   for r in recs], after_prompt=QSIT_PREFIX)
-        else:
-            enc, last = encode_prompts(processor, [with_instruction(r, instruction) if instruction else r for r in recs],
-                                       answer_prefix=answer_prefix)
-        logits = last_token_logits(model, to_device(enc, model, device), last)
-        target = [LEVELS.index(r["level"]) if r.get("level") in LEVELS else -1 for r in recs]
-        probs, score, nll = closed_set_scores(logits, level_ids, target)
-        for r, p, s, l in zip(recs, probs.tolist(), score.tolist(), nll.tolist()):
+        probs, score01, nll = level_probs(model, processor, recs, prompt, level_ids, device, instruction, answer_prefix)
+        for r, p, s, l in zip(recs, probs.tolist(), score01.tolist(), nll.tolist()):
             preds.append({"id": r.get("id"), "source": r.get("source"), "mos": r.get("mos"), "mos_norm": r.get("mos_norm"),
-                          "level": r.get("level"), "probs": [round(x, 5) for x in p], "score": round(s, 5),
-                          "score01": round((s - 1) / 4, 5), "nll": round(l, 5) if r.get("level") in LEVELS else None})
+                          "level": r.get("level"), "probs": [round(x, 5) for x in p], "score": round(1 + 4 * s, 5),
+                          "score01": round(s, 5), "nll": round(l, 5) if five and r.get("level") in LEVELS else None})
     return preds
 
 
 def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size=32, limit=0, logistic=False,
-             instruction="auto", table=None, allow_unfinished=False, prompt="qalign"):
+             instruction="auto", table=None, allow_unfinished=False, prompt="qalign", bootstrap=1000, seed=0):
     """evaluate.py score: one row per checkpoint in `ckpts` (and the untuned `model`), one column per test source.
     instruction: EVALUATOR_INSTRUCTION at the start of the question, as Q-SiT's scoring data has it (auto: if the run
     trained on a --mix of several sources).
@@ -239,6 +290,7 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
     on, columns: tested on) to `table` (default OUT/score_table.json), also printed."""
     if instruction not in ("auto", "yes", "no"):
         raise SystemExit(f"--instruction must be auto, yes or no, got {instruction!r}")
+    prompt = "qalign" if prompt == "auto" else prompt
     runs = [("ckpt", c) for c in ckpts or []] + ([("model", model)] if model else [])
     if not runs:
         raise SystemExit("give --ckpt DIR (one or more) or --model NAME")
@@ -265,17 +317,20 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
         preds = eval_score(vlm, processor, records, batch_size, device, said, prompt, prefix)
         for p in preds:  # correlations against mos_norm: higher = better for every source (DMOS flipped)
             p["target"] = p["mos_norm"] if p["mos_norm"] is not None else p["mos"]
-        metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=logistic)
+        metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=logistic, bootstrap=bootstrap, seed=seed)
         os.makedirs(run_out, exist_ok=True)
         atomic_write_json(os.path.join(run_out, "eval_score.json"), {
-            "task": "score", "model": name, "trained_on": trained_on, "data": data_dirs, "split": split,
+            "task": "score", "model": name, "trained_on": trained_on, "training_protocol": training_protocol(cfg, name),
+            "data": data_dirs, "split": split, "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95},
             "instruction": said, "prompt": prompt, "logistic": logistic, "per_source": metrics,
             "unfinished_checkpoint": cfg.get("finished") is False})
         atomic_write_jsonl(os.path.join(run_out, "predictions_score.jsonl"), preds)
-        rows[row] = {"trained_on": trained_on, "results": metrics}
+        rows[row] = {"trained_on": trained_on, "training_protocol": training_protocol(cfg, name), "results": metrics}
         columns += [s for s in metrics if s not in columns]
-        print(f"{row}: " + ", ".join(f"{s} SRCC {fmt(m['srcc'])} PLCC {fmt(m['plcc'])}" for s, m in metrics.items())
+        print(f"{row}: " + ", ".join(f"{s} " + " ".join(f"{k.upper()} {fmt(m[k])}{ci_text(m.get(k + '_ci'))}"
+                                                        for k in ("srcc", "plcc", "krcc")) for s, m in metrics.items())
               + f"  -> {run_out}/eval_score.json, predictions_score.jsonl")
+    columns.sort(key=lambda c: (TABLE3_ORDER.index(c) if c in TABLE3_ORDER else len(TABLE3_ORDER), c == "all", c))
     key = "plcc_logistic" if logistic else "plcc"
     print(f"SRCC/{'PLCC (logistic)' if logistic else 'PLCC'}, split {split}:\n" + score_table_text(rows, columns, key))
     table = table or os.path.join(out or (eval_out(None, ckpts[0], None) if ckpts and len(runs) == 1 else "out"), "score_table.json")
@@ -286,8 +341,47 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
     return rows
 
 
+# What the released scorers were trained on (Q-Align's model zoo, DeQA-Score's README), recorded with their results
+RELEASED_TRAINING = {
+    "q-future/one-align": "KonIQ-10k, SPAQ, KADID-10k (IQA), AVA (IAA), LSVQ (VQA)",
+    "q-future/q-align-iqa": "KonIQ-10k, SPAQ, KADID-10k", "q-future/q-align-image": "KonIQ-10k, SPAQ, KADID-10k, AVA",
+    "q-future/q-align-quality": "KonIQ-10k, SPAQ, KADID-10k, LSVQ", "q-future/q-align-aesthetic": "AVA",
+    "q-future/q-align-vqa": "LSVQ", "zhiyuanyou/deqa-score-mix3": "KonIQ-10k, SPAQ, KADID-10k",
+    "zhiyuanyou/deqa-score-lora-mix3": "KonIQ-10k, SPAQ, KADID-10k"}
+
+
+# The test sets of DeQA-Score's cross-dataset table, in its order (zhiyuanyou/DeQA-Score scripts/infer.sh: KonIQ, SPAQ,
+# KADID, PIPAL, LIVE-Wild, AGIQA-3K, TID2013, CSIQ); the score table's columns follow it, other sources after them.
+# PIPAL has no reader here. The paper's published rows are not in this repo: its text was not at hand.
+TABLE3_ORDER = ["koniq10k", "spaq", "kadid10k", "pipal", "livec", "agiqa3k", "tid2013", "csiq"]
+
+
+def training_protocol(cfg, name):
+    """How the scored checkpoint was trained, for the result files: a train.py run's data folders with the sources and
+    counts of their training splits (one dataset, or a mix), a released scorer's data as published, or untuned."""
+    if not cfg:
+        released = RELEASED_TRAINING.get(name.strip("/").lower())
+        return {"kind": "released" if released else "untuned", "trained_on": released,
+                "note": None if released else "not trained for IQA here; a released checkpoint's model card says on what"}
+    sources = {}
+    for d in cfg["data"].split(","):
+        try:
+            with open(os.path.join(d, "meta.json")) as f:
+                counts = json.load(f).get("counts", {}).get("train", {}).get("by_source", {})
+        except (OSError, ValueError):
+            counts = {}
+        for src, n in counts.items():
+            sources[src] = sources.get(src, 0) + n
+    return {"kind": "one dataset" if len(sources) == 1 else "a mix" if sources else "unknown (no meta.json counts)",
+            "trained_on": cfg["data"], "training_sources": sources, "mix": cfg.get("mix"), "trainable": cfg.get("trainable")}
+
+
 def fmt(x):
     return "-" if x is None else f"{x:.4f}"
+
+
+def ci_text(ci):
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
 def table_average(results, columns, key):
