@@ -73,7 +73,9 @@ def distortion_args(p):
 
 def score_args(p):
     common_args(p, several_ckpts=True)
-    p.add_argument("--logistic", type=boolean, default=False, help="PLCC after the 4-parameter logistic fit")
+    p.add_argument("--logistic", type=boolean, default=False,
+                   help="the table shows PLCC after the 4-parameter logistic fit (DeQA-Score's), not raw PLCC (Q-Align's, "
+                        "Q-SiT's); eval_score.json has both either way")
     p.add_argument("--instruction", default="auto", choices=["auto", "yes", "no"],
                    help="start the question with Q-SiT's 'Assume you are an image quality evaluator.' (auto: if the run "
                         "used a --mix)")
@@ -251,7 +253,7 @@ def at_the_door(command, fn):
             folder_lock(ckpt, "evaluate.py", shared=True)
             own = [os.path.realpath(d) for d in cfg.get("data", "").split(",") if d]
             given = [os.path.realpath(d) for d in (kw.get("data") or "").split(",") if d]
-            if not given or set(given) <= set(own):  # the run's own data: it must be what the run trained on
+            if not kw.get("images") and (not given or set(given) <= set(own)):  # the run's own data: what it trained on
                 check_data(cfg.get("data_fingerprint"), f"{who} --ckpt {ckpt}", allow_changed)
         # a partial run never overwrites a whole one; the prompting study's --limit is its sample size (the authors': 150)
         if kw.get("limit") and not kw.get("out") and ckpts and not command.startswith("prompting"):

@@ -120,7 +120,7 @@ def to_messages(conversations, has_image):
                 raise ValueError("a turn says <image> but the record has no image")
             before, after = text.split("<image>", 1)
             content += ([{"type": "text", "text": before.strip()}] if before.strip() else [])
-            content += [{"type": "image"}, {"type": "text", "text": after.strip()}]
+            content += [{"type": "image"}] + ([{"type": "text", "text": after.strip()}] if after.strip() else [])
         else:
             content.append({"type": "text", "text": text})
         messages.append({"role": role, "content": content})

@@ -251,10 +251,20 @@ class SupervisedLogits(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------- pieces for analyses
-def last_token_logits(model, enc, last):
-    """Next-token logits at each row's `last` position (the LM head on those rows only)."""
+def last_token_logits(model, enc, last, exact_ids=None):
+    """Next-token logits at each row's `last` position (the LM head on those rows only). exact_ids: columns recomputed
+    in fp32 from the model's own hidden state when it runs in lower precision (a closed set read from bf16 logits would
+    carry their 3 significant digits into the score); the result is then fp32."""
     hidden = backbone(model)(**enc).last_hidden_state
-    return model.lm_head(hidden[torch.arange(hidden.shape[0]), last.to(hidden.device)])
+    h = hidden[torch.arange(hidden.shape[0]), last.to(hidden.device)]
+    logits = model.lm_head(h)
+    if exact_ids is not None and h.dtype != torch.float32:
+        ids = torch.as_tensor(exact_ids, device=h.device)
+        head = model.lm_head
+        bias = head.bias[ids].float() if getattr(head, "bias", None) is not None else None
+        logits = logits.float()
+        logits[:, ids] = torch.nn.functional.linear(h.float(), head.weight[ids].float(), bias)
+    return logits
 
 
 def to_device(enc, model, device):

@@ -208,13 +208,14 @@ def released_folder(sp_folder, folder, seed=4):
 
 
 def reference_score(ref, ip, sp, prompt, image, words=("excellent", "good", "fair", "poor", "bad"),
-                    weights=(5.0, 4.0, 3.0, 2.0, 1.0)):
+                    weights=(5.0, 4.0, 3.0, 2.0, 1.0), square=True):
     """A released scorer's score of one PIL image by the reference model, as those scorers compute it: the prompt's ids
-    by tokenizer_image_token, expand2square, the level ids as tokenizer(word).input_ids[1], softmax @ weights (by
-    default Q-Align's on 1..5)."""
+    by tokenizer_image_token, expand2square (Q-Align's and DeQA-Score's; Q-Instruct's gives the image as it is), the
+    level ids as tokenizer(word).input_ids[1], softmax @ weights (by default Q-Align's on 1..5)."""
     level_ids = [SlowLlama(sp)(w).input_ids[1] for w in words]
     ids = torch.tensor([R.tokenizer_image_token(prompt, SlowLlama(sp))])
-    pixels = ip(images=[R.expand2square(image.convert("RGB"), tuple(int(x * 255) for x in ip.image_mean))],
+    image = image.convert("RGB")
+    pixels = ip(images=[R.expand2square(image, tuple(int(x * 255) for x in ip.image_mean)) if square else image],
                 return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         logits = ref(input_ids=ids, images=pixels, use_cache=False).logits[0, -1, level_ids]

@@ -210,6 +210,9 @@ def test_qsit_prompt_matches_its_released_evaluation(tmp_path):
     conversation = [{"role": "user", "content": [{"type": "text", "text": S.QSIT_QUESTION}, {"type": "image"}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     assert prompt == "<|im_start|>user <image>\n" + S.QSIT_QUESTION + "<|im_end|><|im_start|>assistant\n"
+    from iqa_vlm.data import render, to_messages  # the repo's rendering of the record: the same text, character for character
+    assert render(processor, to_messages([{"from": "human", "value": S.QSIT_QUESTION + "\n<image>"}], True),
+                  add_generation_prompt=True) == prompt
     inputs = processor(images=Image.open(image).convert("RGB"), text=prompt, return_tensors="pt")
     prefix_ids = tok("The quality of this image is ", return_tensors="pt")["input_ids"]
     inputs["input_ids"] = torch.cat([inputs["input_ids"], prefix_ids], dim=-1)

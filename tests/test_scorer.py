@@ -102,7 +102,7 @@ def test_released_mplug_owl2_folder_scores_as_the_authors_scorers(sp_folder, tmp
                    "--prompt", "qinstruct"])
     for r in read_csv(tmp_path / "q.csv"):
         want = reference_score(ref, ip, sp_folder[1], QINSTRUCT_PROMPT, Image.open(r["image"]), ["good", "average", "poor"],
-                               [1.0, 0.5, 0.0])
+                               [1.0, 0.5, 0.0], square=False)
         assert abs(float(r["score01"]) - want) < 1e-4, (r["image"], r["score01"], want)
 
 
@@ -138,6 +138,38 @@ def test_a_killed_run_resumes_with_only_the_missing_images(tmp_path):
     subprocess.run([*cmd[:-6], "--out", str(fresh), "--batch_size", "8"], cwd=ROOT, env=env, check=True, capture_output=True)
     for a, b in zip(rows, read_csv(fresh)):
         assert a["image"] == b["image"] and abs(float(a["score"]) - float(b["score"])) < 1e-5
+
+
+def test_batch_invariant_flag_failed_rows_and_odd_names(tmp_path):
+    """--batch_invariant true gives the batch-1 scores exactly; a row that failed is tried again on the next run; a file
+    name that is not UTF-8 and one with a comma and quotes go through the CSV unchanged; another scorer or prompt on the
+    same --out is refused, and a CSV that is not ours is refused and left as it was."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = ["a.png", 'b, "c".png', os.fsdecode(b"caf\xe9.png")]
+    for i, n in enumerate(names):
+        photo(30 + 4 * i, 30, i).save(folder / n)
+    (folder / "late.png").write_bytes(b"not yet")
+    base = ["score", "--model", "tiny:mplug_owl2", "--images", str(folder)]
+    evaluate.main([*base, "--out", str(tmp_path / "one.csv"), "--batch_size", "1"])
+    res = evaluate.main([*base, "--out", str(tmp_path / "inv.csv"), "--batch_size", "8", "--batch_invariant", "true"])
+    assert res["not_scored"] == 1
+    with open(tmp_path / "one.csv", newline="", errors="surrogateescape") as f:
+        one = list(csv.DictReader(f))
+    with open(tmp_path / "inv.csv", newline="", errors="surrogateescape") as f:
+        inv = list(csv.DictReader(f))
+    assert [r["score"] for r in one] == [r["score"] for r in inv] and len(one) == 4
+    assert {os.path.basename(r["image"]) for r in one} == set(names) | {"late.png"}
+    photo(30, 30, 9).save(folder / "late.png")  # the file arrives: the next run scores it, and only it
+    res = evaluate.main([*base, "--out", str(tmp_path / "inv.csv"), "--batch_invariant", "true"])
+    assert res["scored_now"] == 1 and res["not_scored"] == 0
+    with pytest.raises(SystemExit, match="holds the scores of"):
+        evaluate.main([*base, "--out", str(tmp_path / "inv.csv"), "--prompt", "qalign"])
+    foreign = tmp_path / "mine.csv"
+    foreign.write_bytes(b"id,value\n1,2")  # no final newline: must not be cut
+    with pytest.raises(SystemExit, match="not a scores CSV"):
+        evaluate.main([*base, "--out", str(foreign)])
+    assert foreign.read_bytes() == b"id,value\n1,2"
 
 
 def test_image_lists_and_clear_errors(mixed_folder, tmp_path, monkeypatch):
@@ -223,3 +255,22 @@ def test_evaluate_score_reports_krcc_and_intervals(tmp_path):
     assert all(len(m[f"{k}_ci"]) == 2 for k in ("srcc", "plcc", "krcc"))
     assert saved["bootstrap"] == {"resamples": 200, "seed": 0, "level": 0.95}
     assert saved["training_protocol"]["kind"] == "untuned"
+
+
+def test_level_logits_of_a_bf16_model_are_computed_in_fp32():
+    """In bf16 the closed set's logits are recomputed in fp32 from the hidden state (bf16 logits carry ~3 digits)."""
+    from iqa_vlm.data import encode_prompts
+    from iqa_vlm.model import backbone, last_token_logits, load_model
+    model, processor = load_model("tiny:mplug_owl2", dtype=torch.bfloat16)
+    model.eval()
+    recs = [{"id": "a", "image": photo(40, 30, 0), "conversations": [{"from": "human", "value": "Rate.\n<image>"}]}]
+    enc, last = encode_prompts(processor, recs)
+    enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
+    ids = [5, 9, 11]
+    with torch.no_grad():
+        logits = last_token_logits(model, enc, last, exact_ids=ids)
+        h = backbone(model)(**enc).last_hidden_state[0, last[0]]
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits[0, ids], h.float() @ model.lm_head.weight[ids].float().T, atol=1e-5, rtol=0)
+    others = [i for i in range(logits.shape[1]) if i not in ids]
+    assert torch.equal(logits[0, others], model.lm_head(h[None]).float()[0, others])

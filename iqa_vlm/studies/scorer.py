@@ -24,6 +24,7 @@ never attend to padding; in fp32 they agree across batch sizes to float rounding
 import csv
 import glob
 import io
+import json
 import os
 import time
 from collections import Counter
@@ -31,14 +32,16 @@ from collections import Counter
 import torch
 from tqdm import tqdm
 
-from iqa_vlm.data import load_image
+from iqa_vlm.common import atomic_write, atomic_write_json
+from iqa_vlm.data import LEVEL_PREFIX, load_image, read_closed_set
 from iqa_vlm.model import eval_device, family_of, load_evaluated
-from iqa_vlm.studies.scoring import SCORE_QUESTION, level_ids_for, level_probs, level_words
+from iqa_vlm.studies.data_mix import uses_instruction
+from iqa_vlm.studies.scoring import EVALUATOR_INSTRUCTION, SCORE_QUESTION, level_ids_for, level_probs, level_words
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif", ".ppm", ".pgm")
 # --prompt auto: a released checkpoint's own prompt, known by the name it is loaded by; else by its family
-PROMPT_OF = [("one-align", "scorer"), ("q-align", "scorer"), ("deqa-score", "scorer"), ("q-instruct", "qinstruct"),
-             ("q-sit", "qsit")]
+PROMPT_OF = [("q-align-aesthetic", None), ("q-align-vqa", None), ("one-align", "scorer"), ("q-align", "scorer"),
+             ("deqa-score", "scorer"), ("q-instruct", "qinstruct"), ("qinstruct", "qinstruct"), ("q-sit", "qsit")]
 FAMILY_PROMPT = {"mplug_owl2": "scorer", "llava": "qalign"}
 
 
@@ -50,6 +53,9 @@ def auto_prompt(name, model, ckpt=None):
     low = (name or "").lower()
     for key, prompt in PROMPT_OF:
         if key in low:
+            if prompt is None:
+                raise SystemExit(f"{name}: a checkpoint for aesthetics or video, whose released prompt is not a preset "
+                                 f"here; name one with --prompt")
             return prompt
     return FAMILY_PROMPT.get(family_of(model), "qalign")
 
@@ -80,23 +86,39 @@ def fields(prompt):
     return ["image", "score", "score01"] + [f"p_{w.lower()}" for w in level_words(prompt)] + ["error"]
 
 
+ENC = dict(encoding="utf-8", errors="surrogateescape")  # file names that are not UTF-8 go through unchanged
+
+
 def read_done(out, columns):
-    """{image: row} of a CSV an earlier (perhaps killed) run wrote; a last line cut off mid-write is dropped from the
-    file. A file that is not such a CSV (other columns: another prompt's levels) is an error naming it."""
+    """{image: row} of a CSV an earlier (perhaps killed) run wrote. A file with other columns (not this command's, or
+    another prompt's levels) is an error naming it, and is left as it is; in ours, a last line cut off mid-write is
+    dropped."""
     if not os.path.exists(out):
         return {}
-    with open(out, "rb+") as f:
+    with open(out, "rb") as f:
         data = f.read()
-        if data and not data.endswith(b"\n"):  # killed inside a write: keep the complete lines only
-            cut = data.rfind(b"\n") + 1
-            f.truncate(cut)
-            data = data[:cut]
-    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
-    header = data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    header = data.split(b"\n", 1)[0].decode(**ENC)
     if data and header != ",".join(columns):
         raise SystemExit(f"--out {out}: not a scores CSV of this command and prompt (its columns: {header[:200]}; "
                          f"expected {','.join(columns)}); give another --out")
-    return {r["image"]: r for r in rows}
+    if data and not data.endswith(b"\n"):  # killed inside a write: keep the complete lines only
+        data = data[:data.rfind(b"\n") + 1]
+        with open(out, "rb+") as f:
+            f.truncate(len(data))
+    return {r["image"]: r for r in csv.DictReader(io.StringIO(data.decode(**ENC)))}
+
+
+def check_same_run(out, identity):
+    """The scorer and prompt of an earlier run on this --out (OUT.json beside it) must be this run's: rows of two
+    scorers never mix in one file."""
+    side = out + ".json"
+    if os.path.exists(side):
+        with open(side) as f:
+            before = json.load(f)
+        if before != identity:
+            raise SystemExit(f"--out {out} holds the scores of {before}; this run is {identity}: give another --out")
+    else:
+        atomic_write_json(side, identity)
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -157,7 +179,15 @@ class Scorer:
         self.model, self.processor, self.config, self.name = load_evaluated(ckpt, model, self.device, dtype or dt,
                                                                             allow_unfinished)
         self.prompt = auto_prompt(model or self.config.get("model"), self.model, ckpt) if prompt == "auto" else prompt
-        self.level_ids = level_ids_for(self.processor, self.prompt)
+        # a run is asked as evaluate.py score --data asks it: its data's answer prefix, Q-SiT's instruction after a --mix
+        self.instruction = EVALUATOR_INSTRUCTION if ckpt and uses_instruction(self.config.get("mix")) else None
+        self.answer_prefix = LEVEL_PREFIX
+        if ckpt:
+            try:
+                self.answer_prefix = read_closed_set(self.config["data"])[1]
+            except (OSError, ValueError):  # the run's data moved: the prefix every prepared folder records by default
+                pass
+        self.level_ids = level_ids_for(self.processor, self.prompt, self.answer_prefix)
         self.levels = level_words(self.prompt)
 
     def probs(self, images):
@@ -175,7 +205,8 @@ class Scorer:
         """One prefill for a list of PIL images -> (probs, scores) on the CPU."""
         records = [{"id": str(i), "image": im, "conversations": [{"from": "human", "value": SCORE_QUESTION + "\n<image>"}]}
                    for i, im in enumerate(images)]  # the user turn of --prompt qalign (the others bring their own)
-        probs, score01, _ = level_probs(self.model, self.processor, records, self.prompt, self.level_ids, self.device)
+        probs, score01, _ = level_probs(self.model, self.processor, records, self.prompt, self.level_ids, self.device,
+                                        self.instruction, self.answer_prefix)
         return probs.float().cpu(), 1 + 4 * score01.float().cpu()
 
     def __call__(self, images):
@@ -190,34 +221,29 @@ def score_images(images, out, ckpt=None, model=None, prompt="auto", batch_size=8
         raise SystemExit(f"--images writes a CSV: give --out FILE.csv (got {out!r})")
     scorer = Scorer(model, ckpt, prompt, 1 if batch_invariant else batch_size, allow_unfinished=allow_unfinished)
     columns = fields(scorer.prompt)
-    done = read_done(out, columns)
+    done = {p: r for p, r in read_done(out, columns).items() if not r["error"]}  # failed rows are tried again
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    check_same_run(out, {"model": scorer.name, "ckpt": os.path.abspath(ckpt) if ckpt else None, "prompt": scorer.prompt})
     todo = sorted((p for p in paths if p not in done), key=size_key)
     print(f"{scorer.name}: {len(paths)} images ({len(paths) - len(todo)} already in {out}"
           f"{f', {repeats} repeated paths dropped' if repeats else ''}), prompt {scorer.prompt}, "
           f"batch {scorer.batch_size}{' (batch-invariant)' if batch_invariant else ''}")
     fresh = not os.path.exists(out) or os.path.getsize(out) == 0
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     loader = torch.utils.data.DataLoader(ImageFiles(todo), batch_size=scorer.batch_size, num_workers=workers,
                                          collate_fn=list)
     start, n_scored = time.time(), 0
-    with open(out, "a", encoding="utf-8", newline="") as f, tqdm(total=len(todo), desc="score", unit="img") as bar:
+    with open(out, "a", newline="", **ENC) as f, tqdm(total=len(todo), desc="score", unit="img") as bar:
         if fresh:
             f.write(",".join(columns) + "\n")
         for items in loader:
-            ok = [(p, im) for p, im, err in items if im is not None]
             rows = {p: {"image": p, "error": err} for p, im, err in items if im is None}
-            if ok:
-                probs, scores = scorer.batch([im for _, im in ok])
-                for (p, _), pr, s in zip(ok, probs.tolist(), scores.tolist()):
-                    rows[p] = {"image": p, "score": f"{s:.6f}", "score01": f"{(s - 1) / 4:.6f}",
-                               **{c: f"{x:.6f}" for c, x in zip(columns[3:-1], pr)}, "error": ""}
+            rows.update(score_rows(scorer, [(p, im) for p, im, _ in items if im is not None], columns))
             buf = io.StringIO()
-            writer = csv.DictWriter(buf, columns, restval="", lineterminator="\n")
-            writer.writerows(rows[p] for p, _, _ in items)
+            csv.DictWriter(buf, columns, restval="", lineterminator="\n").writerows(rows[p] for p, _, _ in items)
             f.write(buf.getvalue())  # one write per batch, then to disk: a kill loses at most the batch in flight
             f.flush()
             os.fsync(f.fileno())
-            n_scored += len(ok)
+            n_scored += sum(1 for r in rows.values() if not r["error"])
             bar.update(len(items))
     rows = finish(out, paths, columns)
     errors = Counter(r["error"].split(":")[0] for r in rows.values() if r["error"])
@@ -228,13 +254,30 @@ def score_images(images, out, ckpt=None, model=None, prompt="auto", batch_size=8
             "out": out}
 
 
+def score_rows(scorer, items, columns):
+    """{path: CSV row} for decoded images, one prefill; if the batch fails, image by image, each failure a row with
+    its reason (a run does not die at the same batch on every restart)."""
+    if not items:
+        return {}
+    try:
+        probs, scores = scorer.batch([im for _, im in items])
+    except Exception as e:
+        if len(items) == 1:
+            return {items[0][0]: {"image": items[0][0], "error": f"failed: {type(e).__name__}: {e}".replace("\n", " ")}}
+        return {k: v for item in items for k, v in score_rows(scorer, [item], columns).items()}
+    return {p: {"image": p, "score": f"{s:.6f}", "score01": f"{(s - 1) / 4:.6f}",
+                **{c: f"{x:.6f}" for c, x in zip(columns[3:-1], pr)}, "error": ""}
+            for (p, _), pr, s in zip(items, probs.tolist(), scores.tolist())}
+
+
 def finish(out, paths, columns):
-    """Rewrite the CSV in the input's order, atomically. -> its rows."""
-    from iqa_vlm.common import atomic_write
+    """Rewrite the CSV atomically: the input's images in its order, then rows of earlier runs on other images as they
+    were. -> its rows."""
     rows = read_done(out, columns)
+    given = set(paths)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows[p] for p in paths if p in rows)
-    atomic_write(out, buf.getvalue())
+    writer.writerows([rows[p] for p in paths if p in rows] + [r for p, r in rows.items() if p not in given])
+    atomic_write(out, buf.getvalue().encode(**ENC))
     return rows

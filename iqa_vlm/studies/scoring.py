@@ -57,7 +57,8 @@ QSIT_LEVEL_WORDS = ["Bad", "Poor", "Fair", "Good", "Excellent"]  # LEVELS' order
 # space, before ASSISTANT), mPLUG-Owl2 only; the level read after its last word. evaluate.py score --prompt scorer.
 SCORER_PROMPT = "USER: How would you rate the quality of this image?\n<|image|>\nASSISTANT: The quality of the image is"
 # Q-Instruct's released scorer (Q-Future/Q-Instruct's scorer, boost off as its README calls it): three levels, read right
-# after "ASSISTANT: " (its trailing space kept). evaluate.py score --prompt qinstruct.
+# after "ASSISTANT: " (its trailing space kept), the image given to the checkpoint's image processor as it is (resized
+# and centre-cropped there, not padded to a square as Q-Align pads). evaluate.py score --prompt qinstruct.
 QINSTRUCT_PROMPT = "USER: <|image|>Rate the quality of the image.\nASSISTANT: "
 QINSTRUCT_LEVEL_WORDS = ["poor", "average", "good"]  # low to high
 RAW_PROMPTS = {"scorer": (SCORER_PROMPT, LEVELS), "qinstruct": (QINSTRUCT_PROMPT, QINSTRUCT_LEVEL_WORDS)}
@@ -244,6 +245,8 @@ def encode_for_score(processor, records, prompt, instruction=None, answer_prefix
                              f"another family's")
         images = [r["image"] if isinstance(r["image"], Image.Image) else load_image(r["image"]) for r in records]
         enc = tokenize_batch(processor, [RAW_PROMPTS[prompt][0]] * len(records), images, "right", records)
+        if prompt == "qinstruct":  # the image as it is: the checkpoint's own resize and centre crop, no square padding
+            enc["pixel_values"] = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return enc, enc["attention_mask"].sum(1) - 1
     return encode_prompts(processor, [with_instruction(r, instruction) if instruction else r for r in records],
                           answer_prefix=answer_prefix)
@@ -255,7 +258,7 @@ def level_probs(model, processor, records, prompt, level_ids, device="cpu", inst
     record's level or None), through the op (metrics.closed_set_scores). A K-level prompt's score on 1..5 is
     1 + 4 score01 (for K = 5, probs @ [1..5])."""
     enc, last = encode_for_score(processor, records, prompt, instruction, answer_prefix)
-    logits = last_token_logits(model, to_device(enc, model, device), last)
+    logits = last_token_logits(model, to_device(enc, model, device), last, exact_ids=level_ids)
     five = len(level_ids) == len(LEVELS)
     target = [LEVELS.index(r["level"]) if five and r.get("level") in LEVELS else -1 for r in records]
     probs, score, nll = closed_set_scores(logits, level_ids, target)
@@ -317,7 +320,8 @@ def evaluate(ckpts=(), model=None, data=None, split="test", out=None, batch_size
         preds = eval_score(vlm, processor, records, batch_size, device, said, prompt, prefix)
         for p in preds:  # correlations against mos_norm: higher = better for every source (DMOS flipped)
             p["target"] = p["mos_norm"] if p["mos_norm"] is not None else p["mos"]
-        metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=logistic, bootstrap=bootstrap, seed=seed)
+        metrics = score_metrics([{**p, "mos": p["target"]} for p in preds], logistic=True, bootstrap=bootstrap, seed=seed,
+                                logistic_ci=logistic)
         os.makedirs(run_out, exist_ok=True)
         atomic_write_json(os.path.join(run_out, "eval_score.json"), {
             "task": "score", "model": name, "trained_on": trained_on, "training_protocol": training_protocol(cfg, name),
