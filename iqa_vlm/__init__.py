@@ -18,9 +18,9 @@ is here. Imports only go down the list:
                       Q-Align / Q-SiT scoring and level precision, scoring anyone's images (Scorer), DeQA-Score soft
                       labels, the Q-SiT mix and Algorithm 1, LLVisionQA (003)
       demo_set        the demo data every study can run on without a download
-    model, mplug_owl2, xcomposer2, tiny_models, memory_plan
-                    families and parts, loading and checkpoints; native mPLUG-Owl2 and InternLM-XComposer2-VL; tiny
-                    test members; dry-run memory
+    model, mplug_owl2, xcomposer2, native_parts, tiny_models, memory_plan
+                    families and parts, loading and checkpoints; native mPLUG-Owl2 and InternLM-XComposer2-VL and what
+                    they share; tiny test members; dry-run memory
     data, loader    records, chat rendering and batching; the training data loader
     iqa_datasets, iqa_io
                     readers of the IQA datasets' official and IQA-PyTorch layouts

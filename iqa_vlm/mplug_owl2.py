@@ -21,9 +21,7 @@ The processor expands each `<|image|>` of the prompt into Q + 1 copies of an ima
 fills with the visual tokens and routes to the visual branches. Prompt ids are those of the authors' code: BOS, then
 each chunk between images tokenized on its own by the checkpoint's SentencePiece model (dummy prefix included).
 """
-import dataclasses
 import functools
-import os
 import re
 
 import numpy as np
@@ -31,9 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
-from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from iqa_vlm.native_parts import (RMSNorm, decoder_stack, images_once, lm_output, prompt_batch, rotate_half,
+                                   save_processor)
 
 IMAGE_TOKEN = "<|image|>"
 VISION_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -232,16 +232,6 @@ class VisualAbstractor(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the modality-adaptive LLaMA decoder
-class RMSNorm(nn.Module):
-    def __init__(self, dim, eps):
-        super().__init__()
-        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
-
-    def forward(self, x):
-        h = x.float()
-        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-
-
 class Multiway(nn.Module):
     """Two copies of a module: multiway.0 for text tokens, multiway.1 for visual tokens (names as released)."""
 
@@ -258,20 +248,6 @@ class Multiway(nn.Module):
         out = text_out.new_empty(*x.shape[:-1], text_out.shape[-1])
         out[~visual], out[visual] = text_out, visual_out
         return out
-
-
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def rope(position_ids, head_dim, theta, dtype):
-    """cos, sin [B, L, head_dim] of rotate-half RoPE, computed in float32 as transformers' LLaMA does."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim)
-    with torch.autocast(device_type=position_ids.device.type, enabled=False):
-        freqs = position_ids[:, :, None].float() * inv_freq[None, None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 class DecoderAttention(nn.Module):
@@ -330,29 +306,7 @@ class DecoderLayer(GradientCheckpointingLayer):
         return x + self.mlp(self.post_attention_layernorm(x, visual)), weights
 
 
-def causal_mask(attention_mask, q_len, past, dtype, device):
-    """Additive [B, 1, q_len, past + q_len] mask: causal over the whole sequence and closed to padded keys. finfo.min,
-    not -inf, so that the rows of padded queries (left padding) stay finite."""
-    kv_len = past + q_len
-    allowed = torch.arange(kv_len, device=device)[None, :] <= torch.arange(past, kv_len, device=device)[:, None]
-    allowed = allowed[None, None]
-    if attention_mask is not None:
-        allowed = allowed & attention_mask[:, None, None, -kv_len:].bool()
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
 # ----------------------------------------------------------------------------- the models
-def with_cache(output_class, cache, **fields):
-    """An output dataclass with the KV cache under the name this transformers version gives it (cache or
-    past_key_values)."""
-    names = {f.name for f in dataclasses.fields(output_class)}
-    return output_class(**fields, **{"cache" if "cache" in names else "past_key_values": cache})
-
-
-def cache_of(output):
-    return getattr(output, "cache", getattr(output, "past_key_values", None))
-
-
 class MPLUGOwl2PreTrainedModel(PreTrainedModel):
     config_class = MPLUGOwl2Config
     base_model_prefix = "model"
@@ -412,28 +366,8 @@ class MPLUGOwl2Model(MPLUGOwl2PreTrainedModel):
                 inputs_embeds = inputs_embeds.masked_scatter(visual[..., None], feats.reshape(-1, feats.shape[-1]))
             elif visual.any():
                 raise ValueError("mPLUG-Owl2: the input has image tokens but no pixel_values")
-        B, L, _ = inputs_embeds.shape
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        past = cache.get_seq_length() if cache is not None else 0
-        if position_ids is None:  # from the mask, so left padding works too (with right padding: 0..L-1, as the authors')
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
-            else:
-                position_ids = torch.arange(past, past + L, device=inputs_embeds.device)[None].expand(B, -1)
-        mask = causal_mask(attention_mask, L, past, inputs_embeds.dtype, inputs_embeds.device)
-        cos, sin = rope(position_ids, self.config.hidden_size // self.config.num_attention_heads, self.config.rope_theta,
-                        inputs_embeds.dtype)
-        x, hidden, attentions = inputs_embeds, [], []
-        for layer in self.layers:
-            if output_hidden_states:
-                hidden.append(x)
-            x, weights = layer(x, visual, cos, sin, mask, cache, output_attentions)
-            attentions.append(weights)
-        x = self.norm(x)
-        return with_cache(BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=x,
-                          hidden_states=tuple(hidden + [x]) if output_hidden_states else None,
-                          attentions=tuple(attentions) if output_attentions else None)
+        return decoder_stack(self, inputs_embeds, visual, attention_mask, position_ids, cache, use_cache, output_attentions,
+                             output_hidden_states)
 
 
 class MPLUGOwl2LlamaForCausalLM(MPLUGOwl2PreTrainedModel, GenerationMixin):
@@ -460,19 +394,11 @@ class MPLUGOwl2LlamaForCausalLM(MPLUGOwl2PreTrainedModel, GenerationMixin):
                          inputs_embeds=inputs_embeds,
                          use_cache=use_cache, cache_position=cache_position, output_attentions=output_attentions,
                          output_hidden_states=output_hidden_states)
-        h = out.last_hidden_state
-        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return with_cache(CausalLMOutputWithPast, cache_of(out), loss=loss, logits=logits,
-                          hidden_states=out.hidden_states, attentions=out.attentions)
+        return lm_output(self.lm_head, out, labels, logits_to_keep)
 
     def prepare_inputs_for_generation(self, input_ids, pixel_values=None, cache_position=None, **kwargs):
         inputs = super().prepare_inputs_for_generation(input_ids, cache_position=cache_position, **kwargs)
-        first = cache_position is None or int(cache_position[0]) == 0
-        inputs["pixel_values"] = pixel_values if first else None  # the image enters once; later steps read the cache
-        return inputs
+        return images_once(inputs, pixel_values, cache_position)
 
 
 AutoConfig.register("mplug_owl2", MPLUGOwl2Config)
@@ -550,30 +476,10 @@ class MPLUGOwl2Processor:
         return self.image_processor(images=squares, return_tensors="pt")["pixel_values"]
 
     def __call__(self, text=None, images=None, return_tensors="pt", padding=True, **kwargs):
-        texts = [text] if isinstance(text, str) else list(text)
-        rows = [self.prompt_ids(t) for t in texts]
-        flat = [im for group in (images or []) for im in (group if isinstance(group, (list, tuple)) else [group])]
-        n_tags = sum(t.count(IMAGE_TOKEN) for t in texts)
-        if n_tags != len(flat):
-            raise ValueError(f"mPLUG-Owl2 processor: the prompts have {n_tags} {IMAGE_TOKEN} and {len(flat)} images were given")
-        width = max(map(len, rows))
-        pad, left = self.tokenizer.pad_token_id or 0, self.tokenizer.padding_side == "left"
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            span = slice(width - len(r), width) if left else slice(0, len(r))
-            ids[b, span], mask[b, span] = torch.tensor(r), 1
-        out = {"input_ids": ids, "attention_mask": mask}
-        if flat:
-            out["pixel_values"] = self.pixel_values(flat)
-        return out
+        return prompt_batch(self, text, images, "mPLUG-Owl2")
 
     def save_pretrained(self, folder):
-        self.tokenizer.save_pretrained(folder)
-        self.image_processor.save_pretrained(folder)
-        if self.sentencepiece is not None:  # the prompt ids come from it (a fast tokenizer may not write it back)
-            with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
-                f.write(self.sentencepiece.serialized_model_proto())
+        save_processor(self, folder)
 
 
 def load_processor(folder, config):

@@ -30,20 +30,18 @@ Differences from the authors' code:
 Generation with several images in one row and num_beams or num_return_sequences > 1 is not supported (transformers
 repeats the pixel values image by image, not row by row); greedy and sampled decoding of one answer per row are.
 """
-import os
 import re
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, GenerationMixin,
                           PretrainedConfig, PreTrainedModel)
-from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from iqa_vlm.mplug_owl2 import RMSNorm, cache_of, causal_mask, rope, rotate_half, with_cache
+from iqa_vlm.native_parts import (RMSNorm, decoder_stack, images_once, lm_output, prompt_batch, rotate_half,
+                                   save_processor)
 
 IMAGE_TOKEN = "<ImageHere>"
 TURN_START, TURN_END = "[UNUSED_TOKEN_146]", "[UNUSED_TOKEN_145]"  # the template's <|im_start|> / <|im_end|> pieces
@@ -216,33 +214,15 @@ class XComposer2Model(XComposer2PreTrainedModel):
 
     def forward(self, inputs_embeds, im_mask=None, attention_mask=None, position_ids=None, cache=None, use_cache=None,
                 output_attentions=False, output_hidden_states=False):
-        B, L, _ = inputs_embeds.shape
         if im_mask is not None and not im_mask.any():
             im_mask = None  # checked once here, not in each of the 5 x layers Partial LoRA layers (a GPU sync each)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
-        if position_ids is None:  # from the mask, so left padding works too (right padding: 0..L-1, as the authors')
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
-            else:
-                position_ids = torch.arange(past, past + L, device=inputs_embeds.device)[None].expand(B, -1)
-        if past + L > self.config.max_position_embeddings:
-            raise ValueError(f"InternLM-XComposer2: {past + L} positions; past {self.config.max_position_embeddings} "
-                             f"the release switches to dynamic NTK RoPE, which is not ported")
-        mask = causal_mask(attention_mask, L, past, inputs_embeds.dtype, inputs_embeds.device)
-        cos, sin = rope(position_ids, self.config.hidden_size // self.config.num_attention_heads, self.config.rope_theta,
-                        inputs_embeds.dtype)
-        x, hidden, attentions = inputs_embeds, [], []
-        for layer in self.layers:
-            if output_hidden_states:
-                hidden.append(x)
-            x, weights = layer(x, im_mask, cos, sin, mask, cache, output_attentions)
-            attentions.append(weights)
-        x = self.norm(x)
-        return with_cache(BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=x,
-                          hidden_states=tuple(hidden + [x]) if output_hidden_states else None,
-                          attentions=tuple(attentions) if output_attentions else None)
+        if past + inputs_embeds.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(f"InternLM-XComposer2: {past + inputs_embeds.shape[1]} positions; past "
+                             f"{self.config.max_position_embeddings} the release switches to dynamic NTK RoPE, which is "
+                             f"not ported")
+        return decoder_stack(self, inputs_embeds, im_mask, attention_mask, position_ids, cache, use_cache,
+                             output_attentions, output_hidden_states)
 
 
 class XComposer2ForCausalLM(XComposer2PreTrainedModel, GenerationMixin):
@@ -310,19 +290,11 @@ class XComposer2ForCausalLM(XComposer2PreTrainedModel, GenerationMixin):
                 output_hidden_states=False, logits_to_keep=0, past_key_values=None, **kwargs):
         out = self.backbone(input_ids, pixel_values, attention_mask, position_ids, cache if cache is not None else past_key_values,
                             inputs_embeds, im_mask, use_cache, output_attentions, output_hidden_states)
-        h = out.last_hidden_state
-        logits = self.output(h[:, -logits_to_keep:] if logits_to_keep else h).float()  # float, as the release returns
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return with_cache(CausalLMOutputWithPast, cache_of(out), loss=loss, logits=logits,
-                          hidden_states=out.hidden_states, attentions=out.attentions)
+        return lm_output(self.output, out, labels, logits_to_keep, float_logits=True)  # float, as the release returns
 
     def prepare_inputs_for_generation(self, input_ids, pixel_values=None, cache_position=None, **kwargs):
         inputs = super().prepare_inputs_for_generation(input_ids, cache_position=cache_position, **kwargs)
-        first = cache_position is None or int(cache_position[0]) == 0
-        inputs["pixel_values"] = pixel_values if first else None  # the image enters once; later steps read the cache
-        return inputs
+        return images_once(inputs, pixel_values, cache_position)
 
 
 AutoConfig.register("internlmxcomposer2", XComposer2Config)
@@ -390,31 +362,10 @@ class XComposer2Processor:
         return self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
 
     def __call__(self, text=None, images=None, return_tensors="pt", padding=True, **kwargs):
-        texts = [text] if isinstance(text, str) else list(text)
-        rows = [self.prompt_ids(t) for t in texts]
-        flat = [im for group in (images or []) for im in (group if isinstance(group, (list, tuple)) else [group])]
-        n_tags = sum(t.count(IMAGE_TOKEN) for t in texts)
-        if n_tags != len(flat):
-            raise ValueError(f"InternLM-XComposer2 processor: the prompts have {n_tags} {IMAGE_TOKEN} and {len(flat)} "
-                             f"images were given")
-        width = max(map(len, rows))
-        pad, left = self.tokenizer.pad_token_id, self.tokenizer.padding_side == "left"
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            span = slice(width - len(r), width) if left else slice(0, len(r))
-            ids[b, span], mask[b, span] = torch.tensor(r), 1
-        out = {"input_ids": ids, "attention_mask": mask}
-        if flat:
-            out["pixel_values"] = self.pixel_values(flat)
-        return out
+        return prompt_batch(self, text, images, "InternLM-XComposer2")
 
     def save_pretrained(self, folder):
-        self.tokenizer.save_pretrained(folder)
-        self.image_processor.save_pretrained(folder)
-        if self.sentencepiece is not None:
-            with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
-                f.write(self.sentencepiece.serialized_model_proto())
+        save_processor(self, folder)
 
 
 def tokenizer_class():

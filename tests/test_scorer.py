@@ -15,7 +15,7 @@ from PIL import Image
 
 import evaluate
 import mplug_owl2_reference as R
-from test_mplug_owl2 import SlowLlama, reference_score, released_folder, sp_folder  # noqa: F401  (a fixture)
+from test_mplug_owl2 import reference_score, released_folder, sp_folder  # noqa: F401  (a fixture)
 from iqa_vlm.metrics import bootstrap_ci, krcc, plcc, srcc
 from iqa_vlm.studies import scorer as S
 from iqa_vlm.studies.scoring import QINSTRUCT_PROMPT, SCORER_PROMPT, training_protocol
@@ -83,7 +83,7 @@ def test_a_folder_scores_the_same_at_batch_sizes_1_3_8_and_through_the_api(model
 
 
 @pytest.mark.skipif(R.reference_dir() is None, reason="pyiqa 0.1.16 not installed (the oracle)")
-def test_released_mplug_owl2_folder_scores_as_the_authors_scorers(sp_folder, tmp_path):  # noqa: F811
+def test_released_mplug_owl2_folder_scores_as_the_authors_scorers(sp_folder, tmp_path):  # noqa: F811 (the fixture)
     """A folder in the released layout, named like OneAlign, with the reference's weights: --prompt auto picks the
     released scorers' prompt, and the command's scores equal the reference's QAlignScorer / DeQA Scorer computation to
     1e-4; --prompt qinstruct equals Q-Instruct's scorer (good / average / poor, weights 1, .5, 0)."""
