@@ -17,6 +17,7 @@ is here. Imports only go down the list:
       scoring, scorer, deqa, data_mix, qbench
                       Q-Align / Q-SiT scoring and level precision, scoring anyone's images (Scorer), DeQA-Score soft
                       labels, the Q-SiT mix and Algorithm 1, LLVisionQA (003)
+      grpo            VisualQuality-R1's rewards and the GRPO objective (the training loop is not built yet)
       demo_set        the demo data every study can run on without a download
     model, mplug_owl2, xcomposer2, native_parts, tiny_models, memory_plan
                     families and parts, loading and checkpoints; native mPLUG-Owl2 and InternLM-XComposer2-VL and what
