@@ -83,8 +83,8 @@ def score_args(p):
     p.add_argument("--prompt", default="auto", choices=["auto", *scoring.PROMPTS],
                    help="qalign: the records' question, 'The quality of the image is' in the answer (what train.py teaches, "
                         "Q-Align's paper evaluation); qsit: Q-SiT's released evaluation prompt; scorer: the released "
-                        "mPLUG-Owl2 scorers' prompt (Q-Align/OneAlign, DeQA-Score); auto: qalign on --data, with --images "
-                        "the checkpoint's own (scorer.auto_prompt)")
+                        "mPLUG-Owl2 scorers' prompt (Q-Align/OneAlign, DeQA-Score); qinstruct: Q-Instruct's scorer (three "
+                        "levels); auto: qalign on --data, with --images the checkpoint's own (scorer.auto_prompt)")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals of SRCC/PLCC/KRCC (0: none)")
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     p.add_argument("--images", default=None,
