@@ -42,7 +42,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 # --prompt auto: a released checkpoint's own prompt, known by the name it is loaded by; else by its family
 PROMPT_OF = [("q-align-aesthetic", None), ("q-align-vqa", None), ("one-align", "scorer"), ("q-align", "scorer"),
              ("deqa-score", "scorer"), ("q-instruct", "qinstruct"), ("qinstruct", "qinstruct"), ("q-sit", "qsit")]
-FAMILY_PROMPT = {"mplug_owl2": "scorer", "llava": "qalign"}
+FAMILY_PROMPT = {"mplug_owl2": "scorer"}
 
 
 def auto_prompt(name, model, ckpt=None):
@@ -68,7 +68,7 @@ def list_images(spec):
         paths = sorted(os.path.join(root, f) for root, _, files in os.walk(spec) for f in files
                        if f.lower().endswith(IMAGE_EXTENSIONS))
     elif os.path.isfile(spec) and not spec.lower().endswith(IMAGE_EXTENSIONS):
-        with open(spec, encoding="utf-8") as f:
+        with open(spec, **ENC) as f:
             paths = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
     elif os.path.isfile(spec):
         paths = [spec]
