@@ -63,7 +63,7 @@ class MPLUGOwl2Config(PretrainedConfig):
         self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
         self.num_key_value_heads = num_key_value_heads or num_attention_heads
         self.hidden_act, self.max_position_embeddings, self.initializer_range = hidden_act, max_position_embeddings, initializer_range
-        self.rms_norm_eps, self.use_cache, self.rope_theta, self.rope_scaling = rms_norm_eps, use_cache, rope_theta, None
+        self.rms_norm_eps, self.use_cache, self.rope_theta = rms_norm_eps, use_cache, rope_theta  # rope_scaling: none
         self.attention_bias = attention_bias
         self.image_token_index = vocab_size if image_token_index is None else image_token_index
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
