@@ -93,5 +93,5 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, beta=0.04, eps_low=
     if beta > 0:
         kl = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1
         per_token = per_token + beta * kl
-        stats["kl"] = float(((kl * mask).sum(1) / mask.sum(1)).mean())
+        stats["kl"] = float(((kl.detach() * mask).sum(1) / mask.sum(1)).mean())
     return ((per_token * mask).sum(1) / mask.sum(1)).mean(), stats
