@@ -12,6 +12,7 @@
     python evaluate.py instability --sessions 3 --repeats 5 --temperature 0.5 --ckpt out/pw_stage2 --data data/demo_pathway
     python evaluate.py qbench --ckpt out/qsit_mini --data data/llvqa_dev --split val    # Q-SiT Table V's columns
     python evaluate.py score --ckpt out/qsit_mini --data data/score --prompt qsit       # Q-SiT's own scoring prompt
+    python evaluate.py sampled-score --ckpt out/r1 --data data/koniq_all,data/spaq_all --k 8   # train_grpo.py runs
 
 distortion (distortion.py): closed-set argmax over the 8 class tokens after "The image has some", plus free generation
 parsed for the class word -> OUT/eval_distortion.json, OUT/confusion.png.
@@ -20,6 +21,7 @@ probs @ [1..5]; SRCC/PLCC per source; the cross-dataset table (rows: trained on,
 prompting (prompting.py): single / double / multiple stimulus x standard / cot / icl, NR or FR.
 two-stage, instability (two_stage.py): describe then rate the description (or the one-stage baseline); the share of
 samples whose repeated sampled answers disagree.
+sampled-score (grpo.py): the mean score of K sampled reasoning answers (VisualQuality-R1, Q-Insight prompts).
 qbench, describe (qbench.py): LLVisionQA accuracy (closed set over the option marks; parsed free answers); LLDescribe
 descriptions written out for a GPT judge.
 
@@ -33,6 +35,7 @@ true / false.
 import os
 
 from iqa_vlm.studies import distortion
+from iqa_vlm.studies import grpo
 from iqa_vlm.studies import prompting
 from iqa_vlm.studies import prompting_table
 from iqa_vlm.studies import qbench
@@ -202,6 +205,21 @@ def instability_args(p):
                         "(two_stage: the stage-2 answer; one_stage: the conclusion)")
 
 
+def sampled_score_args(p):
+    common_args(p)
+    p.set_defaults(batch_size=8)
+    p.add_argument("--k", type=int, default=1, help="sampled answers averaged per image (VisualQuality-R1's released "
+                                                     "inference samples once)")
+    p.add_argument("--reward", default="auto", help="whose prompt: vqr1 or qinsight (auto: the run's --reward, else vqr1)")
+    p.add_argument("--temperature", type=float, default=None, help="default: the model's generation config (their README)")
+    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--max_new_tokens", type=int, default=512, help="their batch inference: 512")
+    p.add_argument("--seed", type=int, default=0, help="sampling, and the random score of an answer without one")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
+    p.add_argument("--logistic", type=boolean, default=False, help="also an interval for the logistic-fitted PLCC")
+
+
 # subcommand -> (what it runs, its arguments, one line of help)
 def score(images=None, ckpts=(), batch_invariant=False, workers=2, **kw):
     if not images:
@@ -224,12 +242,14 @@ COMMANDS = {
                         "prompting study: all nine systems (NR and FR) in Table 1's shape, expert FR baselines"),
     "two-stage": (two_stage.evaluate, two_stage_args, "two-stage (or one-stage) reasoning: SRCC/PLCC, latency"),
     "instability": (two_stage.instability, instability_args, "instability ratio of repeated sampled answers"),
+    "sampled-score": (grpo.evaluate, sampled_score_args,
+                      "reasoning scorers (train_grpo.py runs): the mean score of K sampled answers, SRCC/PLCC per source"),
     "qbench": (qbench.evaluate, qbench_args, "LLVisionQA multiple-choice accuracy per type and concern (Q-SiT Table V)"),
     "describe": (qbench.describe, describe_args, "LLDescribe: write the model's descriptions for a GPT judge"),
 }
 
 
-POSITIVE = ("batch_size", "sessions", "repeats", "latency_n", "api_concurrency")
+POSITIVE = ("batch_size", "sessions", "repeats", "latency_n", "api_concurrency", "k")
 NOT_NEGATIVE = ("limit", "max_new_tokens", "rounds", "api_retries", "bootstrap", "workers")
 
 

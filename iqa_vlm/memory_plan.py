@@ -48,6 +48,11 @@ def _preset(name):
         return T.Qwen2_5_VLConfig(vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
                                                      out_hidden_size=3584, patch_size=14, spatial_merge_size=2),
                                   text_config=_qwen2_text(3584, 18944, 28, 28, 4, 152064))
+    if name == "qwen3-vl-8b":  # Qwen3-VL-8B-Instruct: its ViT (27 layers, 16 px patches, DeepStack at 8/16/24) + Qwen3-8B
+        return T.Qwen3VLConfig(vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
+                                                  out_hidden_size=4096, patch_size=16, spatial_merge_size=2,
+                                                  deepstack_visual_indexes=[8, 16, 24]),
+                               text_config=dict(_qwen2_text(4096, 12288, 36, 32, 8, 151936), head_dim=128))
     if name == "mplug-owl2-7b":  # the native class (mplug_owl2.py) at the released sizes: its config's defaults
         from iqa_vlm import mplug_owl2
         return mplug_owl2.MPLUGOwl2Config()
@@ -57,7 +62,7 @@ def _preset(name):
     return None
 
 
-PRESETS = ["llava-onevision-0.5b", "llava-onevision-7b", "qwen2.5-vl-7b", "mplug-owl2-7b", "internlm-xcomposer2-vl-7b"]
+PRESETS = ["llava-onevision-0.5b", "llava-onevision-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "mplug-owl2-7b", "internlm-xcomposer2-vl-7b"]
 
 
 def meta_model(name, trust_remote_code=False):
@@ -143,4 +148,42 @@ def dry_run_report(name, trainable, batch_size=1, seq_len=1024, grad_ckpt=False,
     fits = est["total"] <= gpu_mem * GiB
     print(f"fits a {gpu_mem:g} GiB GPU: {'yes' if fits else 'NO'} ({est['decoder_layers_storing_activations']} decoder layers "
           f"store activations)")
+    return {**est, "fits": fits}
+
+
+def grpo_dry_run_report(name, trainable, images, generations, prompt_tokens, completion_tokens, completion_chunk=0,
+                        grad_ckpt=True, lora=0, lora_targets="", beta=0.04, gpu_mem=48.0):
+    """train_grpo.py --dry_run: train.py's estimate for one loss forward (images x generations sequences, or
+    completion_chunk of them, of prompt + completion tokens), plus what GRPO adds:
+      reference   a frozen copy of the model in bf16 (beta > 0 without --lora); under --lora the model with its
+                  adapters off, and fp32 copies of the starting values of the parts trained fully (4 B each)
+      logits      the LM head at the completion tokens of one forward, bf16, kept for backward (the fused op's in-place
+                  gradient) plus the reference's transient copy: 2 x rows x completion x V x 2 B
+      rollout     the KV cache of generating every sequence at once: rows x tokens x layers x 2 x kv width x 2 B
+    The rollout and the loss's forward/backward do not overlap: the larger of the two counts."""
+    from iqa_vlm.model import set_trainable, trainable_summary
+    model = meta_model(name)
+    chosen = set_trainable(model, trainable, verbose=False, lora=lora, lora_targets=lora_targets)
+    rows = images * generations
+    per_forward = min(completion_chunk or rows, rows)
+    seq = prompt_tokens + completion_tokens
+    print(f"{name}: --trainable {trainable}{f' --lora {lora}' if lora else ''}, {images} images x {generations} answers, "
+          f"{per_forward} sequences of {prompt_tokens} + {completion_tokens} tokens per loss forward, grad_ckpt {grad_ckpt}")
+    print(trainable_summary(model))
+    est = estimate(model, chosen, per_forward, seq, grad_ckpt, image_tokens=prompt_tokens)
+    text_cfg = getattr(model.config, "text_config", model.config)
+    h, kv, _, layers = _dims(text_cfg)
+    n_all = sum(p.numel() for p in model.parameters())
+    full = sum(p.numel() for label, params in chosen.items() if not label.startswith("lora(") for p in params.values())
+    est["reference"] = 0 if beta == 0 else 4 * full if lora else 2 * n_all
+    est["logits"] = 2 * per_forward * completion_tokens * text_cfg.vocab_size * 2
+    est["rollout_kv_cache"] = rows * seq * layers * 2 * kv * 2
+    step = max(est["activations"] + est["logits"], est["rollout_kv_cache"])
+    est["total"] = est["weights"] + est["gradients"] + est["optimizer"] + est["reference"] + step + est["overhead"]
+    print(f"{'estimated GPU memory':<24}{'GiB':>8}")
+    for k in ("weights", "gradients", "optimizer", "reference", "activations", "logits", "rollout_kv_cache", "overhead", "total"):
+        print(f"{k:<24}{est[k] / GiB:>8.1f}")
+    fits = est["total"] <= gpu_mem * GiB
+    print(f"fits a {gpu_mem:g} GiB GPU: {'yes' if fits else 'NO'} (activations + logits and the rollout's KV cache do not "
+          f"overlap: the larger counts)")
     return {**est, "fits": fits}

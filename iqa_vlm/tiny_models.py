@@ -320,14 +320,28 @@ _BUILDERS = {**dict.fromkeys(("llava_next", "llava_onevision"), _llava_next_onev
              **dict.fromkeys(("gemma3", "paligemma", "internvl"), _gemma_paligemma_internvl)}
 
 
+# The reasoning answer's tags (VisualQuality-R1, Q-Insight): `tiny:tags` is the demo's model with these four words added
+# to its vocabulary (its other weights unchanged; the new embedding and head rows drawn from their own seed)
+R1_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
 def build_tiny(family, seed=0):
     """(model, processor) for a tiny random member of `family` (a key of model.FAMILIES, or a model type);
-    'llava' is the demo's model (TINY)."""
+    'llava' is the demo's model (TINY), 'tags' the demo's model able to write R1_TAGS."""
     import transformers as T
     f = family
-    if f == "llava":
+    if f in ("llava", "tags"):
         processor = build_tiny_processor()
-        return build_tiny_model(processor), processor
+        model = build_tiny_model(processor)
+        if f == "tags":
+            n = len(processor.tokenizer)
+            processor.tokenizer.add_tokens(list(R1_TAGS))
+            model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+            with torch.random.fork_rng(), torch.no_grad():
+                torch.manual_seed(TINY["seed"] + 1)
+                for m in (model.get_input_embeddings(), model.get_output_embeddings()):
+                    m.weight[n:].normal_(0, TINY["text_init_std"])
+        return model, processor
     if f not in _BUILDERS:
         raise ValueError(f"no tiny build for family {family!r}; have {TINY_FAMILIES}")
     config, processor, tok = _BUILDERS[f](f)

@@ -67,8 +67,8 @@ def split_chain(text):
 
 
 @lru_cache(maxsize=None)
-def train_keys():
-    src = (ROOT / "train.py").read_text()
+def train_keys(script="train.py"):
+    src = (ROOT / script).read_text()
     block = re.search(r"^# -+ config\b.*?\n(.*?)^# -+$", src, flags=re.M | re.S).group(1)
     return frozenset(re.findall(r"^(\w+) = ", block, flags=re.M))
 
@@ -106,8 +106,8 @@ def problems(cmd):
         return [f"no script {script}"]
     flags = [a.split("=", 1)[0] for a in args if a.startswith("--") and " " not in a]  # "--fsdp true": a value
     missing = [f"config file {a} not found" for a in args if re.fullmatch(r"config/\w+\.py", a) and not (ROOT / a).is_file()]
-    if script == "train.py":
-        return [f for f in flags if f[2:] not in train_keys()] + missing
+    if script in ("train.py", "train_grpo.py"):
+        return [f for f in flags if f[2:] not in train_keys(script)] + missing
     if missing:
         return missing
     if script in ("evaluate.py", "analyze.py"):

@@ -1,9 +1,16 @@
-"""VisualQuality-R1's rewards and the GRPO objective (studies/grpo.py) against the authors' reward code, ported here as
-the oracle (TianheWu/VisualQuality-R1 @ a16dcdb, src/open-r1-multimodal/src/open_r1/grpo_jsonl.py: accuracy_reward,
-fidelity_reward, format_reward, extract_first_number, kept loop for loop), and against a direct computation by hand."""
+"""VisualQuality-R1's and Q-Insight's rewards and the GRPO objective (studies/grpo.py) against the authors' reward code,
+ported here as the oracle (TianheWu/VisualQuality-R1 @ a16dcdb, src/open-r1-multimodal/src/open_r1/grpo_jsonl.py:
+accuracy_reward, fidelity_reward, format_reward, extract_first_number; bytedance/Q-Insight @ 08308fd,
+src/open-r1-multimodal/src/open_r1/qinsight_multi_task.py: score_reward, format_reward; kept loop for loop), and
+against a direct computation by hand. Then the rollout's log-probs, the reference under LoRA, and train_grpo.py's run,
+resume and dry run, evaluate.py sampled-score."""
+import json
 import math
+import os
 import random
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -154,3 +161,248 @@ def test_the_prompt_is_the_released_one():
     text = G.VQR1_TEMPLATE.format(Question=G.VQR1_QUESTION)
     assert text.startswith("You are doing the image quality assessment task. Here is the question: What is your overall")
     assert text.endswith("output the final answer with only one score in <answer> </answer> tags.")
+
+
+# ----------------------------------------------------------------------------- Q-Insight: the oracle
+def oracle_qinsight_score_reward(contents, solution, task, threshold=0.35):
+    answer_tag_pattern = r'<answer>(.*?)</answer>'
+    score_pattern = r'\"rating\"\s*:\s*([\d\.]+)'
+    num_gen = len(task) // len(contents)
+    subsampled_tasks, subsampled_solutions = task[::num_gen], solution[::num_gen]
+    rewards = []
+    for t, content, true_sol in zip(subsampled_tasks, contents, subsampled_solutions):
+        reward = 0.0
+        try:
+            match_answer = re.search(answer_tag_pattern, content, re.DOTALL)
+            if match_answer:
+                answer_content = match_answer.group(1).strip()
+                if t == 'score':
+                    match_score = re.search(score_pattern, answer_content)
+                    if match_score:
+                        model_score = float(match_score.group(1))
+                        if abs(model_score - true_sol) < threshold:
+                            reward = 1.0
+        except Exception:
+            pass
+        rewards.append(reward)
+    return rewards
+
+
+def oracle_qinsight_format_reward(contents):
+    pattern = (r"^<think>\s*\n" r".*?\n" r"\s*</think>\s*\n" r"<answer>\s*\n" r"\{[^\{\}]*\}" r"\s*\n" r"\s*</answer>\s*$")
+    return [1.0 if re.fullmatch(pattern, c, re.DOTALL | re.MULTILINE) else 0.0 for c in contents]
+
+
+def qinsight_completion(rng, score):
+    kind = rng.integers(0, 7)
+    if kind == 0:
+        return f'<think>\nsharp enough\n</think>\n<answer>\n{{"rating": {score:.2f}}}\n</answer>'
+    if kind == 1:
+        return f'<think> x </think><answer>{{"rating": {score:.2f}}}</answer>'  # no newlines: no format reward
+    if kind == 2:
+        return f'<think>\na\nb\n</think>\n<answer>\n{{"rating":{score:.1f}.}}\n</answer>'  # "3.5." is no float
+    if kind == 3:
+        return f'<answer>{{"rating": {score:.2f}}}</answer> and <answer>{{"rating": 1.0}}</answer>'  # the first counts
+    if kind == 4:
+        return f'<think>\nhmm\n</think>\n<answer>\n{{"rating": {{"v": {score}}}}}\n</answer>'  # nested: no format
+    if kind == 5:
+        return f"the rating is {score:.2f}"
+    return f'<think>\nok\n</think>\n<answer>\n{{"rating": {score:.2f}, "note": "fine"}}  \n  </answer>  '
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_qinsight_rewards_equal_the_authors_code(seed):
+    rng = np.random.default_rng(seed)
+    mos = [float(m) for m in rng.uniform(1, 5, 24)]
+    texts = [qinsight_completion(rng, float(np.clip(m + rng.normal(0, 0.4), 1, 5))) for m in mos]
+    texts += ['<answer>{"rating": %.2f}</answer>' % (mos[0] + d) for d in (0.349, 0.35, -0.351)]  # the threshold's edge
+    mos += [mos[0]] * 3
+    ours = G.qinsight_score_rewards(texts, mos).tolist()
+    assert ours == oracle_qinsight_score_reward(texts, mos, ["score"] * len(texts))
+    assert G.qinsight_format_rewards(texts).tolist() == oracle_qinsight_format_reward(texts)
+    assert 0 < sum(ours) < len(ours) and 0 < sum(G.qinsight_format_rewards(texts).tolist()) < len(texts)
+
+
+def test_batch_rewards_sum_the_parts_as_their_trainers_do():
+    texts = ["<think>a</think><answer>4</answer>", "<think>a</think><answer>2</answer>", "no score", "<answer>3</answer>"]
+    total, parts, unparsed = G.batch_rewards("vqr1", texts, [4.0, 2.0], 2, np.random.default_rng(0))
+    assert unparsed == 1 and total.shape == (2, 2) and set(parts) == {"ranking", "format"}
+    assert torch.allclose(total.sum(), torch.tensor(sum(parts.values()) * 4))
+    q = ['<think>\nx\n</think>\n<answer>\n{"rating": 4.1}\n</answer>', "nothing"]
+    total, parts, unparsed = G.batch_rewards("qinsight", q, [4.0], 2, np.random.default_rng(0))
+    assert total.tolist() == [[2.0, 0.0]] and unparsed == 1
+    with pytest.raises(ValueError, match="unknown reward"):
+        G.batch_rewards("dpo", q, [4.0], 2, np.random.default_rng(0))
+
+
+def test_completion_mask_ends_at_the_first_stop():
+    ids = torch.tensor([[5, 6, 2, 7, 2], [5, 5, 5, 5, 5], [2, 0, 0, 0, 0]])
+    assert G.completion_mask(ids, [2]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert G.completion_mask(ids, [9, 6]).tolist()[0] == [1, 1, 0, 0, 0]
+
+
+# ----------------------------------------------------------------------------- rollout and log-probs on tiny models
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from PIL import Image
+    d = tmp_path_factory.mktemp("grpo_images")
+    recs = []
+    for i, (w, h) in enumerate([(40, 32), (64, 48), (32, 56)]):  # sizes differ: anyres / Qwen rows get padded
+        a = (np.random.default_rng(i).random((h, w, 3)) * 255).astype("uint8")
+        Image.fromarray(a).save(d / f"{i}.png")
+        recs.append({"id": str(i), "image": str(d / f"{i}.png")})
+    return recs
+
+
+@pytest.mark.parametrize("name", ["tiny:tags", "tiny:qwen2_5_vl", "tiny:llava_onevision", "tiny:mplug_owl2"])
+def test_completion_logps_equal_each_row_alone(name, images):
+    """The batched, left-padded forward of prompt + completion gives each sampled token the log-prob a plain
+    full-softmax forward of that row alone (no padding) gives."""
+    from iqa_vlm.model import backbone, load_model, lm_readout
+    torch.manual_seed(0)
+    model, processor = load_model(name)
+    model.eval()
+    q = "how would you rate the quality of this image ?"
+    enc, comp, mask, texts = G.rollout(model, processor, images, q, 2, 6)
+    assert comp.shape[0] == 6 and len(texts) == 6
+    logps = G.completion_logps(model, enc, comp, mask)
+    assert (logps[mask == 0] == 0).all()
+    for b in range(comp.shape[0]):
+        n = int(mask[b].sum())
+        one, _ = G.encode_prompts(processor, [G.prompt_record(images[b // 2], q)], padding_side="left")
+        inputs, p = G.completion_inputs(model, one, comp[b:b + 1, :n], mask[b:b + 1, :n])
+        with torch.no_grad():
+            h = backbone(model)(**inputs).last_hidden_state[0, p - 1:-1].double()
+            ref = torch.log_softmax(lm_readout(model)[1].double()(h), -1).gather(1, comp[b, :n, None])[:, 0]
+        torch.testing.assert_close(logps[b, :n].double(), ref, atol=2e-5, rtol=0)
+
+
+def test_completion_logps_gradient_equals_plain_log_softmax(images):
+    """The fused op's in-place backward gives the same parameter gradients as autograd through log_softmax."""
+    from iqa_vlm.model import backbone, load_model, lm_readout
+    torch.manual_seed(1)
+    model, processor = load_model("tiny:tags")
+    enc, comp, mask, _ = G.rollout(model, processor, images[:2], "rate it", 3, 5)
+    adv = torch.randn(comp.shape[0])
+    grads = []
+    for fused in (True, False):
+        model.zero_grad()
+        if fused:
+            logps = G.completion_logps(model, enc, comp, mask)
+        else:
+            inputs, p = G.completion_inputs(model, enc, comp, mask)
+            h = backbone(model)(**inputs).last_hidden_state[:, p - 1:-1]
+            logps = torch.log_softmax(lm_readout(model)[1](h), -1).gather(2, comp[..., None])[..., 0] * mask
+        loss, _ = G.grpo_loss(logps, logps.detach(), None, adv, mask, beta=0.0)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    scale = max(g.abs().max().item() for g in grads[1].values())  # fp32 sums in another order: against the largest
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n] / scale, grads[1][n] / scale, atol=1e-5, rtol=0)
+
+
+def test_reference_weights_is_the_starting_model(images):
+    """Under --lora the reference is the model with its adapters off and the fully trained tensors at their start."""
+    from iqa_vlm.model import load_model, set_trainable
+    model, processor = load_model("tiny:tags")
+    set_trainable(model, "projector,llm", verbose=False, lora=4)
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n}
+    enc, comp, mask, _ = G.rollout(model, processor, images[:2], "rate it", 2, 5)
+    with torch.no_grad():
+        before = G.completion_logps(model, enc, comp, mask)
+        for p in model.parameters():  # a "trained" model: adapters and projector moved
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+        moved = G.completion_logps(model, enc, comp, mask)
+        with G.reference_weights(model, start):
+            ref = G.completion_logps(model, enc, comp, mask)
+        after = G.completion_logps(model, enc, comp, mask)
+    assert (moved - before).abs().max() > 1e-3
+    torch.testing.assert_close(ref, before, atol=1e-6, rtol=0)
+    torch.testing.assert_close(after, moved, atol=0, rtol=0)
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".lora_" in n)
+
+
+# ----------------------------------------------------------------------------- train_grpo.py and evaluate.py
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sh(*args, ok=True):
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert (r.returncode == 0) == ok, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def grpo_data(tmp_path_factory):
+    """A prepared score folder of 24 images from two sources, MOS rising with brightness."""
+    from PIL import Image
+    from iqa_vlm.studies.scoring import score_record
+    d = tmp_path_factory.mktemp("grpo_data")
+    os.makedirs(d / "images")
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(24):
+        Image.fromarray((rng.random((32, 32, 3)) * 40 + i * 8).astype("uint8")).save(d / "images" / f"{i}.png")
+        recs.append(score_record(f"s{i % 2}/{i}", f"images/{i}.png", "fair", f"s{i % 2}", str(i), mos=1 + i / 6,
+                                 mos_norm=i / 23))
+    for split in ("train", "test"):
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (d / "meta.json").write_text("{}")
+    return d
+
+
+def test_format_then_grpo_resume_and_sampled_score(grpo_data, tmp_path):
+    fmt, run, split = tmp_path / "fmt", tmp_path / "r1", tmp_path / "r1_split"
+    sh("train_grpo.py", "config/grpo_demo_format.py", "--data", str(grpo_data), "--out", str(fmt), "--max_steps", "40",
+       "--batch_size", "8", "--log_every", "40")
+    common = ["config/grpo_demo.py", "--data", str(grpo_data), "--init", str(fmt), "--batch_size", "4",
+              "--num_generations", "3", "--eval_limit", "8", "--eval_k", "1", "--log_every", "1", "--lr", "1e-2"]
+    out = sh("train_grpo.py", *common, "--out", str(run), "--max_steps", "4")
+    log = [json.loads(line) for line in open(run / "log.jsonl")]
+    steps = [r for r in log if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(r["reward_format"] > 0.5 for r in steps), out
+    assert all(0 < r["reward_ranking"] < 1.42 for r in steps) and "held-out SRCC" in out
+    assert [r["step"] for r in log if "eval_srcc" in r] == [0, 4]
+    cfg = json.load(open(run / "config.json"))
+    assert cfg["finished"] and cfg["steps_done"] == 4 and cfg["model"] == "tiny:tags" and os.path.isfile(run / "grpo.png")
+    # 2 steps, then --resume to 4: the same tensors as the uninterrupted run (sampling's RNG streams are saved too)
+    sh("train_grpo.py", *common, "--out", str(split), "--max_steps", "2")
+    sh("train_grpo.py", *common, "--out", str(split), "--max_steps", "4", "--resume", "true")
+    from safetensors.torch import load_file
+    a, b = load_file(run / "trainable.safetensors"), load_file(split / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    # the run scored by sampled answers, with the share of answers without a score
+    out = sh("evaluate.py", "sampled-score", "--ckpt", str(run), "--k", "2", "--limit", "6", "--bootstrap", "0",
+             "--max_new_tokens", "16")
+    res = json.load(open(run / "eval" / "limit6" / "eval_sampled_score.json"))
+    assert res["k"] == 2 and res["answers"] == 12 and 0 <= res["answers_without_score"] <= 12 and res["reward"] == "vqr1"
+    assert set(res["per_source"]) == {"s0", "s1", "all"} and res["per_source"]["all"]["n"] == 6
+
+
+def test_lora_and_qinsight_run(grpo_data, tmp_path):
+    out = sh("train_grpo.py", "--model", "tiny:tags", "--data", str(grpo_data), "--out", str(tmp_path / "q"),
+             "--reward", "qinsight", "--trainable", "projector,llm", "--lora", "4", "--batch_size", "2",
+             "--num_generations", "2", "--max_steps", "2", "--max_completion_length", "8", "--eval_limit", "4",
+             "--grad_ckpt", "false", "--completion_chunk", "2")
+    cfg = json.load(open(tmp_path / "q" / "config.json"))
+    assert cfg["lora"] == 4 and cfg["reward"] == "qinsight" and "reward_score" in open(tmp_path / "q" / "log.jsonl").read()
+    assert "step     2" in out
+
+
+def test_arguments_are_checked_at_the_door(grpo_data, tmp_path):
+    out = sh("train_grpo.py", "--data", str(grpo_data), "--out", str(tmp_path / "x"), "--reward", "dpo", ok=False)
+    assert "--reward must be one of vqr1, qinsight" in out
+    out = sh("train_grpo.py", "--data", str(grpo_data), "--out", str(tmp_path / "x"), "--batch_size", "1", ok=False)
+    assert "ranks the images of a batch" in out
+
+
+@pytest.mark.parametrize("cfg", ["config/visualquality_r1_qwen25vl.py", "config/visualquality_r1_qwen3vl.py"])
+def test_recipe_dry_runs_fit_one_a6000(cfg):
+    preset = "qwen2.5-vl-7b" if "qwen25" in cfg else "qwen3-vl-8b"
+    out = sh("train_grpo.py", cfg, "--model", preset, "--dry_run", "true")
+    assert "fits a 48 GiB GPU: yes" in out and "8 images x 6 answers" in out and "reference" in out

@@ -13,7 +13,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRY_SCRIPTS = {"prepare_data", "train", "evaluate", "analyze"}
+ENTRY_SCRIPTS = {"prepare_data", "train", "train_grpo", "evaluate", "analyze"}
 # folders whose scripts are run as `python FOLDER/script.py`, which puts FOLDER first on sys.path; tests/ is put
 # there by pytest
 SCRIPT_FOLDERS = ["dev", "sweeps", "tests"]
