@@ -12,8 +12,8 @@ left in the epoch, as their sampler does), samples --num_generations answers per
 Thurstone-fidelity ranking reward among the batch's images + the format reward; qinsight: |score - MOS| < 0.35 + the
 format reward), normalises the rewards within each image's group, and takes one clipped-ratio step with the k3 KL to a
 frozen reference (the starting model: --init's tensors included; under --lora the base with its adapters off).
-Freeze flags, --lora, DDP / --fsdp (torchrun), checkpoints, SIGTERM saves and --resume work as in train.py, and the
-run folder is train.py's (trainable.safetensors, config.json, log.jsonl, resume.pt), so evaluate.py reads it.
+Freeze flags, --lora, checkpoints, SIGTERM saves and --resume work as in train.py (DDP / --fsdp under torchrun: built,
+not yet run on two processes), and the run folder is train.py's (trainable.safetensors, config.json, log.jsonl, resume.pt), so evaluate.py reads it.
 
 --objective format is a supervised warm start on the answer format alone: each image's target is
 `<think> ... </think> <answer> k </answer>` with k drawn at random, so the model learns to write the tags but nothing

@@ -174,10 +174,11 @@ def test_prepare_distortion_on_real_pyiqa_metadata(tmp_path, which):
     assert not (tmp_path / "o2" / "meta.json").exists()
 
 
-def train_defaults():
-    """train.py's config block (every top-level constant assigned before apply_overrides), read without running it."""
+def train_defaults(script="train.py"):
+    """train.py's (or train_grpo.py's) config block (every top-level constant assigned before apply_overrides), read
+    without running it."""
     import ast
-    tree = ast.parse(open(os.path.join(ROOT, "train.py")).read())
+    tree = ast.parse(open(os.path.join(ROOT, script)).read())
     defaults = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and len(node.targets) == 1:
@@ -192,15 +193,26 @@ def test_defaults_are_for_a_real_fine_tune():
     assert d["lr"] <= 1e-4 and d["augment"] == "none" and d["label_smoothing"] == 0.0 and d["grad_ckpt"] is True
 
 
-@pytest.mark.parametrize("recipe", sorted(f for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py")))
+def recipe_script(recipe):
+    """train_grpo.py for a config that sets one of its own keys, else train.py."""
+    keys = {}
+    exec(open(os.path.join(ROOT, "config", recipe)).read(), {}, keys)
+    return "train_grpo.py" if {"reward", "objective"} & set(keys) else "train.py"
+
+
+RECIPES = sorted(f for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py"))
+TRAIN_RECIPES = [f for f in RECIPES if recipe_script(f) == "train.py"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_sets_only_known_keys(recipe):
     from iqa_vlm.common import apply_overrides
-    resolved = apply_overrides(train_defaults(), [os.path.join(ROOT, "config", recipe)])
+    resolved = apply_overrides(train_defaults(recipe_script(recipe)), [os.path.join(ROOT, "config", recipe)])
     keys = {}
     exec(open(os.path.join(ROOT, "config", recipe)).read(), {}, keys)
     assert keys and all(resolved[k] == v for k, v in keys.items()), recipe
-    if recipe != "demo.py":  # the paper recipes: a real checkpoint, a peak lr a 7B survives
-        assert resolved["model"] != "tiny" and resolved["lr"] <= 2e-4
+    if not recipe.startswith(("demo", "grpo_demo")):  # the paper recipes: a real checkpoint, a peak lr a 7B survives
+        assert not resolved["model"].startswith("tiny") and resolved["lr"] <= 2e-4
 
 
 def run_train(*args):
@@ -447,7 +459,7 @@ def test_each_recipe_has_its_sources_adamw(recipe):
 
 
 def test_recipes_config_files_cover_every_file():
-    assert set(ADAMW_OF) == {f for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py")}
+    assert set(ADAMW_OF) == set(TRAIN_RECIPES)  # train_grpo.py's recipes use transformers' AdamW defaults, fixed there
 
 
 def test_q_align_and_deqa_recipes_match_their_released_scripts():
