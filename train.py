@@ -344,7 +344,8 @@ elif ddp:
     net = DistributedDataParallel(net, device_ids=[local_rank] if on_gpu else None, find_unused_parameters=True)
 
 lr_of = {label: (lr_encoder if label == "encoder" and lr_encoder > 0 else lr) for label in parts}
-groups = [{"params": [p for p in params.values()], "lr": lr_of[label], "peak_lr": lr_of[label], "name": label}
+named = dict(vlm.named_parameters())  # by name: FSDP2 replaces each parameter it shards with a new one
+groups = [{"params": [named[n] for n in params], "lr": lr_of[label], "peak_lr": lr_of[label], "name": label}
           for label, params in parts.items() if params]
 optimizer = torch.optim.AdamW(groups, betas=(adam_beta1, adam_beta2), eps=adam_epsilon, weight_decay=weight_decay)
 

@@ -12,8 +12,8 @@ left in the epoch, as their sampler does), samples --num_generations answers per
 Thurstone-fidelity ranking reward among the batch's images + the format reward; qinsight: |score - MOS| < 0.35 + the
 format reward), normalises the rewards within each image's group, and takes one clipped-ratio step with the k3 KL to a
 frozen reference (the starting model: --init's tensors included; under --lora the base with its adapters off).
-Freeze flags, --lora, checkpoints, SIGTERM saves and --resume work as in train.py (DDP / --fsdp under torchrun: built,
-not yet run on two processes), and the run folder is train.py's (trainable.safetensors, config.json, log.jsonl, resume.pt), so evaluate.py reads it.
+Freeze flags, --lora, DDP / --fsdp (torchrun), checkpoints, SIGTERM saves and --resume work as in train.py, and the
+run folder is train.py's (trainable.safetensors, config.json, log.jsonl, resume.pt), so evaluate.py reads it.
 
 --objective format is a supervised warm start on the answer format alone: each image's target is
 `<think> ... </think> <answer> k </answer>` with k drawn at random, so the model learns to write the tags but nothing
@@ -82,7 +82,7 @@ dtype = "auto"                 # auto = bf16 autocast on GPU, fp32 on CPU; or fl
 weights_dtype = "auto"         # frozen weights: bf16 on GPU, fp32 on CPU
 grad_ckpt = True
 fsdp = False
-log_every = 1
+log_every = 1                  # a log line every N steps: the mean of their statistics
 ckpt_every = 0
 ckpt_minutes = 30.0
 resume = False
@@ -284,7 +284,8 @@ elif ddp:
     from torch.nn.parallel import DistributedDataParallel
     net = DistributedDataParallel(net, device_ids=[local_rank] if on_gpu else None, find_unused_parameters=True)
 
-groups = [{"params": list(params.values()), "lr": lr, "name": label} for label, params in parts.items() if params]
+named = dict(vlm.named_parameters())  # by name: FSDP2 replaces each parameter it shards with a new one
+groups = [{"params": [named[n] for n in params], "lr": lr, "name": label} for label, params in parts.items() if params]
 optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
 
 
@@ -476,6 +477,12 @@ signal.signal(signal.SIGINT, lambda s, f: signalled.append(s))
 print0(f"{len(train_records)} training records from {data}: {steps_per_epoch} steps per epoch of {world_size} x "
        f"{batch_size} images x {grad_accum} accum" + (f", {num_generations} answers each, reward {reward}"
                                                        if objective == "grpo" else ", format warm start"))
+if ddp and fsdp:  # FSDP2 initialises its sharded layers from the root's first forward: one before any generation
+    with torch.no_grad(), autocast():
+        first, _ = grpo.encode_prompts(processor, [grpo.prompt_record(train_records[0], recipe["question"], recipe["system"])],
+                                       padding_side="left")
+        net(grpo.to_device(first, vlm, device), torch.full((1, 1), processor.tokenizer.pad_token_id, device=device),
+            torch.ones(1, 1, dtype=torch.long, device=device))
 evaluated_at = -1
 if not held_out:
     print0(f"{data} has no val or test records: no held-out evaluation (evaluate.py sampled-score does it after)")
@@ -483,6 +490,7 @@ if step == 0 and objective == "grpo":
     record_eval("step     0")
 t_start, last_save, elapsed_min = time.time(), time.time(), elapsed_before
 batches = epoch_batches(epoch)
+since_log = {}
 while True:
     elapsed_min = elapsed_before + (time.time() - t_start) / 60
     stop = step >= total_steps
@@ -524,12 +532,18 @@ while True:
         t = torch.tensor([stats[k] for k in keys], device=device, dtype=torch.float64)
         torch.distributed.all_reduce(t)
         stats = dict(zip(keys, (t / world_size).tolist()))
+    for k, v in stats.items():  # each log line: the mean over the steps since the last one
+        since_log[k] = since_log.get(k, 0.0) + v
+    since_log["steps"] = since_log.get("steps", 0) + 1
     if step % log_every == 0 or step == 1:
-        rec = {"step": step, "epoch": epoch, **{k: round(v, 5) for k, v in stats.items()}, "lr": optimizer.param_groups[0]["lr"],
-               "grad_norm": round(float(grad_norm), 4), "minutes": round(elapsed_min, 2)}
+        n = since_log.pop("steps")
+        mean = {k: v / n for k, v in since_log.items()}
+        rec = {"step": step, "epoch": epoch, "steps_averaged": n, **{k: round(v, 5) for k, v in mean.items()},
+               "lr": optimizer.param_groups[0]["lr"], "grad_norm": round(float(grad_norm), 4), "minutes": round(elapsed_min, 2)}
         log.append(rec)
-        print0(f"step {step:5d} | " + " | ".join(f"{k} {v:.4f}" for k, v in stats.items()) + f" | lr {rec['lr']:.2e} | "
+        print0(f"step {step:5d} | " + " | ".join(f"{k} {v:.4f}" for k, v in mean.items()) + f" | lr {rec['lr']:.2e} | "
                f"{elapsed_min:.1f} min")
+        since_log = {}
     if objective == "grpo" and eval_every and step % eval_every == 0 and step < total_steps:
         record_eval(f"step {step:5d}")
 if objective == "grpo" and evaluated_at != step:

@@ -10,9 +10,9 @@
 #   IQA_META_DIR=DIR bash dev/demo_results.sh                        # level_precision needs IQA-PyTorch's meta_info_*.csv
 #
 # Every step prints "## $ COMMAND" before it and "## N s" after it, so the log shows what made each number and how long
-# it took. Sections: demo features ablation two_stage scoring prompting score_losses level_precision seeds memory.
+# it took. Sections: demo features ablation two_stage scoring prompting score_losses level_precision seeds grpo memory.
 set -euo pipefail
-SECTIONS=${SECTIONS:-"demo features ablation two_stage scoring prompting score_losses level_precision seeds memory"}
+SECTIONS=${SECTIONS:-"demo features ablation two_stage scoring prompting score_losses level_precision seeds grpo memory"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 step() { echo "## $ $*"; local t0=$SECONDS; "$@"; echo "## $((SECONDS - t0)) s"; }
 echo "## commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%F), $(nproc) cores:" \
@@ -66,7 +66,7 @@ if want two_stage; then
             --limit 0 --out out/pw_lens/$mode
     done
 fi
-if want scoring || want prompting || want score_losses; then
+if want scoring || want prompting || want score_losses || want grpo; then
     [ -f data/demo_score/meta.json ] || step python prepare_data.py --task score --demo data/demo --out data/demo_score
 fi
 if want scoring || want prompting; then
@@ -96,6 +96,11 @@ if want seeds; then  # the demo's spread over training seeds (1337, the default,
         step python train.py config/demo.py --out out/demo_s$s --seed $s
         step python evaluate.py distortion --ckpt out/demo_s$s --tta true
     done
+fi
+if want grpo; then  # docs/grpo.md, "The tiny demo": perception, format, then GRPO with VisualQuality-R1's rewards
+    step python train.py config/demo.py --model tiny:tags --out out/r1_perception
+    step python train_grpo.py config/grpo_demo_format.py --init out/r1_perception --out out/r1_format
+    step python train_grpo.py config/grpo_demo.py --init out/r1_format --out out/r1
 fi
 if want memory; then  # train.py --dry_run true: the model on the meta device, no weights, no download
     dry() { echo "## $ python train.py $* --dry_run true"; HF_HUB_OFFLINE=1 python train.py "$@" --dry_run true |
@@ -129,5 +134,10 @@ if want memory; then  # train.py --dry_run true: the model on the meta device, n
     dry --model qwen2.5-vl-7b --trainable encoder,projector --batch_size 4 --grad_ckpt false
     dry --model qwen2.5-vl-7b --trainable encoder,projector,llm:20-27 --batch_size 4 --grad_ckpt true
     for g in true false; do dry --model llava-onevision-7b --trainable encoder,projector,llm,head --batch_size 4 --grad_ckpt $g; done
+    step python train_grpo.py config/visualquality_r1_qwen25vl.py --dry_run true --model qwen2.5-vl-7b
+    step python train_grpo.py config/visualquality_r1_qwen25vl.py --dry_run true --model qwen2.5-vl-7b --lora 0 \
+        --trainable encoder,projector,llm,head --completion_chunk 0    # their full tuning, for comparison
+    step python train_grpo.py config/visualquality_r1_qwen3vl.py --dry_run true --model qwen3-vl-8b
+    step python train_grpo.py config/qinsight_qwen25vl.py --dry_run true --model qwen2.5-vl-7b
 fi
 echo "## done"

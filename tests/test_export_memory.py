@@ -97,3 +97,5 @@ def test_fsdp_two_cpu_processes(score_data, tmp_path):
     from iqa_vlm.model import load_model
     full = dict(load_model("tiny")[0].named_parameters())
     assert all(tuple(v.shape) == tuple(full[k].shape) for k, v in tensors.items())  # gathered, not shards
+    # and trained: the optimizer holds the sharded parameters FSDP2 put in place of the originals
+    assert all((v - full[k].detach()).abs().max() > 0 for k, v in tensors.items())

@@ -408,3 +408,25 @@ def test_recipe_dry_runs_fit_one_a6000(cfg):
     preset = "qwen2.5-vl-7b" if "qwen25" in cfg else "qwen3-vl-8b"
     out = sh("train_grpo.py", cfg, "--model", preset, "--dry_run", "true")
     assert "fits a 48 GiB GPU: yes" in out and "8 images x 6 answers" in out and "reference" in out
+
+
+@pytest.mark.slow
+def test_ddp_and_fsdp_two_cpu_processes_train_alike(grpo_data, tmp_path):
+    """torchrun with 2 processes: DDP and FSDP2 (whose root is gathered for generation) take the same steps."""
+    from safetensors.torch import load_file
+    from iqa_vlm.model import load_model
+    logs, tensors = {}, {}
+    for fsdp in ("false", "true"):
+        out = tmp_path / f"fsdp_{fsdp}"
+        sh("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_grpo.py", "--model", "tiny:tags",
+           "--data", str(grpo_data), "--out", str(out), "--batch_size", "2", "--num_generations", "2", "--max_steps", "2",
+           "--eval_limit", "4", "--max_completion_length", "6", "--grad_ckpt", "false", "--lr", "1e-3", "--fsdp", fsdp)
+        logs[fsdp] = [r for r in map(json.loads, open(out / "log.jsonl")) if "reward" in r]
+        tensors[fsdp] = load_file(out / "trainable.safetensors")
+    assert [r["step"] for r in logs["true"]] == [1, 2] and logs["true"][1]["kl"] > 0  # the second step's policy moved
+    for a, b in zip(logs["false"], logs["true"]):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-5) and a["kl"] == pytest.approx(b["kl"], rel=1e-3, abs=1e-6)
+    full = dict(load_model("tiny:tags")[0].named_parameters())
+    assert all(tuple(v.shape) == tuple(full[k].shape) for k, v in tensors["true"].items())  # gathered, not shards
+    for k in tensors["false"]:
+        torch.testing.assert_close(tensors["true"][k], tensors["false"][k], atol=1e-5, rtol=1e-4)
