@@ -26,8 +26,6 @@ Writes OUT/trainable.safetensors (only the trainable tensors, and --init's), OUT
 OUT/resume.pt (optimizer + data position for --resume true), each atomically. Rank 0 alone prints and saves.
 """
 import gc
-import io
-import json
 import math
 import os
 import random
@@ -37,14 +35,14 @@ import time
 
 import torch
 
-from iqa_vlm.common import CHECKPOINT_PREFIX, apply_overrides, folder_lock, read_json, setup_distributed, write_checkpoint
+from iqa_vlm.common import apply_overrides, folder_lock, read_json, setup_distributed
 from iqa_vlm.data import LABELS, LEVELS, as_trained, closed_set_token_ids, load_records, read_closed_set
 from iqa_vlm.studies.deqa import deqa_batch_loss
 from iqa_vlm.loader import AUGMENTS, EpochBatches, batch_loader, pair_pools
 from iqa_vlm.level_ce import backend, level_cross_entropy
 from iqa_vlm.model import (SupervisedLogits, enable_checkpointing, export_checkpoint, export_problem, load_model, load_trained_tensors,
                    parse_trainable, set_trainable)
-from iqa_vlm.run_folder import absolute_dirs, claim_run, data_fingerprint, read_resume
+from iqa_vlm.run_folder import absolute_dirs, claim_run, data_fingerprint, read_resume, save_run
 from iqa_vlm.studies.data_mix import Mixer, parse_mix
 from iqa_vlm.studies.scoring import EVALUATOR_INSTRUCTION
 
@@ -430,36 +428,14 @@ saved_step = step  # a resumed run's checkpoint is already on disk
 
 def save(final=False):
     global saved_step
-    from safetensors.torch import save
-    # under FSDP each rank holds a shard: full_tensor() gathers it, a collective every rank must join
     # with --init, the init's tensors are saved too: the folder is then the whole model (base + every stage)
-    tensors = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().contiguous().cpu()
-               for n, p in vlm.named_parameters() if p.requires_grad or n in init_names}
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state() if on_gpu else None}
-    rngs = [None] * world_size
-    if ddp:  # every rank's own draws, so each continues its own stream
-        torch.distributed.all_gather_object(rngs, rng)
-    else:
-        rngs = [rng]
-    if not master:
-        return
-    buf = io.BytesIO()
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "elapsed_min": elapsed_min, "log": log, "rng": dict(enumerate(rngs))}, buf)
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "cuda": torch.cuda.get_rng_state() if on_gpu else None}
     run_config = {**config, "base_model": model, "parts": list(parts), "labels": LABELS, "world_size": world_size,
                   "init_trainable": init_cfg.get("trainable"), "init_tensors": len(init_names),
-                  "data_fingerprint": data_fingerprint_now,
-                  "steps_done": step, "finished": final,
+                  "data_fingerprint": data_fingerprint_now, "steps_done": step, "finished": final,
                   "trainable_params": sum(p.numel() for p in vlm.parameters() if p.requires_grad)}
-    try:
-        write_checkpoint(out, {"trainable.safetensors": save(tensors), "resume.pt": buf.getvalue(),
-                               "log.jsonl": "".join(json.dumps(r) + "\n" for r in log).encode(),
-                               "config.json": (json.dumps(run_config, indent=2) + "\n").encode()},
-                         f"{CHECKPOINT_PREFIX}{step:08d}-{time.time_ns()}")
-    except OSError as e:  # a full or failing disk: the half-written folder is gone, the last checkpoint stays current
-        raise SystemExit(f"train.py: saving step {step} to {out} failed ({e.strerror}); its last checkpoint (step "
-                         f"{saved_step}) stays current: free space, then continue with --resume true") from None
+    save_run(out, vlm, init_names, optimizer, {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+             "elapsed_min": elapsed_min}, log, run_config, rng, ddp, world_size, master, "train.py", saved_step)
     saved_step = step
 
 

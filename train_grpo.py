@@ -25,8 +25,6 @@ reward and held-out SRCC against step). Rank 0 alone prints and saves.
 """
 import contextlib
 import copy
-import io
-import json
 import math
 import os
 import random
@@ -37,11 +35,11 @@ import time
 import numpy as np
 import torch
 
-from iqa_vlm.common import CHECKPOINT_PREFIX, apply_overrides, folder_lock, read_json, setup_distributed, write_checkpoint
+from iqa_vlm.common import apply_overrides, folder_lock, read_json, setup_distributed
 from iqa_vlm.data import load_records
 from iqa_vlm.metrics import plcc, srcc
 from iqa_vlm.model import LORA_PARAM, enable_checkpointing, load_model, load_trained_tensors, parse_trainable, set_trainable
-from iqa_vlm.run_folder import absolute_dirs, claim_run, data_fingerprint, read_resume
+from iqa_vlm.run_folder import absolute_dirs, claim_run, data_fingerprint, read_resume, save_run
 from iqa_vlm.studies import grpo
 
 # ----------------------------------------------------------------------------- config (defaults: VisualQuality-R1's)
@@ -403,33 +401,14 @@ saved_step = step
 
 def save(final=False):
     global saved_step
-    from safetensors.torch import save as st_save
-    tensors = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().contiguous().cpu()
-               for n, p in vlm.named_parameters() if p.requires_grad or n in init_names}
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": parse_rng.bit_generator.state,
            "cuda": torch.cuda.get_rng_state() if on_gpu else None}
-    rngs = [None] * world_size
-    if ddp:
-        torch.distributed.all_gather_object(rngs, rng)
-    else:
-        rngs = [rng]
-    if not master:
-        return
-    buf = io.BytesIO()
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "elapsed_min": elapsed_min, "log": log, "rng": dict(enumerate(rngs))}, buf)
     run_config = {**config, "base_model": model, "parts": list(parts), "world_size": world_size, "task": "grpo",
                   "init_trainable": init_cfg.get("trainable"), "init_tensors": len(init_names),
                   "data_fingerprint": data_fingerprint_now, "steps_done": step, "finished": final,
                   "trainable_params": sum(p.numel() for p in vlm.parameters() if p.requires_grad)}
-    try:
-        write_checkpoint(out, {"trainable.safetensors": st_save(tensors), "resume.pt": buf.getvalue(),
-                               "log.jsonl": "".join(json.dumps(r) + "\n" for r in log).encode(),
-                               "config.json": (json.dumps(run_config, indent=2) + "\n").encode()},
-                         f"{CHECKPOINT_PREFIX}{step:08d}-{time.time_ns()}")
-    except OSError as e:
-        raise SystemExit(f"train_grpo.py: saving step {step} to {out} failed ({e.strerror}); its last checkpoint (step "
-                         f"{saved_step}) stays current: free space, then continue with --resume true") from None
+    save_run(out, vlm, init_names, optimizer, {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+             "elapsed_min": elapsed_min}, log, run_config, rng, ddp, world_size, master, "train_grpo.py", saved_step)
     saved_step = step
 
 

@@ -167,3 +167,40 @@ def read_resume(out, config, world_size, allow_changed_data, say=print, defaults
     if lacking:
         raise SystemExit(f"train.py: --resume: {path} lacks {', '.join(lacking)} (not a resume.pt train.py wrote)")
     return state
+
+
+def save_run(out, model, keep, optimizer, progress, log, run_config, rng, ddp, world_size, master, who, saved_step):
+    """One checkpoint of a training run (train.py, train_grpo.py), swapped into OUT whole (common.write_checkpoint):
+    trainable.safetensors (the tensors that train, and those named in `keep`: --init's), resume.pt (the optimizer,
+    `progress` (step, epoch, ...), the log and every rank's random state `rng`), log.jsonl and config.json. Every rank
+    calls it (FSDP's full_tensor and the gather of the random states are collectives); rank 0 writes. A disk that fails
+    leaves the last checkpoint current and stops the run with what to do."""
+    import io
+    import json
+    import time
+
+    import torch
+    from safetensors.torch import save
+
+    from iqa_vlm.common import CHECKPOINT_PREFIX, write_checkpoint
+    # under FSDP each rank holds a shard: full_tensor() gathers it
+    tensors = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().contiguous().cpu()
+               for n, p in model.named_parameters() if p.requires_grad or n in keep}
+    rngs = [None] * world_size
+    if ddp:  # every rank's own draws, so each continues its own stream
+        torch.distributed.all_gather_object(rngs, rng)
+    else:
+        rngs = [rng]
+    if not master:
+        return
+    buf = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), **progress, "log": log, "rng": dict(enumerate(rngs))}, buf)
+    step = progress["step"]
+    try:
+        write_checkpoint(out, {"trainable.safetensors": save(tensors), "resume.pt": buf.getvalue(),
+                               "log.jsonl": "".join(json.dumps(r) + "\n" for r in log).encode(),
+                               "config.json": (json.dumps(run_config, indent=2) + "\n").encode()},
+                         f"{CHECKPOINT_PREFIX}{step:08d}-{time.time_ns()}")
+    except OSError as e:  # a full or failing disk: the half-written folder is gone, the last checkpoint stays current
+        raise SystemExit(f"{who}: saving step {step} to {out} failed ({e.strerror}); its last checkpoint (step "
+                         f"{saved_step}) stays current: free space, then continue with --resume true") from None
