@@ -330,6 +330,9 @@ print0(f"{len(train_records)} training records from {data}; {world_size} process
 net = SupervisedLogits(vlm)
 if ddp and fsdp:  # FSDP2: each layer's parameters sharded across ranks, gathered for its forward/backward
     from torch.distributed.fsdp import fully_shard
+    for p in vlm.parameters():  # rank 0's values everywhere, as DDP does (peft draws LoRA's A on each rank)
+        if p.requires_grad:
+            torch.distributed.broadcast(p.data, 0)
     for mod in vlm.modules():
         if isinstance(mod, torch.nn.ModuleList):  # decoder layers and vision blocks
             for layer in mod:

@@ -1,7 +1,7 @@
 """Reinforcement learning with GRPO on prepared score data: VisualQuality-R1's reinforcement learning to rank, or
 Q-Insight's score reward (iqa_vlm/studies/grpo.py holds the prompts, rewards and objective).
 
-    python train_grpo.py config/grpo_demo_format.py --out out/r1_format             # the tiny demo: the answer format
+    python train_grpo.py config/grpo_demo_format.py --init out/r1_perception --out out/r1_format   # the tiny demo (docs/grpo.md)
     python train_grpo.py config/grpo_demo.py --init out/r1_format --out out/r1      # then GRPO with the ranking reward
     torchrun --standalone --nproc_per_node=8 train_grpo.py config/visualquality_r1_qwen25vl.py --model /ckpt/Qwen2.5-VL-7B-Instruct
     python train_grpo.py config/visualquality_r1_qwen25vl.py --dry_run true        # memory on one 48 GB GPU
@@ -237,19 +237,18 @@ if init:
 # the reference is the starting point: the model now (base + --init), before any step of this run (a resumed run rebuilds
 # it the same way before loading its own tensors). Without --lora, a frozen copy; under --lora the model itself with its
 # adapters off and the parts trained fully (e.g. the encoder) swapped back to their starting values for that forward
+# (under --fsdp, whose shards cannot be swapped so, a frozen copy of the whole unsharded model on every rank)
 ref_model, ref_tensors = None, {}
-if objective == "grpo" and beta > 0 and not lora:
-    ref_model = copy.deepcopy(vlm).requires_grad_(False).eval().to(frozen_dtype)
-elif objective == "grpo" and beta > 0:
-    ref_tensors = {n: p.detach().clone() for n, p in vlm.named_parameters() if p.requires_grad and not LORA_PARAM.search(n)}
+if objective == "grpo" and beta > 0 and (not lora or (ddp and fsdp)):  # under FSDP a LoRA run keeps a copy too: its
+    ref_model = copy.deepcopy(vlm).requires_grad_(False).eval().to(frozen_dtype)  # adapters start at zero (peft's B)
 if grad_ckpt:
     enable_checkpointing(vlm)
 
 
 def reference_logps(enc, comp, mask):
     with torch.no_grad(), autocast():
-        if lora:
-            with gathered(), grpo.reference_weights(vlm, ref_tensors):
+        if ref_model is None:
+            with grpo.reference_weights(vlm, ref_tensors):
                 return grpo.completion_logps(vlm, enc, comp, mask)
         return grpo.completion_logps(ref_model, enc, comp, mask)
 
@@ -273,6 +272,9 @@ class CompletionLogps(torch.nn.Module):
 net = CompletionLogps(vlm)
 if ddp and fsdp:
     from torch.distributed.fsdp import fully_shard
+    for p in vlm.parameters():  # rank 0's values everywhere, as DDP does (peft draws LoRA's A on each rank)
+        if p.requires_grad:
+            torch.distributed.broadcast(p.data, 0)
     for mod in vlm.modules():
         if isinstance(mod, torch.nn.ModuleList):
             for layer in mod:
@@ -283,6 +285,8 @@ elif ddp:
     net = DistributedDataParallel(net, device_ids=[local_rank] if on_gpu else None, find_unused_parameters=True)
 
 named = dict(vlm.named_parameters())  # by name: FSDP2 replaces each parameter it shards with a new one
+if objective == "grpo" and beta > 0 and lora and ref_model is None:  # the starting values of the parts trained fully
+    ref_tensors = {n: p.detach().clone() for n, p in named.items() if p.requires_grad and not LORA_PARAM.search(n)}
 groups = [{"params": [named[n] for n in params], "lr": lr, "name": label} for label, params in parts.items() if params]
 optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
 
@@ -333,24 +337,22 @@ def micro_step(records):
     vlm.eval()
     with gathered(), autocast():
         enc, comp, mask, texts = grpo.rollout(vlm, processor, records, recipe["question"], num_generations,
-                                              max_completion_length, temperature, top_k, top_p, device, recipe["system"])
+                                              max_completion_length, temperature, top_k, top_p, device, recipe["system"],
+                                              synced_gpus=ddp and fsdp)
     vlm.train()
     rewards, parts_mean, unparsed = grpo.batch_rewards(reward, texts, [mos15[id(r)] for r in records], num_generations,
                                                        parse_rng, qinsight_threshold)
     adv = grpo.group_advantages(rewards).flatten().to(device)
-    ref = reference_logps(enc, comp, mask) if beta > 0 else None
     rows = comp.shape[0]
     chunk = completion_chunk or rows
     loss_sum, stats = 0.0, {}
     for a in range(0, rows, chunk):  # the loss is a mean over completions: chunks add up to the same gradient
-        sl = slice(a, a + chunk)
-        part_enc = {k: (v[sl] if torch.is_tensor(v) and v.shape[0] == rows else v) for k, v in enc.items()}
-        require(all(not torch.is_tensor(v) or v.shape[0] == rows for v in enc.values()) or chunk == rows,
-                "--completion_chunk needs a family whose processor gives one pixel row per image; use 0")
+        sl = slice(a, min(a + chunk, rows))
+        part_enc = grpo.row_slice(enc, rows, sl)
+        ref = reference_logps(part_enc, comp[sl], mask[sl]) if beta > 0 else None
         with autocast():
             logps = net(part_enc, comp[sl], mask[sl])
-        loss, st = grpo.grpo_loss(logps, logps.detach(), None if ref is None else ref[sl], adv[sl], mask[sl], beta, epsilon,
-                                  epsilon_high or None)
+        loss, st = grpo.grpo_loss(logps, logps.detach(), ref, adv[sl], mask[sl], beta, epsilon, epsilon_high or None)
         share = comp[sl].shape[0] / rows
         (loss * share / grad_accum).backward()
         loss_sum += loss.item() * share
@@ -362,9 +364,9 @@ def micro_step(records):
 
 
 def held_out_eval():
-    """SRCC / PLCC of the mean of eval_k sampled answers on the held-out images (rank 0; the others wait, or under FSDP
-    join its gathers)."""
-    if (not master and not fsdp) or not held_out:
+    """SRCC / PLCC of the mean of eval_k sampled answers on the held-out images. Every rank scores them all, with the
+    same draws (no rank waits alone past a collective's timeout; FSDP needs all of them); rank 0 records."""
+    if not held_out:
         return None
     vlm.eval()
     # its own random stream: the same draws at every evaluation, and the training's stream untouched (a resumed run,
@@ -373,7 +375,7 @@ def held_out_eval():
         torch.manual_seed(seed)
         scores, unparsed, first = grpo.sampled_scores(vlm, processor, held_out, reward, eval_k, batch_size, device,
                                                       np.random.default_rng(seed), temperature, top_k, top_p,
-                                                      max_completion_length)
+                                                      max_completion_length, synced_gpus=ddp and fsdp)
     vlm.train()
     target = [r["mos_norm"] for r in held_out]
     return {"eval_srcc": srcc(scores, target), "eval_plcc": plcc(scores, target),

@@ -277,6 +277,22 @@ def test_completion_logps_equal_each_row_alone(name, images):
         torch.testing.assert_close(logps[b, :n].double(), ref, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["tiny:qwen2_5_vl", "tiny:llava_onevision"])
+def test_a_chunk_of_rows_gives_those_rows_log_probs(name, images):
+    """--completion_chunk: rows a..b of a rollout (Qwen's flattened pixel rows cut by image_grid_thw) give the full
+    batch's log-probs of those rows."""
+    from iqa_vlm.model import load_model
+    torch.manual_seed(0)
+    model, processor = load_model(name)
+    model.eval()
+    enc, comp, mask, _ = G.rollout(model, processor, images, "rate it", 2, 5)
+    with torch.no_grad():
+        full = G.completion_logps(model, enc, comp, mask)
+        for sl in (slice(0, 2), slice(2, 5), slice(5, 6)):
+            part = G.completion_logps(model, G.row_slice(enc, 6, sl), comp[sl], mask[sl])
+            torch.testing.assert_close(part, full[sl], atol=2e-5, rtol=0)
+
+
 def test_completion_logps_gradient_equals_plain_log_softmax(images):
     """The fused op's in-place backward gives the same parameter gradients as autograd through log_softmax."""
     from iqa_vlm.model import backbone, load_model, lm_readout
@@ -411,8 +427,11 @@ def test_recipe_dry_runs_fit_one_a6000(cfg):
 
 
 @pytest.mark.slow
-def test_ddp_and_fsdp_two_cpu_processes_train_alike(grpo_data, tmp_path):
-    """torchrun with 2 processes: DDP and FSDP2 (whose root is gathered for generation) take the same steps."""
+@pytest.mark.parametrize("extra", [[], ["--lora", "4", "--trainable", "projector,llm", "--completion_chunk", "2"]],
+                         ids=["full", "lora"])
+def test_ddp_and_fsdp_two_cpu_processes_train_alike(grpo_data, tmp_path, extra):
+    """torchrun with 2 processes: DDP and FSDP2 (whose root is gathered for generation) take the same steps; with
+    --lora too (FSDP keeps a copy as the reference, DDP switches the adapters off)."""
     from safetensors.torch import load_file
     from iqa_vlm.model import load_model
     logs, tensors = {}, {}
@@ -420,13 +439,15 @@ def test_ddp_and_fsdp_two_cpu_processes_train_alike(grpo_data, tmp_path):
         out = tmp_path / f"fsdp_{fsdp}"
         sh("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_grpo.py", "--model", "tiny:tags",
            "--data", str(grpo_data), "--out", str(out), "--batch_size", "2", "--num_generations", "2", "--max_steps", "2",
-           "--eval_limit", "4", "--max_completion_length", "6", "--grad_ckpt", "false", "--lr", "1e-3", "--fsdp", fsdp)
+           "--eval_limit", "4", "--max_completion_length", "6", "--grad_ckpt", "false", "--lr", "1e-3", "--fsdp", fsdp,
+           *extra)
         logs[fsdp] = [r for r in map(json.loads, open(out / "log.jsonl")) if "reward" in r]
         tensors[fsdp] = load_file(out / "trainable.safetensors")
     assert [r["step"] for r in logs["true"]] == [1, 2] and logs["true"][1]["kl"] > 0  # the second step's policy moved
     for a, b in zip(logs["false"], logs["true"]):
         assert a["reward"] == pytest.approx(b["reward"], abs=1e-5) and a["kl"] == pytest.approx(b["kl"], rel=1e-3, abs=1e-6)
-    full = dict(load_model("tiny:tags")[0].named_parameters())
-    assert all(tuple(v.shape) == tuple(full[k].shape) for k, v in tensors["true"].items())  # gathered, not shards
+    if not extra:
+        full = dict(load_model("tiny:tags")[0].named_parameters())
+        assert all(tuple(v.shape) == tuple(full[k].shape) for k, v in tensors["true"].items())  # gathered, not shards
     for k in tensors["false"]:
         torch.testing.assert_close(tensors["true"][k], tensors["false"][k], atol=1e-5, rtol=1e-4)

@@ -193,7 +193,7 @@ def stop_ids_of(model):
 
 @torch.no_grad()
 def rollout(model, processor, records, question, num_generations, max_new_tokens, temperature=1.0, top_k=50, top_p=1.0,
-            device="cpu", system=""):
+            device="cpu", system="", synced_gpus=False):
     """G sampled answers per record's image. Rows are record-major (record i: rows i*G .. i*G+G-1); each image is
     processed G times, so every family's pixel inputs line up with its rows. temperature None: the model's generation
     config's. -> (prompt batch [B*G, P] left-padded,
@@ -205,7 +205,7 @@ def rollout(model, processor, records, question, num_generations, max_new_tokens
     image_id = getattr(model.config, "image_token_id", getattr(model.config, "image_token_index", None))
     vocab = model.config.get_text_config().vocab_size
     sample = dict(do_sample=True, top_k=top_k, top_p=top_p, **({} if temperature is None else {"temperature": temperature}))
-    out = model.generate(**enc, **sample,
+    out = model.generate(**enc, **sample, synced_gpus=synced_gpus,  # FSDP: every rank steps until all have stopped
                          max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                          # an image placeholder in an answer would ask the next forward for pixels it does not have
                          suppress_tokens=[image_id] if image_id is not None and image_id < vocab else None)
@@ -213,6 +213,20 @@ def rollout(model, processor, records, question, num_generations, max_new_tokens
     mask = completion_mask(comp, stop_ids_of(model))
     texts = tok.batch_decode(torch.where(mask.bool(), comp, tok.pad_token_id), skip_special_tokens=True)
     return enc, comp, mask, texts
+
+
+def row_slice(enc, rows, sl):
+    """The batch's rows `sl` (a slice) of a processor output of `rows` rows: per-row tensors sliced, and Qwen's
+    flattened pixel_values cut at the patch counts of image_grid_thw."""
+    out = {}
+    for k, v in enc.items():
+        if k == "pixel_values" and "image_grid_thw" in enc and v.shape[0] != rows:
+            ends = enc["image_grid_thw"].prod(-1).cumsum(0).tolist()
+            starts = [0] + ends[:-1]
+            out[k] = v[starts[sl][0]:ends[sl][-1]] if starts[sl] else v[:0]
+        else:
+            out[k] = v[sl] if torch.is_tensor(v) and v.dim() and v.shape[0] == rows else v
+    return out
 
 
 def completion_inputs(model, enc, comp, mask):
@@ -270,7 +284,7 @@ def reference_weights(model, tensors):
 # ----------------------------------------------------------------------------- scoring by sampled answers
 @torch.no_grad()
 def sampled_scores(model, processor, records, kind="vqr1", k=1, batch_size=8, device="cpu", rng=None, temperature=None,
-                   top_k=50, top_p=1.0, max_new_tokens=512, progress=False):
+                   top_k=50, top_p=1.0, max_new_tokens=512, progress=False, synced_gpus=False):
     """Each record's score: the mean of k sampled answers' scores (an answer without one: a random integer 1..5, as
     VisualQuality-R1's inference does, counted). -> (scores [N], answers without a score, the first answer per record)."""
     from tqdm import tqdm
@@ -281,7 +295,7 @@ def sampled_scores(model, processor, records, kind="vqr1", k=1, batch_size=8, de
     for i in tqdm(range(0, len(records), batch_size), desc=f"sampled scores (K={k})", unit="batch", disable=not progress):
         chunk = records[i:i + batch_size]
         _, _, _, texts = rollout(model, processor, chunk, recipe["question"], k, max_new_tokens, top_k=top_k, top_p=top_p,
-                                 temperature=temperature, device=device, system=recipe["system"])
+                                 temperature=temperature, device=device, system=recipe["system"], synced_gpus=synced_gpus)
         for j in range(len(chunk)):
             answers = texts[j * k:(j + 1) * k]
             parsed = [recipe["parse"](t) for t in answers]
